@@ -1,1 +1,465 @@
-//! placeholder
+//! `nonstop proxy`: the built-in HTTP load balancer that makes nonstop work on a bare machine.
+//! This file wires the pieces together: state, request path, health checks, admin API, reload.
+
+mod admin;
+mod balance;
+mod control;
+mod forward;
+mod health;
+mod metrics;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use nonstop_config::{AdminEndpoint, Config, ProxyConfig, Source};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use control::{BackendPatch, ControlError};
+pub use metrics::Metrics;
+pub use state::{BackendSpec, BackendView, PoolView};
+
+use forward::UpstreamClient;
+use health::ProbeClient;
+use state::{Pool, Route, Settings, Table};
+
+/// State shared by every connection, the admin API and background tasks.
+pub struct Shared {
+    table: ArcSwap<Table>,
+    client: UpstreamClient,
+    probe_client: ProbeClient,
+    metrics: Arc<Metrics>,
+    request_ids: RequestIds,
+    config_path: PathBuf,
+    /// The `[proxy]` section last applied, to tell which changes need a restart.
+    applied: std::sync::Mutex<ProxyConfig>,
+    reload_lock: tokio::sync::Mutex<()>,
+    weak_self: Weak<Shared>,
+}
+
+impl Shared {
+    fn new(
+        proxy: &ProxyConfig,
+        config: &Config,
+        config_path: &Path,
+    ) -> anyhow::Result<Arc<Shared>> {
+        let metrics = Arc::new(Metrics::new());
+        let table = build_table(proxy, config, None, &metrics).map_err(anyhow::Error::msg)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(proxy.timeouts.connect.0));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(proxy.timeouts.idle.0)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        let shared = Arc::new_cyclic(|weak_self| Shared {
+            table: ArcSwap::from_pointee(table),
+            client,
+            probe_client: health::probe_client(),
+            metrics,
+            request_ids: RequestIds::new(),
+            config_path: config_path.to_path_buf(),
+            applied: std::sync::Mutex::new(proxy.clone()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            weak_self: weak_self.clone(),
+        });
+        for pool in &shared.table.load().pools {
+            health::spawn(pool, shared.probe_client.clone());
+        }
+        Ok(shared)
+    }
+
+    /// Re-reads the config file. If it is invalid, nothing changes and the error says where.
+    pub async fn reload(&self) -> Result<PathBuf, ControlError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let (config, _source) =
+            Config::load(&self.config_path).map_err(|e| ControlError::Config(e.to_string()))?;
+        let Some(proxy) = config.proxy.as_ref() else {
+            return Err(ControlError::Config(format!(
+                "{}: the file no longer has a [proxy] section",
+                self.config_path.display()
+            )));
+        };
+        let old = self.table.load_full();
+        let table =
+            build_table(proxy, &config, Some(&old), &self.metrics).map_err(ControlError::Config)?;
+        let fresh: Vec<Arc<Pool>> = table
+            .pools
+            .iter()
+            .filter(|p| !old.pools.iter().any(|o| Arc::ptr_eq(o, p)))
+            .cloned()
+            .collect();
+        self.table.store(Arc::new(table));
+        for pool in &fresh {
+            health::spawn(pool, self.probe_client.clone());
+        }
+        let current = self.table.load();
+        for pool in old
+            .pools
+            .iter()
+            .filter(|o| !current.pools.iter().any(|p| Arc::ptr_eq(o, p)))
+        {
+            pool.closed.cancel();
+            for backend in &pool.members.load().backends {
+                self.retire(pool.name.clone(), backend.clone());
+            }
+        }
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        for (what, changed) in [
+            ("listen", applied.listen != proxy.listen),
+            (
+                "admin",
+                applied.admin != proxy.admin || applied.admin_token_file != proxy.admin_token_file,
+            ),
+            ("metrics", applied.metrics != proxy.metrics),
+            ("workers", applied.workers != proxy.workers),
+            (
+                "timeouts.connect/idle",
+                applied.timeouts.connect != proxy.timeouts.connect
+                    || applied.timeouts.idle != proxy.timeouts.idle,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    "`{what}` changed in {}; it takes effect at the next restart",
+                    self.config_path.display()
+                );
+            }
+        }
+        *applied = proxy.clone();
+        tracing::info!(config = %self.config_path.display(), pools = current.pools.len(), reused = current.pools.len() - fresh.len(), "configuration reloaded");
+        Ok(self.config_path.clone())
+    }
+}
+
+/// Builds a routing table; pools whose config section is unchanged are carried over with their runtime state.
+fn build_table(
+    proxy: &ProxyConfig,
+    config: &Config,
+    previous: Option<&Table>,
+    metrics: &Metrics,
+) -> Result<Table, String> {
+    let mut pools = Vec::with_capacity(config.pools.len());
+    for (name, pool_config) in &config.pools {
+        let kept = previous
+            .and_then(|t| t.pool(name))
+            .filter(|p| p.config == *pool_config)
+            .cloned();
+        pools.push(match kept {
+            Some(pool) => pool,
+            None => Pool::from_config(name, pool_config, metrics)
+                .map_err(|e| format!("pool `{name}`: {e}"))?,
+        });
+    }
+    let find = |name: &str| pools.iter().find(|p| p.name == name).cloned();
+    let routes = if proxy.routes.is_empty() {
+        pools
+            .first()
+            .map(|pool| Route {
+                host: None,
+                path: "/".into(),
+                pool: pool.clone(),
+            })
+            .into_iter()
+            .collect()
+    } else {
+        proxy
+            .routes
+            .iter()
+            .map(|r| {
+                Ok(Route {
+                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    path: r.path.clone(),
+                    pool: find(r.pool.get_ref())
+                        .ok_or_else(|| format!("route to unknown pool `{}`", r.pool.get_ref()))?,
+                })
+            })
+            .collect::<Result<_, String>>()?
+    };
+    Ok(Table {
+        routes,
+        pools,
+        settings: Settings {
+            max_body: proxy.max_body.as_u64(),
+            response_header_timeout: proxy.timeouts.response_header.0,
+            drain_timeout: proxy.drain_timeout.0,
+        },
+    })
+}
+
+/// Request ids: an incoming valid `X-Request-Id` is kept, otherwise a process-unique one is made.
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+            .unwrap_or(0);
+        RequestIds {
+            prefix: seed ^ std::process::id().rotate_left(16),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn take(&self, headers: &http::HeaderMap) -> HeaderValue {
+        if let Some(id) = headers.get("x-request-id") {
+            let ok = id.len() <= 128 && id.as_bytes().iter().all(|b| b.is_ascii_graphic());
+            if ok && !id.is_empty() {
+                return id.clone();
+            }
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::try_from(format!("{:08x}-{n:x}", self.prefix))
+            .expect("hex digits are a valid header value")
+    }
+}
+
+/// A running proxy: its shared state and the addresses it actually bound.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub listening: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+    graceful: Arc<GracefulShutdown>,
+}
+
+/// Binds everything the `[proxy]` section asks for and starts serving.
+pub async fn start(config: &Config, source: &Source) -> anyhow::Result<Running> {
+    let Some(proxy) = config.proxy.as_ref() else {
+        bail!(
+            "{}: there is no [proxy] section; add one with at least `listen = \"127.0.0.1:8080\"`",
+            source.path.display()
+        );
+    };
+    let shared = Shared::new(proxy, config, &source.path)?;
+    let shutdown = CancellationToken::new();
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut listening = Vec::new();
+
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.timeouts.idle.0)
+        .keep_alive(true);
+    let server = Arc::new(server);
+
+    for addr in &proxy.listen {
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on {addr} (from `listen` in {})",
+                source.path.display()
+            )
+        })?;
+        listening.push(listener.local_addr()?);
+        tasks.spawn(accept_loop(
+            listener,
+            shared.clone(),
+            server.clone(),
+            graceful.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    let token = match &proxy.admin_token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    let admin_app = admin::router(shared.clone(), token);
+    match &proxy.admin {
+        AdminEndpoint::Unix(path) => {
+            let listener = bind_unix(path)?;
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let served =
+                    axum::serve(listener, admin_app).with_graceful_shutdown(stop.cancelled_owned());
+                if let Err(err) = served.await {
+                    tracing::error!(error = %err, "admin API stopped");
+                }
+            });
+        }
+        AdminEndpoint::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for the admin API on {addr}"))?;
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let served =
+                    axum::serve(listener, admin_app).with_graceful_shutdown(stop.cancelled_owned());
+                if let Err(err) = served.await {
+                    tracing::error!(error = %err, "admin API stopped");
+                }
+            });
+        }
+    }
+
+    if let Some(addr) = proxy.metrics {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let metrics = shared.metrics.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.encode() }
+            }),
+        );
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+    }
+    tracing::info!(listen = ?listening, admin = %proxy.admin, "proxy started");
+    Ok(Running {
+        shared,
+        listening,
+        shutdown,
+        tasks,
+        graceful,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (at most `drain_timeout`), then returns.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        let drain = self.shared.table.load().settings.drain_timeout;
+        // The accept loops have ended, so this is the last reference.
+        if let Ok(graceful) = Arc::try_unwrap(self.graceful) {
+            if tokio::time::timeout(drain, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain timeout ran out with requests still in flight");
+            }
+        }
+        if let AdminEndpoint::Unix(path) = &self
+            .shared
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admin
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Runs the proxy until SIGTERM/SIGINT; SIGHUP reloads the configuration.
+pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let running = start(&config, &source).await?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match running.shared.reload().await {
+                Ok(_) => {}
+                Err(err) => tracing::error!("reload refused, still serving the previous configuration: {err}"),
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    server: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, std::convert::Infallible>(forward::handle(shared, req, peer).await) }
+        });
+        let connection = server
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "client connection ended with an error");
+            }
+        });
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read admin_token_file {}", path.display()))?
+        .trim()
+        .to_string();
+    if token.len() < 16 {
+        bail!(
+            "the admin token in {} is shorter than 16 characters; use a long random one (e.g. `openssl rand -hex 32`)",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another process already serves the admin API at {}; stop it first",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot create the admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}

@@ -1,0 +1,316 @@
+//! Client for the admin API of `nonstop proxy` (docs/admin-api.md), used by `nonstop lb`
+//! and by the deploy engine's built-in balancer driver. One connection per call: calls are rare.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a proxy's admin API listens, as written in config (`unix:/path` or `tcp:host:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Ok(Endpoint::Unix(path.into()));
+        }
+        let addr = s
+            .strip_prefix("tcp:")
+            .or_else(|| s.strip_prefix("http://"))
+            .unwrap_or(s);
+        if addr
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        {
+            Ok(Endpoint::Tcp(addr.trim_end_matches('/').to_string()))
+        } else {
+            Err(format!(
+                "admin endpoint `{s}` is neither unix:/path nor tcp:host:port"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            Endpoint::Tcp(addr) => write!(f, "tcp:{addr}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "cannot reach the proxy's admin API at {endpoint}: {source} (is `nonstop proxy` running with this admin address?)"
+    )]
+    Unreachable {
+        endpoint: Endpoint,
+        source: std::io::Error,
+    },
+    #[error("admin API at {endpoint}: {message}")]
+    Protocol { endpoint: Endpoint, message: String },
+    /// The proxy refused the call; `message` and `hint` come from its JSON error.
+    #[error("{message}{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    Refused {
+        status: u16,
+        message: String,
+        hint: Option<String>,
+    },
+}
+
+/// The state an operator or the engine sets on a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendState {
+    Active,
+    Draining,
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backend {
+    pub name: String,
+    pub addr: String,
+    pub weight: u32,
+    pub route: String,
+    pub state: BackendState,
+    pub health: String,
+    pub ejected: bool,
+    pub in_flight: i64,
+    pub requests: u64,
+    pub failures: u64,
+    #[serde(default)]
+    pub responses: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub latency_ms_sum: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    pub name: String,
+    pub balance: String,
+    pub sticky: Option<Value>,
+    pub backends: Vec<Backend>,
+}
+
+impl Pool {
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+/// What to put in a pool, for add and replace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendSpec {
+    pub name: String,
+    pub addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<BackendState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    endpoint: Endpoint,
+    token: Option<String>,
+}
+
+impl AdminClient {
+    pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
+        AdminClient { endpoint, token }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub async fn pools(&self) -> Result<Vec<Pool>, AdminError> {
+        #[derive(Deserialize)]
+        struct Pools {
+            pools: Vec<Pool>,
+        }
+        let pools: Pools = self.call(Method::GET, "/v1/pools", None).await?;
+        Ok(pools.pools)
+    }
+
+    pub async fn pool(&self, pool: &str) -> Result<Pool, AdminError> {
+        self.call(Method::GET, &format!("/v1/pools/{pool}"), None)
+            .await
+    }
+
+    pub async fn set_state(
+        &self,
+        pool: &str,
+        backend: &str,
+        state: BackendState,
+    ) -> Result<Backend, AdminError> {
+        let body = serde_json::json!({ "state": state });
+        self.call(
+            Method::PATCH,
+            &format!("/v1/pools/{pool}/backends/{backend}"),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn set_weight(
+        &self,
+        pool: &str,
+        backend: &str,
+        weight: u32,
+    ) -> Result<Backend, AdminError> {
+        let body = serde_json::json!({ "weight": weight });
+        self.call(
+            Method::PATCH,
+            &format!("/v1/pools/{pool}/backends/{backend}"),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn add(&self, pool: &str, spec: &BackendSpec) -> Result<Pool, AdminError> {
+        let body = serde_json::to_value(spec).expect("a spec is plain data");
+        self.call(
+            Method::POST,
+            &format!("/v1/pools/{pool}/backends"),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn remove(&self, pool: &str, backend: &str) -> Result<Pool, AdminError> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/pools/{pool}/backends/{backend}"),
+            None,
+        )
+        .await
+    }
+
+    /// Replaces the pool's backend set in one atomic step.
+    pub async fn replace(&self, pool: &str, backends: &[BackendSpec]) -> Result<Pool, AdminError> {
+        let body = serde_json::json!({ "backends": backends });
+        self.call(
+            Method::PUT,
+            &format!("/v1/pools/{pool}/backends"),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn reload(&self) -> Result<Value, AdminError> {
+        self.call(Method::POST, "/v1/reload", None).await
+    }
+
+    pub async fn metrics(&self) -> Result<String, AdminError> {
+        let (_, body) = self.send(Method::GET, "/metrics", None).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, AdminError> {
+        let (status, bytes) = self.send(method, path, body).await?;
+        if !status.is_success() {
+            let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(AdminError::Refused {
+                status: status.as_u16(),
+                message: error["error"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("HTTP {status}")),
+                hint: error["hint"].as_str().map(str::to_owned),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unexpected answer: {e}")))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Bytes), AdminError> {
+        let payload = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "nonstop-admin")
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(payload))
+            .map_err(|e| self.protocol(e.to_string()))?;
+        let unreachable = |source| AdminError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            source,
+        };
+        let response = match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(unreachable)?;
+                self.exchange(TokioIo::new(stream), request).await?
+            }
+            Endpoint::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(unreachable)?;
+                self.exchange(TokioIo::new(stream), request).await?
+            }
+        };
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    async fn exchange<I>(
+        &self,
+        io: I,
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, AdminError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?;
+        tokio::spawn(connection);
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.protocol(e.to_string()))
+    }
+
+    fn protocol(&self, message: String) -> AdminError {
+        AdminError::Protocol {
+            endpoint: self.endpoint.clone(),
+            message,
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! The request path: route by Host and path, pick a backend, relay, retry refused connections.
+//! Also the proxy's own answers (400/404/413/502/503/504), each saying what went wrong.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use nonstop_config::Sticky;
+
+use crate::Shared;
+use crate::balance;
+use crate::metrics::ErrorKind;
+use crate::state::{Backend, InFlight, Pool};
+
+pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub type ProxyBody = Either<Tracked, Full<Bytes>>;
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// Bodies up to this size are buffered so that a refused connection can be retried elsewhere.
+const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A backend's response body that keeps the backend's in-flight count until it has been sent.
+pub struct Tracked {
+    inner: Incoming,
+    _in_flight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves one client request. Never fails: every problem becomes an explanatory response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let request_id = shared.request_ids.take(req.headers());
+    let mut response = match relay(&shared, req, peer, &request_id).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.into_response(),
+    };
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
+    response
+}
+
+/// An answer the proxy gives itself.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn into_response(self) -> Response<ProxyBody> {
+        let reason = self.status.canonical_reason().unwrap_or("");
+        let body = format!("{} {reason}: {}\n", self.status.as_u16(), self.message);
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+async fn relay(
+    shared: &Shared,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let table = shared.table.load_full();
+    let authority = request_authority(&req)?;
+    let host = authority.as_ref().map(|a| a.host());
+    let Some(pool) = table.route(host, req.uri().path()).cloned() else {
+        shared.metrics.unrouted();
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no route for host `{}` and path `{}`",
+                host.unwrap_or("-"),
+                req.uri().path()
+            ),
+        ));
+    };
+
+    let max_body = table.settings.max_body;
+    let declared_length = content_length(req.headers());
+    if declared_length.is_some_and(|len| len > max_body) {
+        shared.metrics.error(&pool.name, ErrorKind::BodyTooLarge);
+        return Err(too_large(max_body));
+    }
+
+    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let route = pool
+        .sticky
+        .as_ref()
+        .and_then(|sticky| balance::session_route(sticky, req.headers(), req.uri().path()))
+        .map(str::to_owned);
+
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    prepare_request_headers(
+        &mut headers,
+        upgrade.is_some(),
+        peer,
+        authority.as_ref(),
+        request_id,
+    );
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+
+    let mut body = Some(if body.is_end_stream() {
+        Either::Left(Full::new(Bytes::new()))
+    } else if declared_length.is_some_and(|len| len <= RETRY_BUFFER_LIMIT) {
+        let bytes = Limited::new(body, max_body as usize)
+            .collect()
+            .await
+            .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "the request body ended early"))?
+            .to_bytes();
+        Either::Left(Full::new(bytes))
+    } else {
+        Either::Right(Limited::new(body, max_body as usize))
+    });
+
+    let members = pool.members.load_full();
+    let mut tried: Vec<usize> = Vec::new();
+    loop {
+        let Some(backend) = balance::pick(&members, pool.balance, route.as_deref(), &tried) else {
+            return Err(no_backend(
+                shared,
+                &pool,
+                &members.backends,
+                !tried.is_empty(),
+            ));
+        };
+        tried.push(Arc::as_ptr(&backend) as usize);
+        let in_flight = backend.begin();
+
+        // A buffered body can be sent again; a streamed one is gone once handed to the client.
+        let retry_body = match &body {
+            Some(Either::Left(full)) => Some(Either::Left(full.clone())),
+            _ => None,
+        };
+        let this_body = body.take().expect("a body is kept for every attempt");
+        let upstream = build_request(&parts.method, &path, &backend, headers.clone(), this_body);
+
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            biased;
+            result = tokio::time::timeout(table.settings.response_header_timeout, shared.client.request(upstream)) => result,
+            _ = backend.retired.cancelled() => {
+                return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE,
+                    format!("backend `{}` was removed from pool `{}` and its drain timeout ran out", backend.name, pool.name)));
+            }
+        };
+        match outcome {
+            Ok(Ok(response)) => {
+                backend.record_response(response.status(), started.elapsed(), &pool.eject);
+                return Ok(finish_response(
+                    response,
+                    in_flight,
+                    &pool,
+                    route.as_deref(),
+                    upgrade,
+                ));
+            }
+            Ok(Err(err)) if err.is_connect() => {
+                backend.record_failure(&pool.eject, true);
+                tracing::warn!(pool = %pool.name, backend = %backend.name, addr = %backend.addr, error = %error_chain(&err), "connect failed");
+                match retry_body {
+                    Some(again) => {
+                        shared.metrics.error(&pool.name, ErrorKind::Retry);
+                        body = Some(again);
+                    }
+                    None => {
+                        shared.metrics.error(&pool.name, ErrorKind::Connect);
+                        return Err(Refusal::new(
+                            StatusCode::BAD_GATEWAY,
+                            format!(
+                                "backend `{}` ({}) refused the connection",
+                                backend.name, backend.addr
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(Err(err)) => {
+                if body_too_large(&err) {
+                    shared.metrics.error(&pool.name, ErrorKind::BodyTooLarge);
+                    return Err(too_large(max_body));
+                }
+                backend.record_failure(&pool.eject, false);
+                shared.metrics.error(&pool.name, ErrorKind::BadResponse);
+                tracing::warn!(pool = %pool.name, backend = %backend.name, error = %error_chain(&err), "bad response");
+                return Err(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "backend `{}` ({}) did not answer with valid HTTP: {}",
+                        backend.name,
+                        backend.addr,
+                        error_chain(&err)
+                    ),
+                ));
+            }
+            Err(_elapsed) => {
+                backend.record_failure(&pool.eject, false);
+                shared.metrics.error(&pool.name, ErrorKind::Timeout);
+                return Err(Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "backend `{}` ({}) sent no response headers within {:?}",
+                        backend.name, backend.addr, table.settings.response_header_timeout
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn request_authority(req: &Request<Incoming>) -> Result<Option<Authority>, Refusal> {
+    match req.headers().get(header::HOST) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|host| host.parse::<Authority>().ok())
+            .filter(|a| !a.host().is_empty() && a.as_str().len() <= 255)
+            .map(Some)
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "the Host header is not a valid host[:port]",
+                )
+            }),
+        None if req.version() == Version::HTTP_2 => Ok(req.uri().authority().cloned()),
+        None if req.version() == Version::HTTP_11 => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        None => Ok(None),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large(max_body: u64) -> Refusal {
+    Refusal::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than the proxy's max_body of {max_body} bytes"),
+    )
+}
+
+fn body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn no_backend(
+    shared: &Shared,
+    pool: &Pool,
+    backends: &[Arc<Backend>],
+    after_retry: bool,
+) -> Refusal {
+    shared.metrics.error(&pool.name, ErrorKind::NoBackend);
+    let mut summary = std::collections::BTreeMap::<&str, usize>::new();
+    for backend in backends {
+        let why = if backend.state() != nonstop_config::AdminState::Active {
+            backend.state().as_str()
+        } else if !backend.healthy() {
+            "down"
+        } else if backend.ejected() {
+            "ejected"
+        } else {
+            "refusing connections"
+        };
+        *summary.entry(why).or_default() += 1;
+    }
+    let detail = if backends.is_empty() {
+        "it has no backends".to_string()
+    } else {
+        summary
+            .iter()
+            .map(|(why, n)| format!("{n} {why}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let status = if after_retry {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Refusal::new(
+        status,
+        format!(
+            "no backend of pool `{}` can take this request ({detail})",
+            pool.name
+        ),
+    )
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named in Connection and the fixed set.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove(header::PROXY_AUTHORIZATION);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    upgrade: bool,
+    peer: SocketAddr,
+    authority: Option<&Authority>,
+    request_id: &HeaderValue,
+) {
+    strip_hop_by_hop(headers, upgrade);
+    let client_ip = peer.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(authority) = authority {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            if !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, value.clone());
+            }
+            headers.insert(X_FORWARDED_HOST.clone(), value);
+        }
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+fn build_request(
+    method: &Method,
+    path: &PathAndQuery,
+    backend: &Backend,
+    headers: HeaderMap,
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(backend.authority.clone());
+    uri.path_and_query = Some(path.clone());
+    let mut request = Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    request
+}
+
+fn finish_response(
+    mut response: Response<Incoming>,
+    in_flight: InFlight,
+    pool: &Pool,
+    route: Option<&str>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(response.headers_mut(), switching);
+    if let Some(Sticky::Cookie { name }) = &pool.sticky {
+        let backend = in_flight.backend();
+        if route != Some(backend.route.as_str()) {
+            let cookie = format!("{name}={}; Path=/; HttpOnly; SameSite=Lax", backend.route);
+            if let Ok(value) = HeaderValue::try_from(cookie) {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+        }
+    }
+    if let (true, Some(client_side)) = (switching, client_upgrade) {
+        let backend_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(client_side, backend_side, in_flight));
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+    }
+    let (parts, body) = response.into_parts();
+    Response::from_parts(
+        parts,
+        Either::Left(Tracked {
+            inner: body,
+            _in_flight: in_flight,
+        }),
+    )
+}
+
+/// Carries an upgraded connection (WebSocket and the like) both ways until either side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(pair) => pair,
+        Err(err) => {
+            tracing::debug!(error = %err, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        tracing::debug!(backend = %in_flight.backend().name, error = %err, "upgraded connection ended");
+    }
+}
