@@ -50,14 +50,13 @@ pub fn pick(
     skip: &[usize],
 ) -> Option<Arc<Backend>> {
     let tried = |b: &Arc<Backend>| skip.contains(&(Arc::as_ptr(b) as usize));
-    if let Some(route) = route {
-        if let Some(bound) = members
+    if let Some(route) = route
+        && let Some(bound) = members
             .backends
             .iter()
             .find(|b| b.route == route && b.takes_sticky() && !tried(b))
-        {
-            return Some(bound.clone());
-        }
+    {
+        return Some(bound.clone());
     }
     let eligible = |b: &Arc<Backend>| b.takes_new() && !tried(b);
     let chosen = match balance {

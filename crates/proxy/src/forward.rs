@@ -434,13 +434,11 @@ fn prepare_request_headers(
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(authority) = authority {
-        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-            if !headers.contains_key(header::HOST) {
-                headers.insert(header::HOST, value.clone());
-            }
-            headers.insert(X_FORWARDED_HOST.clone(), value);
+    if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, value.clone());
         }
+        headers.insert(X_FORWARDED_HOST.clone(), value);
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
@@ -472,6 +470,8 @@ fn finish_response(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // The client's connection has its own protocol version; the backend's is not its business.
+    *response.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(response.headers_mut(), switching);
     if let Some(Sticky::Cookie { name }) = &pool.sticky {
         let backend = in_flight.backend();

@@ -349,13 +349,12 @@ impl Running {
         while self.tasks.join_next().await.is_some() {}
         let drain = self.shared.table.load().settings.drain_timeout;
         // The accept loops have ended, so this is the last reference.
-        if let Ok(graceful) = Arc::try_unwrap(self.graceful) {
-            if tokio::time::timeout(drain, graceful.shutdown())
+        if let Ok(graceful) = Arc::try_unwrap(self.graceful)
+            && tokio::time::timeout(drain, graceful.shutdown())
                 .await
                 .is_err()
-            {
-                tracing::warn!("drain timeout ran out with requests still in flight");
-            }
+        {
+            tracing::warn!("drain timeout ran out with requests still in flight");
         }
         if let AdminEndpoint::Unix(path) = &self
             .shared

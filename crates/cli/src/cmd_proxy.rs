@@ -1,0 +1,43 @@
+//! `nonstop proxy`: loads the config, sets up logging and runs the built-in load balancer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use nonstop_config::{Config, LogFormat};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Configuration file with a [proxy] section and its [pools.*].
+    #[arg(
+        long,
+        short,
+        env = "NONSTOP_CONFIG",
+        default_value = "/etc/nonstop/nonstop.toml"
+    )]
+    config: PathBuf,
+    /// Log as JSON lines instead of human-readable text (overrides `log_format`).
+    #[arg(long)]
+    json_logs: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (config, source) = Config::load(&args.config)?;
+    let proxy = config.proxy.as_ref().with_context(|| {
+        format!(
+            "{}: no [proxy] section; add one with `listen = \"127.0.0.1:8080\"`",
+            args.config.display()
+        )
+    })?;
+    let json = args.json_logs || proxy.log_format == LogFormat::Json;
+    crate::logging::init(json);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = proxy.workers {
+        runtime.worker_threads(workers);
+    }
+    runtime
+        .enable_all()
+        .build()?
+        .block_on(nonstop_proxy::run(config, source))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,807 @@
+//! `nonstop proxy` end to end: real proxy and sample-app processes on 127.0.0.1, one test per behaviour.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use nonstop_admin_client::{AdminError, BackendSpec, BackendState};
+use support::*;
+
+fn spec(name: &str, hello: &Hello) -> BackendSpec {
+    BackendSpec {
+        name: name.into(),
+        addr: hello.addr(),
+        weight: None,
+        route: None,
+        state: None,
+    }
+}
+
+async fn served_by(client: &HttpClient, url: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let reply = get(client, url).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        *seen.entry(reply.node().to_string()).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_follows_weights() {
+    let (a, b) = (Hello::start("a", "1"), Hello::start("b", "1"));
+    let proxy = Proxy::start(
+        "",
+        &pool_toml(
+            "app",
+            "",
+            &[("a", a.addr(), "weight = 3"), ("b", b.addr(), "weight = 1")],
+        ),
+    );
+    let seen = served_by(&client(), &proxy.url("/"), 400).await;
+    assert_eq!(seen, BTreeMap::from([("a".into(), 300), ("b".into(), 100)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_avoids_the_busy_backend() {
+    let (a, b) = (Hello::start("a", "1"), Hello::start("b", "1"));
+    let proxy = Proxy::start(
+        "",
+        &pool_toml(
+            "app",
+            "balance = \"least-conn\"",
+            &[("a", a.addr(), ""), ("b", b.addr(), "")],
+        ),
+    );
+    // Keep three slow requests in flight on `a` only, then let `b` back in.
+    proxy
+        .admin
+        .set_state("app", "b", BackendState::Disabled)
+        .await
+        .unwrap();
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let url = proxy.url("/slow?ms=3000");
+            tokio::spawn(async move { get(&client(), &url).await })
+        })
+        .collect();
+    let admin = proxy.admin.clone();
+    wait_until("3 requests in flight on a", DEADLINE, || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .pool("app")
+                .await
+                .unwrap()
+                .backend("a")
+                .unwrap()
+                .in_flight
+                == 3
+        }
+    })
+    .await;
+    proxy
+        .admin
+        .set_state("app", "b", BackendState::Active)
+        .await
+        .unwrap();
+    let seen = served_by(&client(), &proxy.url("/"), 20).await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([("b".into(), 20)]),
+        "round-robin would have sent half to the busy backend"
+    );
+    for request in slow {
+        assert_eq!(request.await.unwrap().node(), "a");
+    }
+}
+
+async fn new_session(client: &HttpClient, proxy: &Proxy) -> (String, String) {
+    let reply = get(client, &proxy.url("/session")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let cookie = reply.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    (cookie, reply.node().to_string())
+}
+
+async fn with_session(client: &HttpClient, proxy: &Proxy, cookie: &str) -> Reply {
+    send(
+        client,
+        "GET",
+        &proxy.url("/session"),
+        &[("cookie", cookie)],
+        "",
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsessionid_route_sticks_and_draining_keeps_only_its_sessions() {
+    let a = Hello::start_with("tomcat1", "1", &["--route", "tomcat1"]);
+    let b = Hello::start_with("tomcat2", "1", &["--route", "tomcat2"]);
+    let proxy = Proxy::start(
+        "",
+        &pool_toml(
+            "app",
+            "sticky = { kind = \"jsessionid\" }",
+            &[
+                ("t1", a.addr(), "route = \"tomcat1\""),
+                ("t2", b.addr(), "route = \"tomcat2\""),
+            ],
+        ),
+    );
+    let client = client();
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(new_session(&client, &proxy).await);
+    }
+    assert!(
+        sessions.iter().any(|(_, n)| n == "tomcat1")
+            && sessions.iter().any(|(_, n)| n == "tomcat2")
+    );
+    for (cookie, node) in &sessions {
+        for expected in 2..=4 {
+            let reply = with_session(&client, &proxy, cookie).await;
+            assert_eq!(reply.node(), node, "session {cookie} moved");
+            assert!(
+                reply.body.starts_with(&format!("count={expected} ")),
+                "{}",
+                reply.body
+            );
+        }
+    }
+    // The `;jsessionid=` path parameter routes too (URL-rewritten sessions).
+    let (cookie, node) = &sessions[0];
+    let id = cookie.trim_start_matches("JSESSIONID=");
+    let reply = get(&client, &proxy.url(&format!("/session;jsessionid={id}"))).await;
+    assert_eq!(reply.node(), node);
+
+    // Draining t2: its sessions still reach it, new clients do not.
+    proxy
+        .admin
+        .set_state("app", "t2", BackendState::Draining)
+        .await
+        .unwrap();
+    for (cookie, node) in &sessions {
+        assert_eq!(with_session(&client, &proxy, cookie).await.node(), node);
+    }
+    assert_eq!(
+        served_by(&client, &proxy.url("/"), 10).await,
+        BTreeMap::from([("tomcat1".into(), 10)])
+    );
+
+    // Disabled: nothing reaches t2, not even its sessions (they start over on t1).
+    proxy
+        .admin
+        .set_state("app", "t2", BackendState::Disabled)
+        .await
+        .unwrap();
+    for (cookie, _) in &sessions {
+        let reply = with_session(&client, &proxy, cookie).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.node(), "tomcat1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_cookie_sticks_apps_without_sessions() {
+    let (a, b) = (Hello::start("a", "1"), Hello::start("b", "1"));
+    let proxy = Proxy::start(
+        "",
+        &pool_toml(
+            "app",
+            "sticky = { kind = \"cookie\" }",
+            &[("a", a.addr(), ""), ("b", b.addr(), "")],
+        ),
+    );
+    let client = client();
+    let first = get(&client, &proxy.url("/")).await;
+    let cookie = first.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("NONSTOP_ROUTE="), "{cookie}");
+    for _ in 0..10 {
+        let reply = send(&client, "GET", &proxy.url("/"), &[("cookie", &cookie)], "")
+            .await
+            .unwrap();
+        assert_eq!(reply.node(), first.node());
+        assert!(
+            !reply.headers.contains_key("set-cookie"),
+            "a bound client needs no new cookie"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_eject_and_restore_a_backend() {
+    let (a, b) = (Hello::start("a", "1"), Hello::start("b", "1"));
+    let health = "health = { path = \"/health\", interval = \"100ms\", timeout = \"500ms\", rise = 2, fall = 2 }";
+    let proxy = Proxy::start(
+        "",
+        &pool_toml("app", health, &[("a", a.addr(), ""), ("b", b.addr(), "")]),
+    );
+    let client = client();
+    let health_of = |name: &'static str| {
+        let admin = proxy.admin.clone();
+        move || {
+            let admin = admin.clone();
+            async move {
+                admin
+                    .pool("app")
+                    .await
+                    .unwrap()
+                    .backend(name)
+                    .unwrap()
+                    .health
+                    .clone()
+            }
+        }
+    };
+    send(
+        &client,
+        "POST",
+        &format!("http://{}/admin/fail-health", b.addr()),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    let down = health_of("b");
+    wait_until("b marked down", DEADLINE, || {
+        let down = down.clone();
+        async move { down().await == "down" }
+    })
+    .await;
+    assert_eq!(
+        served_by(&client, &proxy.url("/"), 10).await,
+        BTreeMap::from([("a".into(), 10)])
+    );
+    send(
+        &client,
+        "POST",
+        &format!("http://{}/admin/heal", b.addr()),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    let up = health_of("b");
+    wait_until("b back up", DEADLINE, || {
+        let up = up.clone();
+        async move { up().await == "up" }
+    })
+    .await;
+    assert_eq!(
+        served_by(&client, &proxy.url("/"), 10).await.get("b"),
+        Some(&5)
+    );
+    let metrics = proxy.admin.metrics().await.unwrap();
+    assert!(
+        metrics.contains("nonstop_health_changes_total{pool=\"app\",backend=\"b\",to=\"Down\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_costs_clients_nothing() {
+    let (a, mut b) = (Hello::start("a", "1"), Hello::start("b", "1"));
+    let proxy = Proxy::start(
+        "",
+        &pool_toml("app", "", &[("a", a.addr(), ""), ("b", b.addr(), "")]),
+    );
+    let client = client();
+    assert_eq!(served_by(&client, &proxy.url("/"), 4).await.len(), 2);
+    b.proc.kill();
+    // GETs and a small POST alike are retried on `a` after `b` refuses the connection.
+    assert_eq!(
+        served_by(&client, &proxy.url("/"), 20).await,
+        BTreeMap::from([("a".into(), 20)])
+    );
+    for _ in 0..4 {
+        let reply = send(&client, "POST", &proxy.url("/echo"), &[], "payload")
+            .await
+            .unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (200, "payload"));
+    }
+    let pool = proxy.admin.pool("app").await.unwrap();
+    assert!(pool.backend("b").unwrap().ejected, "{pool:?}");
+    assert!(pool.backend("b").unwrap().failures >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_passes_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let a = Hello::start("a", "1");
+    let proxy = Proxy::start("", &pool_toml("app", "", &[("a", a.addr(), "")]));
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", proxy.port))
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 101);
+    for text in ["one", "two"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let echoed = socket.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("a: {text}"));
+    }
+    socket.close(None).await.unwrap();
+    let admin = proxy.admin.clone();
+    wait_until("tunnel released", DEADLINE, || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .pool("app")
+                .await
+                .unwrap()
+                .backend("a")
+                .unwrap()
+                .in_flight
+                == 0
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_are_set_and_hop_by_hop_removed() {
+    let a = Hello::start("a", "1");
+    let proxy = Proxy::start("", &pool_toml("app", "", &[("a", a.addr(), "")]));
+    let reply = send(
+        &client(),
+        "GET",
+        &proxy.url("/headers"),
+        &[
+            ("host", "shop.example.com"),
+            ("x-forwarded-for", "10.0.0.9"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("proxy-authorization", "Basic eA=="),
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(seen["x-forwarded-for"], "10.0.0.9, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "shop.example.com");
+    assert_eq!(seen["host"], "shop.example.com");
+    assert!(
+        seen.get("x-secret").is_none() && seen.get("proxy-authorization").is_none(),
+        "{seen}"
+    );
+    let id = reply.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(seen["x-request-id"], id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_path_prefix() {
+    let (shop, api) = (Hello::start("shop", "1"), Hello::start("api", "1"));
+    let routes = "[[proxy.routes]]\nhost = \"api.example.com\"\npool = \"api\"\n[[proxy.routes]]\npath = \"/api\"\npool = \"api\"\n[[proxy.routes]]\npath = \"/\"\npool = \"shop\"\n";
+    let pools = pool_toml("shop", "", &[("s", shop.addr(), "")])
+        + &pool_toml("api", "", &[("a", api.addr(), "")]);
+    let proxy = Proxy::start(routes, &pools);
+    let client = client();
+    let node = |host: &'static str, path: &'static str| {
+        let (client, url) = (client.clone(), proxy.url(path));
+        async move {
+            send(&client, "GET", &url, &[("host", host)], "")
+                .await
+                .unwrap()
+                .node()
+                .to_string()
+        }
+    };
+    assert_eq!(node("API.example.com:80", "/").await, "api");
+    assert_eq!(node("shop.example.com", "/api/x").await, "api");
+    assert_eq!(node("shop.example.com", "/apiary").await, "shop");
+    assert_eq!(node("shop.example.com", "/").await, "shop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_pool_switches_every_new_request() {
+    let (blue, green) = (Hello::start("blue", "1"), Hello::start("green", "2"));
+    let proxy = Proxy::start("", &pool_toml("app", "", &[("blue", blue.addr(), "")]));
+    let client = client();
+    // A slow request on blue is in flight while the pool switches; it must still complete.
+    let slow = {
+        let url = proxy.url("/slow?ms=1500");
+        tokio::spawn(async move { get(&support::client(), &url).await })
+    };
+    let admin = proxy.admin.clone();
+    wait_until("slow request in flight", DEADLINE, || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .pool("app")
+                .await
+                .unwrap()
+                .backend("blue")
+                .unwrap()
+                .in_flight
+                == 1
+        }
+    })
+    .await;
+    let pool = proxy
+        .admin
+        .replace("app", &[spec("green", &green)])
+        .await
+        .unwrap();
+    assert_eq!(pool.backends.len(), 1);
+    assert_eq!(
+        served_by(&client, &proxy.url("/"), 10).await,
+        BTreeMap::from([("green".into(), 10)])
+    );
+    let finished = slow.await.unwrap();
+    assert_eq!((finished.status, finished.node()), (200, "blue"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_failed_requests_through_50_switches_and_a_backend_restart() {
+    let blue = [Hello::start("blue1", "1"), Hello::start("blue2", "1")];
+    let mut green = [Hello::start("green1", "2"), Hello::start("green2", "2")];
+    let set = |hellos: &[Hello]| hellos.iter().map(|h| spec(&h.node, h)).collect::<Vec<_>>();
+    let proxy = Proxy::start(
+        "drain_timeout = \"10s\"",
+        &pool_toml(
+            "app",
+            "",
+            &[("blue1", blue[0].addr(), ""), ("blue2", blue[1].addr(), "")],
+        ),
+    );
+    let load = Load::start(proxy.url("/"), 8, 200_000);
+    load.wait_for_requests(200).await;
+    let mut switches = 0;
+    for round in 0..60 {
+        let target = if round % 2 == 0 {
+            set(&green)
+        } else {
+            set(&blue)
+        };
+        proxy.admin.replace("app", &target).await.unwrap();
+        switches += 1;
+        if round == 30 {
+            // Kill a green backend and bring it back on the same port while traffic flows.
+            let port = green[1].port;
+            green[1].proc.kill();
+            green[1] = Hello::start_on(port, "green1b", "2", &[]);
+        }
+        let seen = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+        load.wait_for_requests(seen + 40).await;
+    }
+    let report = load.stop().await;
+    println!(
+        "switch under load: {switches} switches, {} requests sent, {} ok, {} failed, served by {:?}",
+        report.sent, report.ok, report.failed, report.by_node
+    );
+    assert!(switches >= 50);
+    assert_eq!(
+        report.failed,
+        0,
+        "failures: {:?}",
+        &report.failures[..report.failures.len().min(10)]
+    );
+    assert_eq!(report.ok, report.sent);
+    assert!(report.by_node.len() >= 4, "{:?}", report.by_node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_answers_and_others_keep_flowing() {
+    let a = Hello::start("a", "1");
+    let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage_addr = garbage.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in garbage.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"this is not HTTP at all\r\n\r\n");
+        }
+    });
+    let routes = "max_body = \"1KiB\"\n[[proxy.routes]]\npath = \"/broken\"\npool = \"broken\"\n[[proxy.routes]]\npool = \"app\"\n";
+    let pools = pool_toml("app", "", &[("a", a.addr(), "")])
+        + &pool_toml("broken", "", &[("junk", garbage_addr, "")]);
+    let proxy = Proxy::start(routes, &pools);
+    let client = client();
+
+    let reply = send(&client, "GET", &proxy.url("/broken"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 502);
+    assert!(
+        reply.body.contains("did not answer with valid HTTP"),
+        "{}",
+        reply.body
+    );
+
+    let reply = send(
+        &client,
+        "GET",
+        &proxy.url("/"),
+        &[("host", "bad host!")],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("Host header"), "{}", reply.body);
+
+    let big = "x".repeat(4096);
+    let reply = send(&client, "POST", &proxy.url("/echo"), &[], &big)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 413);
+    assert!(reply.body.contains("max_body"), "{}", reply.body);
+
+    // Unknown pool and backend in admin calls are named in a 404.
+    match proxy
+        .admin
+        .set_state("nope", "a", BackendState::Draining)
+        .await
+    {
+        Err(AdminError::Refused {
+            status: 404,
+            message,
+            ..
+        }) => assert!(message.contains("nope"), "{message}"),
+        other => panic!("expected 404, got {other:?}"),
+    }
+    match proxy
+        .admin
+        .set_state("app", "ghost", BackendState::Draining)
+        .await
+    {
+        Err(AdminError::Refused {
+            status: 404,
+            message,
+            ..
+        }) => assert!(message.contains("ghost"), "{message}"),
+        other => panic!("expected 404, got {other:?}"),
+    }
+    let bad_spec = BackendSpec {
+        name: "x".into(),
+        addr: "no-port".into(),
+        weight: None,
+        route: None,
+        state: None,
+    };
+    match proxy.admin.add("app", &bad_spec).await {
+        Err(AdminError::Refused {
+            status: 422,
+            message,
+            ..
+        }) => assert!(message.contains("no port"), "{message}"),
+        other => panic!("expected 422, got {other:?}"),
+    }
+
+    // Through all of that, normal traffic was never disturbed.
+    assert_eq!(
+        served_by(&client, &proxy.url("/"), 5).await,
+        BTreeMap::from([("a".into(), 5)])
+    );
+    let metrics = proxy.admin.metrics().await.unwrap();
+    assert!(
+        metrics.contains("nonstop_proxy_errors_total{pool=\"broken\",kind=\"BadResponse\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backend_left_gets_a_503_that_says_why() {
+    let a = Hello::start("a", "1");
+    let proxy = Proxy::start("", &pool_toml("app", "", &[("a", a.addr(), "")]));
+    proxy
+        .admin
+        .set_state("app", "a", BackendState::Disabled)
+        .await
+        .unwrap();
+    let reply = get(&client(), &proxy.url("/")).await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.body.contains("no backend of pool `app`") && reply.body.contains("1 disabled"),
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_admin_requires_the_token() {
+    let a = Hello::start("a", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let token = "0123456789abcdef0123456789abcdef";
+    write(&dir.path().join("token"), token);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"tcp:127.0.0.1:{port}\"\nadmin_token_file = \"{}\"\n{}",
+        dir.path().join("token").display(),
+        pool_toml("app", "", &[("a", a.addr(), "")])
+    );
+    write(&dir.path().join("nonstop.toml"), &config);
+    let _proxy = Proxy::start_in(dir);
+    let client = client();
+    let url = format!("http://127.0.0.1:{port}/v1/pools");
+    for auth in [
+        None,
+        Some("Bearer wrong-token-wrong-token-wrong"),
+        Some("Basic YTpi"),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        for (method, path) in [
+            ("GET", "/v1/pools"),
+            ("PATCH", "/v1/pools/app/backends/a"),
+            ("POST", "/v1/reload"),
+            ("GET", "/metrics"),
+        ] {
+            let reply = send(
+                &client,
+                method,
+                &format!("http://127.0.0.1:{port}{path}"),
+                &headers,
+                "{\"state\":\"disabled\"}",
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                reply.status, 401,
+                "{method} {path} with {auth:?}: {}",
+                reply.body
+            );
+        }
+    }
+    let bearer = format!("Bearer {token}");
+    let reply = send(&client, "GET", &url, &[("authorization", &bearer)], "")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        served_by_admin_state(&reply.body),
+        "active",
+        "unauthenticated PATCH changed nothing"
+    );
+}
+
+fn served_by_admin_state(body: &str) -> String {
+    let pools: serde_json::Value = serde_json::from_str(body).unwrap();
+    pools["pools"][0]["backends"][0]["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_admin_without_token_is_refused_at_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nonstop.toml");
+    write(
+        &path,
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"tcp:127.0.0.1:9999\"\n",
+    );
+    let output = std::process::Command::new(nonstop_bin())
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        text.contains("nonstop.toml:1:1")
+            && text.contains("open to anyone")
+            && text.contains("admin_token_file"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_good_config_and_refuses_a_bad_one() {
+    let (a, b) = (Hello::start("a", "1"), Hello::start("b", "1"));
+    let proxy = Proxy::start("", &pool_toml("app", "", &[("a", a.addr(), "")]));
+    let client = client();
+    let path = proxy.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+
+    // A broken file: the CLI names file:line, and the old config keeps serving.
+    write(
+        &path,
+        &original.replace(
+            "[[pools.app.backends]]",
+            "[[pools.app.backends]]\nweight = \"heavy\"",
+        ),
+    );
+    let (ok, text) = proxy.cli(&["lb", "reload"]);
+    assert!(!ok);
+    assert!(
+        text.contains("nonstop.toml:") && text.contains("weight"),
+        "{text}"
+    );
+    assert_eq!(
+        served_by(&client, &proxy.url("/"), 3).await,
+        BTreeMap::from([("a".into(), 3)])
+    );
+
+    // SIGHUP with a good file adds a backend.
+    write(
+        &path,
+        &format!(
+            "{original}{}",
+            pool_toml("app", "", &[("b", b.addr(), "")]).replace("[pools.app]\n", "")
+        ),
+    );
+    proxy.proc.signal("HUP");
+    let admin = proxy.admin.clone();
+    wait_until("reload picked up backend b", DEADLINE, || {
+        let admin = admin.clone();
+        async move { admin.pool("app").await.unwrap().backends.len() == 2 }
+    })
+    .await;
+    assert_eq!(served_by(&client, &proxy.url("/"), 4).await.len(), 2);
+
+    // `nonstop lb` verbs work against the running proxy.
+    let (ok, text) = proxy.cli(&["lb", "drain", "app/b"]);
+    assert!(ok, "{text}");
+    let (ok, text) = proxy.cli(&["lb", "pools"]);
+    assert!(ok && text.contains("draining"), "{text}");
+    let (ok, text) = proxy.cli(&["lb", "drain", "app/nobody"]);
+    assert!(!ok && text.contains("no backend named `nobody`"), "{text}");
+
+    // A reload of an unchanged file keeps runtime state (b stays draining).
+    let (ok, text) = proxy.cli(&["lb", "reload"]);
+    assert!(ok, "{text}");
+    assert_eq!(
+        proxy
+            .admin
+            .pool("app")
+            .await
+            .unwrap()
+            .backend("b")
+            .unwrap()
+            .state,
+        BackendState::Draining
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let a = Hello::start("a", "1");
+    let mut proxy = Proxy::start("", &pool_toml("app", "", &[("a", a.addr(), "")]));
+    let slow = {
+        let url = proxy.url("/slow?ms=1000");
+        tokio::spawn(async move { get(&client(), &url).await })
+    };
+    let admin = proxy.admin.clone();
+    wait_until("slow request in flight", DEADLINE, || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .pool("app")
+                .await
+                .unwrap()
+                .backend("a")
+                .unwrap()
+                .in_flight
+                == 1
+        }
+    })
+    .await;
+    proxy.proc.signal("TERM");
+    let finished = slow.await.unwrap();
+    assert_eq!(finished.status, 200);
+    let status = proxy.proc.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}: {}", proxy.log_text());
+}

@@ -1,0 +1,457 @@
+//! Test harness: real `nonstop proxy` and `nonstop-hello` processes on 127.0.0.1 with ephemeral
+//! ports, an HTTP client, a bounded load generator, and condition waits with deadlines.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use nonstop_admin_client::{AdminClient, Endpoint};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `condition` until it holds or `deadline` passes; panics with `what` on timeout.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    while !condition().await {
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn target_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nonstop"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn nonstop_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nonstop"))
+}
+
+/// The sample app's binary, built on first use if this test run did not build it already.
+pub fn hello_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let path = target_dir().join("nonstop-hello");
+            if !path.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut build = Command::new(cargo);
+                build.args(["build", "-p", "nonstop-hello"]);
+                if target_dir().ends_with("release") {
+                    build.arg("--release");
+                }
+                assert!(
+                    build.status().unwrap().success(),
+                    "building nonstop-hello failed"
+                );
+            }
+            path
+        })
+        .clone()
+}
+
+/// A child process that is killed (by its pid, which we started) when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "process {} did not exit within {deadline:?}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One instance of the sample app.
+pub struct Hello {
+    pub proc: Proc,
+    pub port: u16,
+    pub node: String,
+}
+
+impl Hello {
+    pub fn start(node: &str, version: &str) -> Hello {
+        Self::start_with(node, version, &[])
+    }
+
+    pub fn start_with(node: &str, version: &str, extra: &[&str]) -> Hello {
+        Self::start_on(0, node, version, extra)
+    }
+
+    pub fn start_on(port: u16, node: &str, version: &str, extra: &[&str]) -> Hello {
+        let mut child = Command::new(hello_bin())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--version",
+                version,
+                "--node",
+                node,
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nonstop-hello");
+        let stdout = child.stdout.take().unwrap();
+        let proc = Proc { child };
+        let line = read_line_matching(stdout, "listening on ", Duration::from_secs(15));
+        let addr = line.split_whitespace().nth(2).expect("listening on ADDR");
+        let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        Hello {
+            proc,
+            port,
+            node: node.to_string(),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Reads lines from a child's pipe on a thread until one contains `needle`; keeps draining after.
+fn read_line_matching(
+    pipe: impl std::io::Read + Send + 'static,
+    needle: &str,
+    deadline: Duration,
+) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let needle = needle.to_string();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if !sent && line.contains(&needle) {
+                let _ = tx.send(line);
+                sent = true;
+            }
+        }
+    });
+    rx.recv_timeout(deadline)
+        .unwrap_or_else(|_| panic!("no line containing `{}` within {deadline:?}", "listening"))
+}
+
+/// A running `nonstop proxy` with its own config directory.
+pub struct Proxy {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub admin: AdminClient,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Starts a proxy whose config is `[proxy]` (listen/admin filled in) plus `rest`.
+    pub fn start(proxy_extra: &str, rest: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin.sock");
+        let config = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"unix:{}\"\n{proxy_extra}\n{rest}",
+            socket.display()
+        );
+        std::fs::write(dir.path().join("nonstop.toml"), config).unwrap();
+        Self::start_in(dir)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("nonstop.toml")
+    }
+
+    pub fn start_in(dir: tempfile::TempDir) -> Proxy {
+        let mut child = Command::new(nonstop_bin())
+            .args(["proxy", "--json-logs", "--config"])
+            .arg(dir.path().join("nonstop.toml"))
+            .env("NONSTOP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nonstop proxy");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("proxy started") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let proc = Proc { child };
+        let started = rx
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|_| panic!("proxy did not start: {:?}", log.lock().unwrap()));
+        let event: serde_json::Value = serde_json::from_str(&started).unwrap();
+        let listen = event["listen"].as_str().unwrap();
+        let port = listen
+            .trim_matches(['[', ']'])
+            .split(',')
+            .next()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        let admin = AdminClient::new(Endpoint::Unix(dir.path().join("admin.sock")), None);
+        Proxy {
+            proc,
+            port,
+            dir,
+            admin,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Runs `nonstop ARGS` (e.g. `lb pools`) against this proxy's config; returns (success, stdout+stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let output = Command::new(nonstop_bin())
+            .args(args)
+            .env("NONSTOP_CONFIG", self.config_path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+}
+
+/// Config text for a pool named `name` with the given backends `(name, addr, extra)`.
+pub fn pool_toml(name: &str, settings: &str, backends: &[(&str, String, &str)]) -> String {
+    let mut text = format!("[pools.{name}]\n{settings}\n");
+    for (backend, addr, extra) in backends {
+        text.push_str(&format!(
+            "[[pools.{name}.backends]]\nname = \"{backend}\"\naddr = \"{addr}\"\n{extra}\n"
+        ));
+    }
+    text
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn node(&self) -> &str {
+        self.headers
+            .get("x-node")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn version(&self) -> &str {
+        self.headers
+            .get("x-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+pub async fn send(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Reply, String> {
+    let mut request = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> Reply {
+    send(client, "GET", url, &[], "")
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// What a load run saw: every response counted by outcome and by the node that served it.
+#[derive(Default, Debug)]
+pub struct LoadReport {
+    pub sent: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub failures: Vec<String>,
+    pub by_node: BTreeMap<String, u64>,
+    pub by_version: BTreeMap<String, u64>,
+}
+
+/// A continuous stream of GETs from `concurrency` clients until stopped (or `max_requests`).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<LoadReport>>,
+    pub sent: Arc<AtomicU64>,
+}
+
+impl Load {
+    pub fn start(url: String, concurrency: usize, max_requests: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let tasks = (0..concurrency)
+            .map(|_| {
+                let (stop, sent, url) = (stop.clone(), sent.clone(), url.clone());
+                tokio::spawn(async move {
+                    let client = client();
+                    let mut report = LoadReport::default();
+                    while !stop.load(Ordering::Relaxed)
+                        && sent.fetch_add(1, Ordering::Relaxed) < max_requests
+                    {
+                        report.sent += 1;
+                        match send(&client, "GET", &url, &[], "").await {
+                            Ok(reply) if (200..300).contains(&reply.status) => {
+                                report.ok += 1;
+                                *report.by_node.entry(reply.node().to_string()).or_default() += 1;
+                                *report
+                                    .by_version
+                                    .entry(reply.version().to_string())
+                                    .or_default() += 1;
+                            }
+                            Ok(reply) => {
+                                report.failed += 1;
+                                report.failures.push(format!(
+                                    "{} {}",
+                                    reply.status,
+                                    reply.body.trim()
+                                ));
+                            }
+                            Err(e) => {
+                                report.failed += 1;
+                                report.failures.push(e);
+                            }
+                        }
+                    }
+                    report
+                })
+            })
+            .collect();
+        Load { stop, tasks, sent }
+    }
+
+    pub async fn wait_for_requests(&self, n: u64) {
+        let sent = self.sent.clone();
+        wait_until(&format!("{n} requests sent"), DEADLINE, || {
+            let sent = sent.clone();
+            async move { sent.load(Ordering::Relaxed) >= n }
+        })
+        .await;
+    }
+
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadReport::default();
+        for task in self.tasks {
+            let report = task.await.unwrap();
+            total.sent += report.sent;
+            total.ok += report.ok;
+            total.failed += report.failed;
+            total.failures.extend(report.failures);
+            for (k, v) in report.by_node {
+                *total.by_node.entry(k).or_default() += v;
+            }
+            for (k, v) in report.by_version {
+                *total.by_version.entry(k).or_default() += v;
+            }
+        }
+        total
+    }
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
