@@ -193,7 +193,14 @@ async fn relay(
             _ => None,
         };
         let this_body = body.take().expect("a body is kept for every attempt");
-        let upstream = build_request(&parts.method, &path, &backend, headers.clone(), this_body);
+        // Copy the headers only when another attempt could need them.
+        let may_retry = retry_body.is_some() && tried.len() < members.backends.len();
+        let attempt_headers = if may_retry {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        let upstream = build_request(&parts.method, &path, &backend, attempt_headers, this_body);
 
         let started = Instant::now();
         let outcome = tokio::select! {
@@ -241,12 +248,29 @@ async fn relay(
                     return Err(too_large(max_body));
                 }
                 backend.record_failure(&pool.eject, false);
+                let garbage = is_parse_error(&err);
+                // A backend that died mid-request (reset, closed) may be retried when the method is
+                // idempotent (RFC 9110 §9.2.2); an answer that is not HTTP is the backend's fault, not luck.
+                if !garbage
+                    && is_idempotent(&parts.method)
+                    && let Some(again) = retry_body
+                {
+                    tracing::warn!(pool = %pool.name, backend = %backend.name, error = %error_chain(&err), "connection lost; retrying elsewhere");
+                    shared.metrics.error(&pool.name, ErrorKind::Retry);
+                    body = Some(again);
+                    continue;
+                }
                 shared.metrics.error(&pool.name, ErrorKind::BadResponse);
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %error_chain(&err), "bad response");
+                let what = if garbage {
+                    "did not answer with valid HTTP"
+                } else {
+                    "lost the connection before answering"
+                };
                 return Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
                     format!(
-                        "backend `{}` ({}) did not answer with valid HTTP: {}",
+                        "backend `{}` ({}) {what}: {}",
                         backend.name,
                         backend.addr,
                         error_chain(&err)
@@ -316,6 +340,26 @@ fn body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
         source = e.source();
     }
     false
+}
+
+fn is_parse_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>()
+            && (hyper_error.is_parse() || hyper_error.is_parse_status())
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
