@@ -53,11 +53,11 @@ impl std::fmt::Display for Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error(
-        "cannot reach the proxy's admin API at {endpoint}: {source} (is `nonstop proxy` running with this admin address?)"
+        "cannot reach the proxy's admin API at {endpoint}: {cause} (is `nonstop proxy` running with this admin address?)"
     )]
     Unreachable {
         endpoint: Endpoint,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("admin API at {endpoint}: {message}")]
     Protocol { endpoint: Endpoint, message: String },
@@ -261,9 +261,9 @@ impl AdminClient {
         let request = request
             .body(Full::new(payload))
             .map_err(|e| self.protocol(e.to_string()))?;
-        let unreachable = |source| AdminError::Unreachable {
+        let unreachable = |cause| AdminError::Unreachable {
             endpoint: self.endpoint.clone(),
-            source,
+            cause,
         };
         let response = match &self.endpoint {
             Endpoint::Unix(path) => {

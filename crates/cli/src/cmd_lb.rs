@@ -88,23 +88,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn client(args: &Args) -> anyhow::Result<AdminClient> {
-    let from_config = || {
-        nonstop_config::Config::load(&args.config)
-            .ok()
-            .and_then(|(c, _)| c.proxy)
-    };
-    let endpoint = match &args.admin {
-        Some(text) => text.parse::<Endpoint>().map_err(anyhow::Error::msg)?,
-        None => from_config()
-            .map(|p| p.admin.to_string())
+    let from_file = || admin_settings(&args.config);
+    let endpoint: Endpoint = match &args.admin {
+        Some(text) => text.parse().map_err(anyhow::Error::msg)?,
+        None => from_file()?
+            .0
             .unwrap_or_else(|| nonstop_config::AdminEndpoint::default().to_string())
             .parse()
             .map_err(anyhow::Error::msg)?,
     };
-    let token_file = args
-        .token_file
-        .clone()
-        .or_else(|| from_config().and_then(|p| p.admin_token_file));
+    let token_file = match &args.token_file {
+        Some(path) => Some(path.clone()),
+        None if matches!(endpoint, Endpoint::Tcp(_)) => from_file()?.1,
+        None => None,
+    };
     let token = match token_file {
         Some(path) if matches!(endpoint, Endpoint::Tcp(_)) => Some(
             std::fs::read_to_string(&path)
@@ -115,6 +112,28 @@ fn client(args: &Args) -> anyhow::Result<AdminClient> {
         _ => None,
     };
     Ok(AdminClient::new(endpoint, token))
+}
+
+/// `admin` and `admin_token_file` from the `[proxy]` section. Read without full validation, so
+/// that `nonstop lb reload` can still reach a proxy whose file was just broken by an edit.
+fn admin_settings(path: &std::path::Path) -> anyhow::Result<(Option<String>, Option<PathBuf>)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok((None, None));
+    };
+    let table: toml::Table = text.parse().with_context(|| {
+        format!(
+            "cannot find the admin endpoint: {} is not valid TOML; pass --admin",
+            path.display()
+        )
+    })?;
+    let proxy = table.get("proxy").and_then(|p| p.as_table());
+    let get = |key: &str| {
+        proxy
+            .and_then(|p| p.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    Ok((get("admin"), get("admin_token_file").map(PathBuf::from)))
 }
 
 async fn execute(client: &AdminClient, command: Command, json: bool) -> anyhow::Result<()> {

@@ -336,6 +336,7 @@ async fn websocket_echo_passes_through() {
         assert_eq!(echoed.into_text().unwrap().as_str(), format!("a: {text}"));
     }
     socket.close(None).await.unwrap();
+    drop(socket);
     let admin = proxy.admin.clone();
     wait_until("tunnel released", DEADLINE, || {
         let admin = admin.clone();

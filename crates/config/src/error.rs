@@ -10,6 +10,8 @@ pub struct ConfigError {
     pub column: usize,
     pub message: String,
     pub hint: Option<String>,
+    /// The offending line of the file, shown under the message.
+    pub snippet: Option<String>,
 }
 
 impl ConfigError {
@@ -23,13 +25,16 @@ impl ConfigError {
         let start = span.start.min(text.len());
         let before = &text[..start];
         let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before.len() - line_start + 1;
+        let snippet = text[line_start..].lines().next().map(str::to_owned);
         ConfigError {
             file: file.to_path_buf(),
             line,
             column,
             message,
             hint,
+            snippet,
         }
     }
 
@@ -40,6 +45,7 @@ impl ConfigError {
             column: 0,
             message: format!("cannot read the configuration file: {err}"),
             hint: Some("check the path and that this user may read it".into()),
+            snippet: None,
         }
     }
 }
@@ -57,6 +63,9 @@ impl fmt::Display for ConfigError {
                 self.column,
                 self.message
             )?;
+        }
+        if let Some(snippet) = self.snippet.as_deref().filter(|s| !s.trim().is_empty()) {
+            write!(f, "\n{:>5} | {snippet}", self.line)?;
         }
         if let Some(hint) = &self.hint {
             write!(f, "\n  help: {hint}")?;

@@ -80,7 +80,9 @@ async fn main() {
     if let Some(delay) = args.start_delay {
         tokio::time::sleep(delay).await;
     }
-    let addr = args.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], args.port)));
+    let addr = args
+        .listen
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], args.port)));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -97,7 +99,10 @@ async fn main() {
         sessions: Mutex::new(HashMap::new()),
         next_session: AtomicU64::new(std::process::id() as u64 * 1_000_003),
     });
-    println!("listening on {bound} version={} node={}", args.version, args.node);
+    println!(
+        "listening on {bound} version={} node={}",
+        args.version, args.node
+    );
     use std::io::Write;
     let _ = std::io::stdout().flush();
     serve(listener, app).await;
@@ -129,7 +134,11 @@ async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) {
 async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let mut response = match (req.method(), path.split(';').next().unwrap_or("")) {
-        (&Method::GET, "/") => text(format!("hello v{} from {}\n", to_str(&app.version), to_str(&app.node))),
+        (&Method::GET, "/") => text(format!(
+            "hello v{} from {}\n",
+            to_str(&app.version),
+            to_str(&app.node)
+        )),
         (&Method::GET, "/health") => {
             if app.healthy.load(Ordering::Relaxed) {
                 text("UP".into())
@@ -139,7 +148,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         (&Method::GET, "/version") => text(to_str(&app.version).to_string()),
         (&Method::GET, "/slow") => {
-            let ms = query_param(req.uri().query(), "ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            let ms = query_param(req.uri().query(), "ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             text(format!("slept {ms}ms\n"))
         }
@@ -170,7 +181,10 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             std::process::exit(3);
         }
         (_, p) if p.starts_with("/status/") => {
-            let code = p["/status/".len()..].parse().ok().and_then(|c| StatusCode::from_u16(c).ok());
+            let code = p["/status/".len()..]
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok());
             match code {
                 Some(code) => status(code, code.canonical_reason().unwrap_or("")),
                 None => status(StatusCode::BAD_REQUEST, "not a status code"),
@@ -178,7 +192,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         _ => status(StatusCode::NOT_FOUND, "not found"),
     };
-    response.headers_mut().insert("x-version", app.version.clone());
+    response
+        .headers_mut()
+        .insert("x-version", app.version.clone());
     response.headers_mut().insert("x-node", app.node.clone());
     Ok(response)
 }
@@ -194,9 +210,16 @@ fn session(app: &App, req: &Request<Incoming>) -> Response<Body> {
         .filter_map(|pair| pair.trim().strip_prefix("JSESSIONID="))
         .map(str::to_string)
         .next();
-    let from_path = req.uri().path().split(";jsessionid=").nth(1).map(str::to_string);
+    let from_path = req
+        .uri()
+        .path()
+        .split(";jsessionid=")
+        .nth(1)
+        .map(str::to_string);
     let mut sessions = app.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    let known = from_cookie.or(from_path).filter(|id| sessions.contains_key(id));
+    let known = from_cookie
+        .or(from_path)
+        .filter(|id| sessions.contains_key(id));
     let (id, fresh) = match known {
         Some(id) => (id, false),
         None => {
@@ -206,7 +229,11 @@ fn session(app: &App, req: &Request<Incoming>) -> Response<Body> {
     };
     let count = sessions.entry(id.clone()).or_insert(0);
     *count += 1;
-    let mut response = text(format!("count={count} node={} version={}\n", to_str(&app.node), to_str(&app.version)));
+    let mut response = text(format!(
+        "count={count} node={} version={}\n",
+        to_str(&app.node),
+        to_str(&app.version)
+    ));
     if fresh && let Ok(cookie) = HeaderValue::from_str(&format!("JSESSIONID={id}; Path=/")) {
         response.headers_mut().insert(SET_COOKIE, cookie);
     }
@@ -221,7 +248,8 @@ fn websocket(app: &App, mut req: Request<Incoming>) -> Response<Body> {
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(message)) = socket.next().await {
             let reply = match message {
                 Message::Text(text) => Message::text(format!("{node}: {text}")),
@@ -245,7 +273,11 @@ fn websocket(app: &App, mut req: Request<Incoming>) -> Response<Body> {
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 fn to_str(value: &HeaderValue) -> &str {
