@@ -806,3 +806,65 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let status = proxy.proc.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}: {}", proxy.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_backends_are_cut_at_the_drain_timeout_and_slow_backends_get_504() {
+    let (blue, green) = (Hello::start("blue", "1"), Hello::start("green", "2"));
+    let proxy = Proxy::start(
+        "drain_timeout = \"300ms\"\ntimeouts = { response_header = \"1s\" }",
+        &pool_toml("app", "", &[("blue", blue.addr(), "")]),
+    );
+    let slow = {
+        let url = proxy.url("/slow?ms=800");
+        tokio::spawn(async move { get(&support::client(), &url).await })
+    };
+    let admin = proxy.admin.clone();
+    wait_until("slow request in flight", DEADLINE, || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .pool("app")
+                .await
+                .unwrap()
+                .backend("blue")
+                .unwrap()
+                .in_flight
+                == 1
+        }
+    })
+    .await;
+    proxy
+        .admin
+        .replace("app", &[spec("green", &green)])
+        .await
+        .unwrap();
+    let cut = slow.await.unwrap();
+    assert_eq!(cut.status, 503, "{}", cut.body);
+    assert!(cut.body.contains("drain timeout"), "{}", cut.body);
+
+    let reply = get(&client(), &proxy.url("/slow?ms=3000")).await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(
+        reply.body.contains("no response headers within"),
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served_over_cleartext() {
+    let a = Hello::start("a", "1");
+    let proxy = Proxy::start("", &pool_toml("app", "", &[("a", a.addr(), "")]));
+    let h2: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let reply = get(&h2, &proxy.url("/headers")).await;
+    assert_eq!(reply.status, 200);
+    let seen: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        seen["host"],
+        format!("127.0.0.1:{}", proxy.port),
+        "the :authority becomes Host for HTTP/1.1 backends"
+    );
+}

@@ -431,6 +431,32 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_of_5xx_ejects_and_a_success_resets_the_count() {
+        let spec = BackendSpec {
+            name: "b".into(),
+            addr: "127.0.0.1:1".into(),
+            weight: None,
+            route: None,
+            state: None,
+        };
+        let backend = Backend::new(&spec, Metrics::new().backend("p", "b")).unwrap();
+        let eject = EjectConfig {
+            consecutive_failures: 3,
+            cooldown: nonstop_config::HumanDuration::secs(10),
+        };
+        let fail = http::StatusCode::INTERNAL_SERVER_ERROR;
+        backend.record_response(fail, Duration::ZERO, &eject);
+        backend.record_response(fail, Duration::ZERO, &eject);
+        backend.record_response(http::StatusCode::OK, Duration::ZERO, &eject);
+        backend.record_response(fail, Duration::ZERO, &eject);
+        backend.record_response(fail, Duration::ZERO, &eject);
+        assert!(!backend.ejected(), "a success in between resets the streak");
+        backend.record_response(fail, Duration::ZERO, &eject);
+        assert!(backend.ejected());
+        assert!(!backend.takes_new() && !backend.takes_sticky());
+    }
+
+    #[test]
     fn spec_check_names_the_problem() {
         let spec = BackendSpec {
             name: "a b".into(),
