@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,6 +60,8 @@ struct App {
     healthy: AtomicBool,
     sessions: Mutex<HashMap<String, u64>>,
     next_session: AtomicU64,
+    /// Randomly keyed per process: hashing a counter with it gives unguessable session ids.
+    session_keys: std::hash::RandomState,
 }
 
 type Body = Full<Bytes>;
@@ -97,7 +100,8 @@ async fn main() {
         route: args.route.clone().unwrap_or_else(|| args.node.clone()),
         healthy: AtomicBool::new(!args.fail_health),
         sessions: Mutex::new(HashMap::new()),
-        next_session: AtomicU64::new(std::process::id() as u64 * 1_000_003),
+        next_session: AtomicU64::new(0),
+        session_keys: std::hash::RandomState::new(),
     });
     println!(
         "listening on {bound} version={} node={}",
@@ -116,7 +120,11 @@ async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
                 let service = hyper::service::service_fn(move |req| handle(app.clone(), req));
@@ -155,11 +163,16 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             text(format!("slept {ms}ms\n"))
         }
         (&Method::GET, "/headers") => {
-            let headers: serde_json::Map<String, serde_json::Value> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-                .collect();
+            let mut headers = serde_json::Map::new();
+            for name in req.headers().keys() {
+                let values: Vec<_> = req
+                    .headers()
+                    .get_all(name)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                    .collect();
+                headers.insert(name.to_string(), values.join(", ").into());
+            }
             text(serde_json::Value::Object(headers).to_string())
         }
         (&Method::POST, "/echo") => match req.into_body().collect().await {
@@ -224,7 +237,8 @@ fn session(app: &App, req: &Request<Incoming>) -> Response<Body> {
         Some(id) => (id, false),
         None => {
             let n = app.next_session.fetch_add(1, Ordering::Relaxed);
-            (format!("{n:016X}.{}", app.route), true)
+            let (a, b) = (app.session_keys.hash_one(n), app.session_keys.hash_one(!n));
+            (format!("{a:016X}{b:016X}.{}", app.route), true)
         }
     };
     let count = sessions.entry(id.clone()).or_insert(0);
