@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -117,8 +117,8 @@ async fn relay(
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let table = shared.table.load_full();
-    let authority = request_authority(&req)?;
-    let host = authority.as_ref().map(|a| a.host());
+    let request_host = request_host(&req)?;
+    let host = request_host.as_ref().map(RequestHost::host);
     let Some(pool) = table.route(host, req.uri().path()).cloned() else {
         shared.metrics.unrouted();
         return Err(Refusal::new(
@@ -151,7 +151,7 @@ async fn relay(
         &mut headers,
         upgrade.is_some(),
         peer,
-        authority.as_ref(),
+        request_host.as_ref().map(|h| &h.value),
         request_id,
     );
     let path = parts
@@ -292,27 +292,80 @@ async fn relay(
     }
 }
 
-fn request_authority(req: &Request<Incoming>) -> Result<Option<Authority>, Refusal> {
-    match req.headers().get(header::HOST) {
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|host| host.parse::<Authority>().ok())
-            .filter(|a| !a.host().is_empty() && a.as_str().len() <= 255)
-            .map(Some)
-            .ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "the Host header is not a valid host[:port]",
-                )
-            }),
-        None if req.version() == Version::HTTP_2 => Ok(req.uri().authority().cloned()),
-        None if req.version() == Version::HTTP_11 => Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "an HTTP/1.1 request needs a Host header",
-        )),
-        None => Ok(None),
+/// The host a request was sent to, as the client wrote it (Host, or `:authority` in HTTP/2).
+struct RequestHost {
+    value: HeaderValue,
+    host_len: usize,
+}
+
+impl RequestHost {
+    /// The host without its port.
+    fn host(&self) -> &str {
+        &self.value.to_str().unwrap_or("")[..self.host_len]
     }
+}
+
+fn request_host(req: &Request<Incoming>) -> Result<Option<RequestHost>, Refusal> {
+    let bad = || {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "the Host header is not a valid host[:port]",
+        )
+    };
+    let value = match req.headers().get(header::HOST) {
+        Some(value) => value.clone(),
+        None if req.version() == Version::HTTP_2 => match req.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
+            None => return Ok(None),
+        },
+        None if req.version() == Version::HTTP_11 => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "an HTTP/1.1 request needs a Host header",
+            ));
+        }
+        None => return Ok(None),
+    };
+    let host_len = value.to_str().ok().and_then(host_length).ok_or_else(bad)?;
+    Ok(Some(RequestHost { value, host_len }))
+}
+
+/// Checks `host[:port]` (RFC 9110 §7.2) without allocating; returns the length of the host part.
+fn host_length(authority: &str) -> Option<usize> {
+    if authority.is_empty() || authority.len() > 255 {
+        return None;
+    }
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')? + 1;
+        let inside = &authority[1..end - 1];
+        if inside.is_empty()
+            || !inside
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        let rest = &authority[end..];
+        let port = if rest.is_empty() {
+            None
+        } else {
+            Some(rest.strip_prefix(':')?)
+        };
+        (&authority[..end], port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let host_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    (host_ok && port_ok).then_some(host.len())
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -465,7 +518,7 @@ fn prepare_request_headers(
     headers: &mut HeaderMap,
     upgrade: bool,
     peer: SocketAddr,
-    authority: Option<&Authority>,
+    host: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) {
     strip_hop_by_hop(headers, upgrade);
@@ -478,7 +531,7 @@ fn prepare_request_headers(
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+    if let Some(value) = host.cloned() {
         if !headers.contains_key(header::HOST) {
             headers.insert(header::HOST, value.clone());
         }
@@ -558,5 +611,31 @@ async fn tunnel(
     let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
     if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         tracing::debug!(backend = %in_flight.backend().name, error = %err, "upgraded connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_length;
+
+    #[test]
+    fn host_headers_are_checked_without_allocating() {
+        assert_eq!(host_length("shop.example.com"), Some(16));
+        assert_eq!(host_length("shop.example.com:8080"), Some(16));
+        assert_eq!(host_length("[::1]:8080"), Some(5));
+        assert_eq!(host_length("[::1]"), Some(5));
+        for bad in [
+            "",
+            "bad host",
+            "a:b",
+            "a:",
+            "a/b",
+            "[::1",
+            "[zz]:1",
+            "a:123456",
+            "\u{e9}.com",
+        ] {
+            assert_eq!(host_length(bad), None, "{bad:?}");
+        }
     }
 }
