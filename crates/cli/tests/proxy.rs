@@ -868,3 +868,24 @@ async fn http2_clients_are_served_over_cleartext() {
         "the :authority becomes Host for HTTP/1.1 backends"
     );
 }
+
+#[test]
+fn shipped_example_configs_pass_config_check() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let output = std::process::Command::new(nonstop_bin())
+                .args(["config", "check"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
