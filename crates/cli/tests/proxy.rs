@@ -889,3 +889,44 @@ fn shipped_example_configs_pass_config_check() {
         }
     }
 }
+
+#[test]
+fn proxy_refuses_to_start_on_a_bad_config_or_a_taken_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nonstop.toml");
+    write(
+        &path,
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n\n[pools.app]\nbalance = \"fastest\"\n",
+    );
+    let output = std::process::Command::new(nonstop_bin())
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        text.contains("nonstop.toml:5:11")
+            && text.contains("fastest")
+            && text.contains("round-robin"),
+        "{text}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    write(
+        &path,
+        &format!(
+            "[proxy]\nlisten = \"{addr}\"\nadmin = \"unix:{}/admin.sock\"\n",
+            dir.path().display()
+        ),
+    );
+    let output = std::process::Command::new(nonstop_bin())
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
+}
