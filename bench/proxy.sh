@@ -11,21 +11,34 @@ WORKERS=${WORKERS:-2}         # worker processes/threads of each proxy: the same
 ROUNDS=${ROUNDS:-1}           # repeat the whole sequence; the table reports the median
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-for tool in wrk nginx haproxy curl; do
-    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk nginx-light haproxy curl" >&2; exit 1; }
+for tool in wrk nginx haproxy curl python3; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "missing $tool; install with: apt-get install -y wrk nginx-light haproxy curl" >&2
+        [ -f /tmp/apt.log ] && [ "$(tail -n1 /tmp/apt.log)" != done ] && echo "(an apt-get run is still going: see /tmp/apt.log)" >&2
+        exit 1
+    fi
 done
-(cd "$root" && cargo build --release -q -p nonstop -p nonstop-hello)
+# nonstop is benchmarked only when it builds and `nonstop proxy` runs; the others are measured regardless.
+(cd "$root" && cargo build --release -q -p nonstop-hello)
+with_nonstop=1
+if ! (cd "$root" && cargo build --release -q -p nonstop) || ! "$root/target/release/nonstop" proxy --help >/dev/null 2>&1; then
+    echo "warning: \`nonstop proxy\` does not build or run yet; measuring direct, nginx and HAProxy only" >&2
+    with_nonstop=0
+fi
 bin="$root/target/release"
 dir=$(mktemp -d /tmp/nonstop-bench.XXXXXX)
 pids=()
-cleanup() {
+cleanup() {  # only the processes this script started, by pid
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    [ -f "$dir/nginx.pid" ] && kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$dir"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP  # so an interrupted run still cleans up
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_ports() {  # n distinct free ports on 127.0.0.1 (all bound at once, then released)
+    python3 -c 'import socket,sys; s=[socket.socket() for _ in range(int(sys.argv[1]))]; [x.bind(("127.0.0.1",0)) for x in s]; print(*[x.getsockname()[1] for x in s])' "$1"
+}
 wait_for() {  # url: poll until it answers 200, at most 10 s
     for _ in $(seq 1 200); do
         [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
@@ -34,7 +47,7 @@ wait_for() {  # url: poll until it answers 200, at most 10 s
     echo "no answer from $1" >&2; exit 1
 }
 
-backend=$(free_port); p_nginx=$(free_port); p_haproxy=$(free_port); p_nonstop=$(free_port)
+read -r backend p_nginx p_haproxy p_nonstop < <(free_ports 4)
 
 "$bin/nonstop-hello" --port "$backend" --node bench >/dev/null & pids+=($!)
 
@@ -61,7 +74,7 @@ http {
     }
 }
 CONF
-nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf"
+nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
 
 cat > "$dir/haproxy.cfg" <<CONF
 global
@@ -93,9 +106,14 @@ workers = $WORKERS
 name = "hello"
 addr = "127.0.0.1:$backend"
 CONF
-NONSTOP_LOG=warn "$bin/nonstop" proxy --config "$dir/nonstop.toml" & pids+=($!)
+names=(direct nginx haproxy)
+ports=($backend $p_nginx $p_haproxy)
+if [ "$with_nonstop" = 1 ]; then
+    NONSTOP_LOG=warn "$bin/nonstop" proxy --config "$dir/nonstop.toml" & pids+=($!)
+    names+=(nonstop); ports+=($p_nonstop)
+fi
 
-for port in $backend $p_nginx $p_haproxy $p_nonstop; do wait_for "http://127.0.0.1:$port/"; done
+for port in "${ports[@]}"; do wait_for "http://127.0.0.1:$port/"; done
 
 # Prints "req/s p50_ms p99_ms" for one wrk run.
 measure() {
@@ -106,8 +124,6 @@ measure() {
         END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
 }
 
-names=(direct nginx haproxy nonstop)
-ports=($backend $p_nginx $p_haproxy $p_nonstop)
 declare -A results
 for round in $(seq 1 "$ROUNDS"); do
     for i in "${!names[@]}"; do
@@ -120,11 +136,11 @@ done
 median() {  # field number, "a b c;a b c;..." → median of that field
     echo "$2" | tr ';' '\n' | awk -v f="$1" 'NF { print $f }' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
-declare -A rps p50 p99
+declare -A rps=([nonstop]=n/a) p50=([nonstop]=n/a) p99=([nonstop]=n/a)
 for name in "${names[@]}"; do
     rps[$name]=$(median 1 "${results[$name]}"); p50[$name]=$(median 2 "${results[$name]}"); p99[$name]=$(median 3 "${results[$name]}")
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+ratio() { [ "$1" = n/a ] && echo n/a || awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 report=$(cat <<TABLE
 Machine: $(nproc) cores, $(uname -r); wrk, the backend and the proxy share these cores.
@@ -133,7 +149,7 @@ nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), HAProxy $(haproxy -v | head -1 | a
 
 | target | req/s | p50 ms | p99 ms |
 | --- | ---: | ---: | ---: |
-$(for name in "${names[@]}"; do echo "| $name | ${rps[$name]} | ${p50[$name]} | ${p99[$name]} |"; done)
+$(for name in direct nginx haproxy nonstop; do echo "| $name | ${rps[$name]} | ${p50[$name]} | ${p99[$name]} |"; done)
 
 | ratio | req/s | p99 |
 | --- | ---: | ---: |
