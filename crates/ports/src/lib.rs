@@ -1,0 +1,188 @@
+//! The seams the deploy engine drives: a `Balancer` (who gets traffic), a `Runtime` (which
+//! process runs where) and a `Probe` (is it healthy). Drivers live in their own crates.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A node (instance slot) of a service; also its backend name in the balancer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeName(pub String);
+
+/// A release version, as given with `--version` or derived from the artifact's checksum.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Version(pub String);
+
+macro_rules! string_type {
+    ($t:ident) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl From<&str> for $t {
+            fn from(s: &str) -> Self {
+                $t(s.to_string())
+            }
+        }
+        impl $t {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+string_type!(NodeName);
+string_type!(Version);
+
+/// What the balancer sends to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LbState {
+    /// New and sticky requests.
+    Active,
+    /// Only requests bound to it by a session; in-flight ones finish.
+    Draining,
+    /// Nothing.
+    Disabled,
+}
+
+impl std::fmt::Display for LbState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LbState::Active => "active",
+            LbState::Draining => "draining",
+            LbState::Disabled => "disabled",
+        })
+    }
+}
+
+/// Cumulative traffic counters of one member, for canary comparisons.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub requests: u64,
+    /// 5xx answers plus connection errors and timeouts.
+    pub errors: u64,
+    pub latency_ms_sum: f64,
+}
+
+impl Traffic {
+    /// The traffic between `earlier` and `self`.
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        Traffic {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            latency_ms_sum: (self.latency_ms_sum - earlier.latency_ms_sum).max(0.0),
+        }
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+
+    pub fn mean_latency_ms(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.latency_ms_sum / self.requests as f64)
+    }
+}
+
+/// One backend of the service's pool, as the balancer sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub node: NodeName,
+    pub addr: String,
+    pub state: LbState,
+    pub weight: u32,
+    pub in_flight: i64,
+    /// The balancer's own health view (active checks, ejection).
+    pub healthy: bool,
+    pub traffic: Traffic,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PortError {
+    pub message: String,
+}
+
+impl PortError {
+    pub fn new(message: impl Into<String>) -> Self {
+        PortError {
+            message: message.into(),
+        }
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// Who gets traffic. Every call acts on the service's pool.
+pub trait Balancer: Send + Sync {
+    fn members(&self) -> impl Future<Output = PortResult<Vec<Member>>> + Send;
+    /// Makes sure `node` is a member at `addr`; a new member starts `Disabled`.
+    fn register(&self, node: &NodeName, addr: &str) -> impl Future<Output = PortResult<()>> + Send;
+    fn set_state(
+        &self,
+        node: &NodeName,
+        state: LbState,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    fn set_weight(
+        &self,
+        node: &NodeName,
+        weight: u32,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Applies all `changes` in one atomic step (the blue-green switch).
+    fn switch(
+        &self,
+        changes: &[(NodeName, LbState, Option<u32>)],
+    ) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// Everything needed to start one instance of a release on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub node: NodeName,
+    pub port: u16,
+    pub version: Version,
+    pub release_dir: PathBuf,
+    pub artifact: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub log: PathBuf,
+}
+
+/// A running (or once running) instance; enough to find, watch and stop it from another process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub node: NodeName,
+    pub version: Version,
+    pub port: u16,
+    pub pid: i32,
+    /// Kernel start time of the pid, so a recycled pid is never mistaken for ours.
+    pub start_ticks: u64,
+    pub log: PathBuf,
+}
+
+/// Where releases run.
+pub trait Runtime: Send + Sync {
+    fn start(&self, spec: &InstanceSpec) -> impl Future<Output = PortResult<Instance>> + Send;
+    /// Asks the instance to stop, then forces it after `grace`.
+    fn stop(
+        &self,
+        instance: &Instance,
+        grace: Duration,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    fn is_running(&self, instance: &Instance) -> bool;
+}
+
+/// One health check try against an instance's own port.
+pub trait Probe: Send + Sync {
+    /// `Ok` when healthy; `Err` says what was seen instead.
+    fn check(&self, port: u16) -> impl Future<Output = Result<(), String>> + Send;
+}

@@ -1,0 +1,270 @@
+//! The `process` runtime: each instance is a detached child (its own session, stdin closed,
+//! stdout/stderr appended to a per-release log file) started from an argv template, never a shell.
+//!
+//! Why detached children and not a supervisor daemon: the proxy already holds the traffic, so the
+//! only job left is "run this argv and let it outlive the CLI". A new session does that with no
+//! extra long-lived process to keep alive; the store records pid + kernel start time so any later
+//! `nonstop` invocation can find, watch and stop the instance without mistaking a recycled pid.
+//! What it does not do is restart a crashed app: that is the job of a `systemd` runtime.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nonstop_ports::{Instance, InstanceSpec, PortError, PortResult, Runtime};
+use rustix::process::{Pid, Signal};
+
+/// Starts instances from `argv` with `{artifact}`, `{release_dir}`, `{version}`, `{port}`, `{node}`.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl ProcessRuntime {
+    pub fn new(argv: Vec<String>, env: impl IntoIterator<Item = (String, String)>) -> Self {
+        ProcessRuntime {
+            argv,
+            env: env.into_iter().collect(),
+        }
+    }
+
+    /// The argv for `spec`, placeholders filled in.
+    pub fn command_line(&self, spec: &InstanceSpec) -> Vec<String> {
+        self.argv.iter().map(|arg| fill(arg, spec)).collect()
+    }
+}
+
+fn fill(template: &str, spec: &InstanceSpec) -> String {
+    template
+        .replace("{artifact}", &spec.artifact.to_string_lossy())
+        .replace("{release_dir}", &spec.release_dir.to_string_lossy())
+        .replace("{version}", spec.version.as_str())
+        .replace("{port}", &spec.port.to_string())
+        .replace("{node}", spec.node.as_str())
+}
+
+impl Runtime for ProcessRuntime {
+    async fn start(&self, spec: &InstanceSpec) -> PortResult<Instance> {
+        let argv = self.command_line(spec);
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| PortError::new("the start command is empty"))?;
+        if let Some(dir) = spec.log.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                PortError::new(format!(
+                    "cannot create log directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .map_err(|e| PortError::new(format!("cannot open log {}: {e}", spec.log.display())))?;
+        let _ = writeln!(
+            log,
+            "--- nonstop: starting {} {} on port {}: {argv:?}",
+            spec.node, spec.version, spec.port
+        );
+        let stderr = log
+            .try_clone()
+            .map_err(|e| PortError::new(format!("cannot share the log file: {e}")))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .envs(spec.env.iter())
+            .current_dir(&spec.release_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr);
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent. A new session
+        // keeps the app out of the terminal's signals (Ctrl-C, hang-up) so it outlives the CLI.
+        unsafe {
+            command.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| PortError::new(format!("cannot start `{program}`: {e}")))?;
+        let pid = child.id() as i32;
+        let start_ticks = start_ticks(pid).unwrap_or(0);
+        // Reap the child if it dies while this process still lives; afterwards init does.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        Ok(Instance {
+            node: spec.node.clone(),
+            version: spec.version.clone(),
+            port: spec.port,
+            pid,
+            start_ticks,
+            log: spec.log.clone(),
+        })
+    }
+
+    async fn stop(&self, instance: &Instance, grace: Duration) -> PortResult<()> {
+        stop(instance, grace).await
+    }
+
+    fn is_running(&self, instance: &Instance) -> bool {
+        is_running(instance)
+    }
+}
+
+/// True while the instance's pid exists, is not a zombie, and is the process we started.
+pub fn is_running(instance: &Instance) -> bool {
+    match stat(instance.pid) {
+        Some((state, ticks)) => {
+            !matches!(state, 'Z' | 'X')
+                && (instance.start_ticks == 0 || ticks == instance.start_ticks)
+        }
+        None => false,
+    }
+}
+
+/// SIGTERM to the instance's process group, SIGKILL after `grace`, then waits for it to be gone.
+pub async fn stop(instance: &Instance, grace: Duration) -> PortResult<()> {
+    if !is_running(instance) {
+        return Ok(());
+    }
+    let Some(pid) = Pid::from_raw(instance.pid) else {
+        return Ok(());
+    };
+    signal(pid, Signal::TERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !is_running(instance) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    signal(pid, Signal::KILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if !is_running(instance) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(PortError::new(format!(
+        "process {} of {} did not exit after SIGKILL",
+        instance.pid, instance.node
+    )))
+}
+
+fn signal(pid: Pid, signal: Signal) {
+    // The app leads its own session, so its group holds the children it spawned (e.g. a JVM's helpers).
+    if rustix::process::kill_process_group(pid, signal).is_err() {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// The kernel's start time of `pid` (clock ticks since boot), field 22 of /proc/PID/stat.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    stat(pid).map(|(_, ticks)| ticks)
+}
+
+fn stat(pid: i32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ticks = fields.nth(18)?.parse().ok()?;
+    Some((state, ticks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nonstop_ports::{NodeName, Version};
+
+    fn spec(dir: &std::path::Path) -> InstanceSpec {
+        InstanceSpec {
+            node: NodeName::from("blue"),
+            port: 8081,
+            version: Version::from("7"),
+            release_dir: dir.to_path_buf(),
+            artifact: dir.join("app.jar"),
+            env: [("GREETING".to_string(), "hi".to_string())].into(),
+            log: dir.join("logs/blue.log"),
+        }
+    }
+
+    #[test]
+    fn placeholders_are_filled_without_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = ProcessRuntime::new(
+            vec![
+                "java".into(),
+                "-jar".into(),
+                "{artifact}".into(),
+                "--server.port={port}".into(),
+                "--v={version}@{node}".into(),
+                "$(rm -rf /)".into(),
+            ],
+            [],
+        );
+        let line = runtime.command_line(&spec(dir.path()));
+        assert_eq!(line[2], dir.path().join("app.jar").to_string_lossy());
+        assert_eq!(line[3], "--server.port=8081");
+        assert_eq!(line[4], "--v=7@blue");
+        assert_eq!(line[5], "$(rm -rf /)");
+    }
+
+    #[tokio::test]
+    async fn starts_detached_logs_and_stops_with_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = ProcessRuntime::new(
+            vec!["sleep".into(), "30".into()],
+            [("A".to_string(), "b".to_string())],
+        );
+        let instance = runtime.start(&spec(dir.path())).await.unwrap();
+        assert!(instance.start_ticks > 0);
+        assert!(runtime.is_running(&instance));
+        let sid = rustix::process::getsid(Pid::from_raw(instance.pid)).unwrap();
+        assert_eq!(
+            sid.as_raw_nonzero().get(),
+            instance.pid,
+            "runs in its own session"
+        );
+        runtime
+            .stop(&instance, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(!runtime.is_running(&instance));
+        let log = std::fs::read_to_string(dir.path().join("logs/blue.log")).unwrap();
+        assert!(log.contains("starting blue 7"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn notices_an_exit_and_a_recycled_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = ProcessRuntime::new(vec!["true".into()], []);
+        let instance = runtime.start(&spec(dir.path())).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while runtime.is_running(&instance) {
+            assert!(Instant::now() < until, "exit not noticed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut impostor = instance.clone();
+        impostor.pid = std::process::id() as i32;
+        impostor.start_ticks = start_ticks(impostor.pid).unwrap() + 1;
+        assert!(
+            !runtime.is_running(&impostor),
+            "other start time, other process"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = ProcessRuntime::new(vec!["/nonexistent/app".into()], []);
+        let err = runtime.start(&spec(dir.path())).await.unwrap_err();
+        assert!(err.message.contains("/nonexistent/app"), "{err}");
+    }
+}

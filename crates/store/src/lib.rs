@@ -1,0 +1,630 @@
+//! nonstop's store: one SQLite file per service holding its deployments, the journal of their
+//! steps, the deploy lock, the instances that run, and the current and previous release.
+//!
+//! The engine writes a journal entry *before* each side effect, so a crash leaves a record of what
+//! may have happened; the lock row names its holder's pid, so a dead holder is told from a live one.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nonstop_ports::{Instance, NodeName, Version};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Sql {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{service} is locked by deploy #{deploy} started by {holder} at {started} (still running as pid {pid}); wait for it or check `nonstop status {service}`"
+    )]
+    Locked {
+        service: String,
+        deploy: i64,
+        holder: String,
+        started: String,
+        pid: i32,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Running,
+    Succeeded,
+    RolledBack,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Succeeded => "succeeded",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Outcome {
+        match s {
+            "succeeded" => Outcome::Succeeded,
+            "rolled-back" => Outcome::RolledBack,
+            "failed" => Outcome::Failed,
+            _ => Outcome::Running,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployment {
+    pub id: i64,
+    pub service: String,
+    /// `deploy`, `rollback` or `recovery`.
+    pub kind: String,
+    pub version: String,
+    pub from_version: Option<String>,
+    pub strategy: String,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub holder: String,
+    pub pid: i32,
+    /// The engine's picture of the service before the deploy (JSON), what a rollback restores.
+    #[serde(skip)]
+    pub snapshot: String,
+}
+
+impl Deployment {
+    pub fn duration(&self) -> Option<Duration> {
+        self.finished_ms
+            .map(|end| Duration::from_millis(end.saturating_sub(self.started_ms).max(0) as u64))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalEntry {
+    pub at_ms: i64,
+    pub step: String,
+    pub detail: String,
+}
+
+/// Who runs a deploy: shown to whoever finds the lock taken.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub name: String,
+    pub pid: i32,
+    pub host: String,
+}
+
+impl Holder {
+    /// This process, as `user@host`.
+    pub fn current() -> Holder {
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        Holder {
+            name: format!("{user}@{host}"),
+            pid: std::process::id() as i32,
+            host,
+        }
+    }
+}
+
+/// An instance the engine started, with the time it may be stopped if it is only kept warm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceRecord {
+    pub instance: Instance,
+    pub warm_until_ms: Option<i64>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: String,
+    service: String,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn format_ms(ms: i64) -> String {
+    humantime_like(ms)
+}
+
+fn humantime_like(ms: i64) -> String {
+    // RFC 3339 in UTC, without pulling a date crate into the store.
+    let secs = ms / 1000;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let (y, mo, d) = civil_from_days(days);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS deployments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    service TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    version TEXT NOT NULL,
+    from_version TEXT,
+    strategy TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    finished_ms INTEGER,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    holder TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    snapshot TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    deploy INTEGER NOT NULL REFERENCES deployments(id),
+    at_ms INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS locks (
+    service TEXT PRIMARY KEY,
+    deploy INTEGER,
+    holder TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    started_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    service TEXT NOT NULL,
+    node TEXT NOT NULL,
+    json TEXT NOT NULL,
+    warm_until_ms INTEGER,
+    PRIMARY KEY (service, node)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    service TEXT PRIMARY KEY,
+    current TEXT,
+    previous TEXT
+);
+";
+
+fn alive(pid: i32) -> bool {
+    rustix::process::Pid::from_raw(pid)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` for `service`.
+    pub fn open(path: &Path, service: &str) -> Result<Store> {
+        let shown = path.display().to_string();
+        let sql = |source| StoreError::Sql {
+            path: shown.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        Ok(Store {
+            conn,
+            path: shown,
+            service: service.to_string(),
+        })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Takes the service's deploy lock. A lock left by a dead holder is taken over and its
+    /// unfinished deployment returned, for the caller to recover before doing anything else.
+    pub fn acquire(&mut self, holder: &Holder) -> Result<Option<Deployment>> {
+        let service = self.service.clone();
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let existing: Option<(Option<i64>, String, i32, String, i64)> = tx
+            .query_row(
+                "SELECT deploy, holder, pid, host, started_ms FROM locks WHERE service = ?1",
+                params![service],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(sql)?;
+        if let Some((deploy, name, pid, host, started)) = &existing
+            && (host != &holder.host || alive(*pid))
+        {
+            return Err(StoreError::Locked {
+                service,
+                deploy: deploy.unwrap_or(0),
+                holder: name.clone(),
+                started: format_ms(*started),
+                pid: *pid,
+            });
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO locks (service, deploy, holder, pid, host, started_ms) VALUES (?1, NULL, ?2, ?3, ?4, ?5)",
+            params![service, holder.name, holder.pid, holder.host, now_ms()],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(self.unfinished()?.filter(|d| d.pid != holder.pid))
+    }
+
+    pub fn release(&self) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM locks WHERE service = ?1 AND pid = ?2",
+                params![self.service, std::process::id() as i32],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Records a new deployment (outcome `running`) and ties the lock to it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn begin(
+        &self,
+        kind: &str,
+        version: &Version,
+        from: Option<&Version>,
+        strategy: &str,
+        holder: &Holder,
+        snapshot: &str,
+    ) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO deployments (service, kind, version, from_version, strategy, started_ms, outcome, holder, pid, host, snapshot)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)",
+                params![
+                    self.service,
+                    kind,
+                    version.as_str(),
+                    from.map(Version::as_str),
+                    strategy,
+                    now_ms(),
+                    holder.name,
+                    holder.pid,
+                    holder.host,
+                    snapshot
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        let id = self.conn.last_insert_rowid();
+        self.conn
+            .execute(
+                "UPDATE locks SET deploy = ?1 WHERE service = ?2",
+                params![id, self.service],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(id)
+    }
+
+    pub fn journal(&self, deploy: i64, step: &str, detail: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO journal (deploy, at_ms, step, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![deploy, now_ms(), step, detail],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn finish(&self, deploy: i64, outcome: Outcome, reason: Option<&str>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE deployments SET outcome = ?1, reason = ?2, finished_ms = ?3 WHERE id = ?4",
+                params![outcome.as_str(), reason, now_ms(), deploy],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    fn read_deployment(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
+        Ok(Deployment {
+            id: r.get(0)?,
+            service: r.get(1)?,
+            kind: r.get(2)?,
+            version: r.get(3)?,
+            from_version: r.get(4)?,
+            strategy: r.get(5)?,
+            started_ms: r.get(6)?,
+            finished_ms: r.get(7)?,
+            outcome: Outcome::parse(&r.get::<_, String>(8)?),
+            reason: r.get(9)?,
+            holder: r.get(10)?,
+            pid: r.get(11)?,
+            snapshot: r.get(12)?,
+        })
+    }
+
+    const COLUMNS: &str = "id, service, kind, version, from_version, strategy, started_ms, finished_ms, outcome, reason, holder, pid, snapshot";
+
+    /// The newest deployments first.
+    pub fn deployments(&self, limit: usize) -> Result<Vec<Deployment>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {} FROM deployments WHERE service = ?1 ORDER BY id DESC LIMIT ?2",
+                Self::COLUMNS
+            ))
+            .map_err(|e| self.sql(e))?;
+        stmt.query_map(params![self.service, limit as i64], Self::read_deployment)
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn deployment(&self, id: i64) -> Result<Option<Deployment>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {} FROM deployments WHERE id = ?1", Self::COLUMNS),
+                params![id],
+                Self::read_deployment,
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// The newest deployment still marked running, if any.
+    pub fn unfinished(&self) -> Result<Option<Deployment>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {} FROM deployments WHERE service = ?1 AND outcome = 'running' ORDER BY id DESC LIMIT 1",
+                    Self::COLUMNS
+                ),
+                params![self.service],
+                Self::read_deployment,
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn journal_of(&self, deploy: i64) -> Result<Vec<JournalEntry>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at_ms, step, detail FROM journal WHERE deploy = ?1 ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        stmt.query_map(params![deploy], |r| {
+            Ok(JournalEntry {
+                at_ms: r.get(0)?,
+                step: r.get(1)?,
+                detail: r.get(2)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.sql(e))
+    }
+
+    pub fn instances(&self) -> Result<Vec<InstanceRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT json, warm_until_ms FROM instances WHERE service = ?1 ORDER BY node")
+            .map_err(|e| self.sql(e))?;
+        let rows: Vec<(String, Option<i64>)> = stmt
+            .query_map(params![self.service], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sql(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(json, warm_until_ms)| {
+                serde_json::from_str(&json)
+                    .ok()
+                    .map(|instance| InstanceRecord {
+                        instance,
+                        warm_until_ms,
+                    })
+            })
+            .collect())
+    }
+
+    pub fn instance(&self, node: &NodeName) -> Result<Option<InstanceRecord>> {
+        Ok(self
+            .instances()?
+            .into_iter()
+            .find(|r| &r.instance.node == node))
+    }
+
+    pub fn put_instance(&self, instance: &Instance) -> Result<()> {
+        let json = serde_json::to_string(instance).expect("an instance is plain data");
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO instances (service, node, json, warm_until_ms) VALUES (?1, ?2, ?3, NULL)",
+                params![self.service, instance.node.as_str(), json],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn remove_instance(&self, node: &NodeName) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM instances WHERE service = ?1 AND node = ?2",
+                params![self.service, node.as_str()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn set_warm_until(&self, node: &NodeName, until_ms: Option<i64>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE instances SET warm_until_ms = ?1 WHERE service = ?2 AND node = ?3",
+                params![until_ms, self.service, node.as_str()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// The running release and the one before it.
+    pub fn releases(&self) -> Result<(Option<Version>, Option<Version>)> {
+        let row: Option<(Option<String>, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT current, previous FROM releases WHERE service = ?1",
+                params![self.service],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        let (current, previous) = row.unwrap_or_default();
+        Ok((current.map(Version), previous.map(Version)))
+    }
+
+    pub fn set_releases(&self, current: &Version, previous: Option<&Version>) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO releases (service, current, previous) VALUES (?1, ?2, ?3)",
+                params![
+                    self.service,
+                    current.as_str(),
+                    previous.map(Version::as_str)
+                ],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(pid: i32) -> Holder {
+        Holder {
+            name: "ci@build".into(),
+            pid,
+            host: Holder::current().host,
+        }
+    }
+
+    #[test]
+    fn second_holder_is_refused_while_the_first_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nonstop.db");
+        let mut first = Store::open(&path, "shop").unwrap();
+        assert!(first.acquire(&Holder::current()).unwrap().is_none());
+        let id = first
+            .begin(
+                "deploy",
+                &Version::from("2"),
+                None,
+                "blue-green",
+                &Holder::current(),
+                "{}",
+            )
+            .unwrap();
+        let mut second = Store::open(&path, "shop").unwrap();
+        let err = second.acquire(&holder(1)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&format!("deploy #{id}")), "{text}");
+        assert!(text.contains("started by"), "{text}");
+        first.finish(id, Outcome::Succeeded, None).unwrap();
+        first.release().unwrap();
+        assert!(second.acquire(&holder(1)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_dead_holders_deploy_is_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nonstop.db");
+        let mut store = Store::open(&path, "shop").unwrap();
+        // A pid that cannot be alive: beyond pid_max.
+        let dead = holder(i32::MAX - 1);
+        store.acquire(&dead).unwrap();
+        let id = store
+            .begin(
+                "deploy",
+                &Version::from("3"),
+                Some(&Version::from("2")),
+                "rolling",
+                &dead,
+                "{\"nodes\":[]}",
+            )
+            .unwrap();
+        store.journal(id, "start", "green 3").unwrap();
+        let stale = store
+            .acquire(&Holder::current())
+            .unwrap()
+            .expect("stale deploy");
+        assert_eq!(stale.id, id);
+        assert_eq!(stale.snapshot, "{\"nodes\":[]}");
+        assert_eq!(store.journal_of(id).unwrap()[0].step, "start");
+        store
+            .finish(id, Outcome::RolledBack, Some("recovered"))
+            .unwrap();
+        let history = store.deployments(10).unwrap();
+        assert_eq!(history[0].outcome, Outcome::RolledBack);
+        assert!(history[0].duration().is_some());
+    }
+
+    #[test]
+    fn instances_and_releases_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), "shop").unwrap();
+        let instance = Instance {
+            node: NodeName::from("blue"),
+            version: Version::from("1"),
+            port: 8081,
+            pid: 42,
+            start_ticks: 7,
+            log: "/tmp/x.log".into(),
+        };
+        store.put_instance(&instance).unwrap();
+        store.set_warm_until(&instance.node, Some(99)).unwrap();
+        let got = store.instance(&instance.node).unwrap().unwrap();
+        assert_eq!(got.instance, instance);
+        assert_eq!(got.warm_until_ms, Some(99));
+        store.remove_instance(&instance.node).unwrap();
+        assert!(store.instances().unwrap().is_empty());
+        store
+            .set_releases(&Version::from("2"), Some(&Version::from("1")))
+            .unwrap();
+        assert_eq!(
+            store.releases().unwrap(),
+            (Some(Version::from("2")), Some(Version::from("1")))
+        );
+        assert_eq!(format_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_ms(1_700_000_000_000), "2023-11-14T22:13:20Z");
+    }
+}
