@@ -31,11 +31,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     let json = args.json_logs || proxy.log_format == LogFormat::Json;
     crate::logging::init(json);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = proxy.workers {
-        runtime.worker_threads(workers);
-    }
-    runtime
+    // The data plane runs on its own worker threads (see `workers`); this runtime only carries
+    // the admin API, health checks and signals.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("nonstop-control")
         .enable_all()
         .build()?
         .block_on(nonstop_proxy::run(config, source))?;

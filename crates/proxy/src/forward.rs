@@ -67,11 +67,12 @@ impl Body for Tracked {
 /// Serves one client request. Never fails: every problem becomes an explanatory response.
 pub async fn handle(
     shared: Arc<Shared>,
+    client: &UpstreamClient,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let request_id = shared.request_ids.take(req.headers());
-    let mut response = match relay(&shared, req, peer, &request_id).await {
+    let mut response = match relay(&shared, client, req, peer, &request_id).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_response(),
     };
@@ -112,6 +113,7 @@ impl Refusal {
 
 async fn relay(
     shared: &Shared,
+    client: &UpstreamClient,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     request_id: &HeaderValue,
@@ -205,7 +207,7 @@ async fn relay(
         let started = Instant::now();
         let outcome = tokio::select! {
             biased;
-            result = tokio::time::timeout(table.settings.response_header_timeout, shared.client.request(upstream)) => result,
+            result = tokio::time::timeout(table.settings.response_header_timeout, client.request(upstream)) => result,
             _ = backend.retired.cancelled() => {
                 return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE,
                     format!("backend `{}` was removed from pool `{}` and its drain timeout ran out", backend.name, pool.name)));

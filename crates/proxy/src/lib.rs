@@ -39,7 +39,6 @@ use state::{Pool, Route, Settings, Table};
 /// State shared by every connection, the admin API and background tasks.
 pub struct Shared {
     table: ArcSwap<Table>,
-    client: UpstreamClient,
     probe_client: ProbeClient,
     metrics: Arc<Metrics>,
     request_ids: RequestIds,
@@ -58,18 +57,8 @@ impl Shared {
     ) -> anyhow::Result<Arc<Shared>> {
         let metrics = Arc::new(Metrics::new());
         let table = build_table(proxy, config, None, &metrics).map_err(anyhow::Error::msg)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(proxy.timeouts.connect.0));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(proxy.timeouts.idle.0)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         let shared = Arc::new_cyclic(|weak_self| Shared {
             table: ArcSwap::from_pointee(table),
-            client,
             probe_client: health::probe_client(),
             metrics,
             request_ids: RequestIds::new(),
@@ -145,6 +134,19 @@ impl Shared {
         tracing::info!(config = %self.config_path.display(), pools = current.pools.len(), reused = current.pools.len() - fresh.len(), "configuration reloaded");
         Ok(self.config_path.clone())
     }
+}
+
+/// The pooled HTTP/1.1 client to backends; each worker thread has its own pool.
+fn upstream_client(proxy: &ProxyConfig) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(proxy.timeouts.connect.0));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(proxy.timeouts.idle.0)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
 }
 
 /// Builds a routing table; pools whose config section is unchanged are carried over with their runtime state.
@@ -239,7 +241,7 @@ pub struct Running {
     pub listening: Vec<SocketAddr>,
     shutdown: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
-    graceful: Arc<GracefulShutdown>,
+    workers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Binds everything the `[proxy]` section asks for and starts serving.
@@ -252,33 +254,47 @@ pub async fn start(config: &Config, source: &Source) -> anyhow::Result<Running> 
     };
     let shared = Shared::new(proxy, config, &source.path)?;
     let shutdown = CancellationToken::new();
-    let graceful = Arc::new(GracefulShutdown::new());
     let mut tasks = tokio::task::JoinSet::new();
+
+    // Thread-per-core, like nginx's workers: each thread runs its own single-threaded runtime,
+    // accepts on its own SO_REUSEPORT socket and keeps its own backend connections, so a request
+    // never hops between threads.
+    let worker_count = proxy
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut listening = Vec::new();
-
-    let mut server = auto::Builder::new(TokioExecutor::new());
-    server
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(proxy.timeouts.idle.0)
-        .keep_alive(true);
-    let server = Arc::new(server);
-
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..worker_count).map(|_| Vec::new()).collect();
     for addr in &proxy.listen {
-        let listener = TcpListener::bind(addr).await.with_context(|| {
+        let first = reuseport_listener(*addr).with_context(|| {
             format!(
                 "cannot listen on {addr} (from `listen` in {})",
                 source.path.display()
             )
         })?;
-        listening.push(listener.local_addr()?);
-        tasks.spawn(accept_loop(
-            listener,
-            shared.clone(),
-            server.clone(),
-            graceful.clone(),
-            shutdown.clone(),
-        ));
+        let bound = first.local_addr()?;
+        listening.push(bound);
+        per_worker[0].push(first);
+        for listeners in per_worker.iter_mut().skip(1) {
+            listeners.push(
+                reuseport_listener(bound).with_context(|| format!("cannot listen on {bound}"))?,
+            );
+        }
+    }
+    let mut workers = Vec::with_capacity(worker_count);
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        let (shared, shutdown, proxy) = (shared.clone(), shutdown.clone(), proxy.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("nonstop-worker-{index}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a worker runtime can be built");
+                runtime.block_on(worker(listeners, shared, proxy, shutdown));
+            })
+            .context("cannot start a worker thread")?;
+        workers.push(thread);
     }
 
     let token = match &proxy.admin_token_file {
@@ -338,7 +354,7 @@ pub async fn start(config: &Config, source: &Source) -> anyhow::Result<Running> 
         listening,
         shutdown,
         tasks,
-        graceful,
+        workers,
     })
 }
 
@@ -347,15 +363,13 @@ impl Running {
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
-        let drain = self.shared.table.load().settings.drain_timeout;
-        // The accept loops have ended, so this is the last reference.
-        if let Ok(graceful) = Arc::try_unwrap(self.graceful)
-            && tokio::time::timeout(drain, graceful.shutdown())
-                .await
-                .is_err()
-        {
-            tracing::warn!("drain timeout ran out with requests still in flight");
-        }
+        let workers = std::mem::take(&mut self.workers);
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
         if let AdminEndpoint::Unix(path) = &self
             .shared
             .applied
@@ -390,9 +404,67 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One data-plane thread: accepts on its listeners and serves until shutdown, then drains.
+async fn worker(
+    listeners: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    proxy: ProxyConfig,
+    shutdown: CancellationToken,
+) {
+    let client = upstream_client(&proxy);
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.timeouts.idle.0)
+        .keep_alive(true);
+    let server = Arc::new(server);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot use a listening socket");
+                continue;
+            }
+        };
+        loops.spawn(accept_loop(
+            listener,
+            shared.clone(),
+            client.clone(),
+            server.clone(),
+            graceful.clone(),
+            shutdown.clone(),
+        ));
+    }
+    while loops.join_next().await.is_some() {}
+    let drain = shared.table.load().settings.drain_timeout;
+    // The accept loops have ended, so this is the last reference.
+    if let Ok(graceful) = Arc::try_unwrap(graceful)
+        && tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+    {
+        tracing::warn!("drain timeout ran out with requests still in flight");
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
+    client: UpstreamClient,
     server: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
     shutdown: CancellationToken,
@@ -411,10 +483,12 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let (shared, client) = (shared.clone(), client.clone());
         let service = service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, std::convert::Infallible>(forward::handle(shared, req, peer).await) }
+            let (shared, client) = (shared.clone(), client.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(forward::handle(shared, &client, req, peer).await)
+            }
         });
         let connection = server
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
