@@ -66,21 +66,11 @@ async fn least_connections_avoids_the_busy_backend() {
             tokio::spawn(async move { get(&client(), &url).await })
         })
         .collect();
-    let admin = proxy.admin.clone();
-    wait_until("3 requests in flight on a", DEADLINE, || {
-        let admin = admin.clone();
-        async move {
-            admin
-                .pool("app")
-                .await
-                .unwrap()
-                .backend("a")
-                .unwrap()
-                .in_flight
-                == 3
-        }
-    })
-    .await;
+    proxy
+        .wait_backend("app", "a", "3 requests in flight on a", |b| {
+            b.in_flight == 3
+        })
+        .await;
     proxy
         .admin
         .set_state("app", "b", BackendState::Active)
@@ -232,22 +222,6 @@ async fn health_checks_eject_and_restore_a_backend() {
         &pool_toml("app", health, &[("a", a.addr(), ""), ("b", b.addr(), "")]),
     );
     let client = client();
-    let health_of = |name: &'static str| {
-        let admin = proxy.admin.clone();
-        move || {
-            let admin = admin.clone();
-            async move {
-                admin
-                    .pool("app")
-                    .await
-                    .unwrap()
-                    .backend(name)
-                    .unwrap()
-                    .health
-                    .clone()
-            }
-        }
-    };
     send(
         &client,
         "POST",
@@ -257,12 +231,9 @@ async fn health_checks_eject_and_restore_a_backend() {
     )
     .await
     .unwrap();
-    let down = health_of("b");
-    wait_until("b marked down", DEADLINE, || {
-        let down = down.clone();
-        async move { down().await == "down" }
-    })
-    .await;
+    proxy
+        .wait_backend("app", "b", "b marked down", |b| b.health == "down")
+        .await;
     assert_eq!(
         served_by(&client, &proxy.url("/"), 10).await,
         BTreeMap::from([("a".into(), 10)])
@@ -276,12 +247,9 @@ async fn health_checks_eject_and_restore_a_backend() {
     )
     .await
     .unwrap();
-    let up = health_of("b");
-    wait_until("b back up", DEADLINE, || {
-        let up = up.clone();
-        async move { up().await == "up" }
-    })
-    .await;
+    proxy
+        .wait_backend("app", "b", "b back up", |b| b.health == "up")
+        .await;
     assert_eq!(
         served_by(&client, &proxy.url("/"), 10).await.get("b"),
         Some(&5)
@@ -337,21 +305,9 @@ async fn websocket_echo_passes_through() {
     }
     socket.close(None).await.unwrap();
     drop(socket);
-    let admin = proxy.admin.clone();
-    wait_until("tunnel released", DEADLINE, || {
-        let admin = admin.clone();
-        async move {
-            admin
-                .pool("app")
-                .await
-                .unwrap()
-                .backend("a")
-                .unwrap()
-                .in_flight
-                == 0
-        }
-    })
-    .await;
+    proxy
+        .wait_backend("app", "a", "tunnel released", |b| b.in_flight == 0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,21 +376,11 @@ async fn replacing_a_pool_switches_every_new_request() {
         let url = proxy.url("/slow?ms=1500");
         tokio::spawn(async move { get(&support::client(), &url).await })
     };
-    let admin = proxy.admin.clone();
-    wait_until("slow request in flight", DEADLINE, || {
-        let admin = admin.clone();
-        async move {
-            admin
-                .pool("app")
-                .await
-                .unwrap()
-                .backend("blue")
-                .unwrap()
-                .in_flight
-                == 1
-        }
-    })
-    .await;
+    proxy
+        .wait_backend("app", "blue", "slow request in flight", |b| {
+            b.in_flight == 1
+        })
+        .await;
     let pool = proxy
         .admin
         .replace("app", &[spec("green", &green)])
@@ -745,12 +691,9 @@ async fn reload_applies_a_good_config_and_refuses_a_bad_one() {
         ),
     );
     proxy.proc.signal("HUP");
-    let admin = proxy.admin.clone();
-    wait_until("reload picked up backend b", DEADLINE, || {
-        let admin = admin.clone();
-        async move { admin.pool("app").await.unwrap().backends.len() == 2 }
-    })
-    .await;
+    proxy
+        .wait_backend("app", "b", "reload picked up backend b", |_| true)
+        .await;
     assert_eq!(served_by(&client, &proxy.url("/"), 4).await.len(), 2);
 
     // `nonstop lb` verbs work against the running proxy.
@@ -785,21 +728,9 @@ async fn sigterm_lets_in_flight_requests_finish() {
         let url = proxy.url("/slow?ms=1000");
         tokio::spawn(async move { get(&client(), &url).await })
     };
-    let admin = proxy.admin.clone();
-    wait_until("slow request in flight", DEADLINE, || {
-        let admin = admin.clone();
-        async move {
-            admin
-                .pool("app")
-                .await
-                .unwrap()
-                .backend("a")
-                .unwrap()
-                .in_flight
-                == 1
-        }
-    })
-    .await;
+    proxy
+        .wait_backend("app", "a", "slow request in flight", |b| b.in_flight == 1)
+        .await;
     proxy.proc.signal("TERM");
     let finished = slow.await.unwrap();
     assert_eq!(finished.status, 200);
@@ -818,21 +749,11 @@ async fn removed_backends_are_cut_at_the_drain_timeout_and_slow_backends_get_504
         let url = proxy.url("/slow?ms=800");
         tokio::spawn(async move { get(&support::client(), &url).await })
     };
-    let admin = proxy.admin.clone();
-    wait_until("slow request in flight", DEADLINE, || {
-        let admin = admin.clone();
-        async move {
-            admin
-                .pool("app")
-                .await
-                .unwrap()
-                .backend("blue")
-                .unwrap()
-                .in_flight
-                == 1
-        }
-    })
-    .await;
+    proxy
+        .wait_backend("app", "blue", "slow request in flight", |b| {
+            b.in_flight == 1
+        })
+        .await;
     proxy
         .admin
         .replace("app", &[spec("green", &green)])

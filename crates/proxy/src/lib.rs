@@ -304,28 +304,13 @@ pub async fn start(config: &Config, source: &Source) -> anyhow::Result<Running> 
     let admin_app = admin::router(shared.clone(), token);
     match &proxy.admin {
         AdminEndpoint::Unix(path) => {
-            let listener = bind_unix(path)?;
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                let served =
-                    axum::serve(listener, admin_app).with_graceful_shutdown(stop.cancelled_owned());
-                if let Err(err) = served.await {
-                    tracing::error!(error = %err, "admin API stopped");
-                }
-            });
+            tasks.spawn(serve_admin(bind_unix(path)?, admin_app, shutdown.clone()));
         }
         AdminEndpoint::Tcp(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for the admin API on {addr}"))?;
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                let served =
-                    axum::serve(listener, admin_app).with_graceful_shutdown(stop.cancelled_owned());
-                if let Err(err) = served.await {
-                    tracing::error!(error = %err, "admin API stopped");
-                }
-            });
+            tasks.spawn(serve_admin(listener, admin_app, shutdown.clone()));
         }
     }
 
@@ -447,6 +432,19 @@ async fn worker(
             .is_err()
     {
         tracing::warn!("drain timeout ran out with requests still in flight");
+    }
+}
+
+async fn serve_admin<L: axum::serve::Listener>(
+    listener: L,
+    app: axum::Router,
+    stop: CancellationToken,
+) where
+    L::Addr: std::fmt::Debug,
+{
+    let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+    if let Err(err) = served.await {
+        tracing::error!(error = %err, "admin API stopped");
     }
 }
 

@@ -262,6 +262,28 @@ impl Proxy {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Waits until `pool/backend`, as the admin API reports it, satisfies `condition`.
+    pub async fn wait_backend(
+        &self,
+        pool: &str,
+        backend: &str,
+        what: &str,
+        condition: impl Fn(&nonstop_admin_client::Backend) -> bool,
+    ) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let pool = self.admin.pool(pool).await.unwrap();
+            if pool.backend(backend).is_some_and(&condition) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out after {DEADLINE:?} waiting for: {what}; last seen {pool:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
