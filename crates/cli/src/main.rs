@@ -2,6 +2,8 @@
 //! Each subcommand lives in its own module; this file only parses and dispatches.
 
 mod cmd_config;
+mod cmd_demo;
+mod cmd_deploy;
 mod cmd_lb;
 mod cmd_proxy;
 mod logging;
@@ -29,6 +31,18 @@ enum Command {
     Lb(cmd_lb::Args),
     /// Work with configuration files.
     Config(cmd_config::Args),
+    /// Deploy ARTIFACT to SERVICE with its strategy; rolls back by itself on failure (exit 2).
+    Deploy(cmd_deploy::DeployArgs),
+    /// Put the previous release of SERVICE back (instant while blue-green keeps it warm).
+    Rollback(cmd_deploy::ServiceArgs),
+    /// Nodes, versions, balancer state and health of SERVICE.
+    Status(cmd_deploy::ServiceArgs),
+    /// Past deploys of SERVICE with outcome and duration; `--deploy N` shows its steps.
+    History(cmd_deploy::HistoryArgs),
+    /// Show (and with -f follow) the logs of SERVICE's instances.
+    Logs(cmd_deploy::LogsArgs),
+    /// Quickstart: proxy + sample app, a zero-downtime deploy under load, then a bad one rolled back.
+    Demo(cmd_demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +51,12 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cmd_proxy::run(args),
         Command::Lb(args) => cmd_lb::run(args),
         Command::Config(args) => cmd_config::run(args),
+        Command::Deploy(args) => cmd_deploy::deploy(args),
+        Command::Rollback(args) => cmd_deploy::rollback(args),
+        Command::Status(args) => cmd_deploy::status(args),
+        Command::History(args) => cmd_deploy::history(args),
+        Command::Logs(args) => cmd_deploy::logs(args),
+        Command::Demo(args) => cmd_demo::run(args),
     };
     match result {
         Ok(code) => code,

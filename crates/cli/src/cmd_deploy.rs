@@ -1,0 +1,593 @@
+//! `nonstop deploy|rollback|status|history|logs`: the deploy engine's verbs for humans and CI.
+//! Exit codes: 0 success, 1 error, 2 rolled back, 3 refused (locked, bad input, missing artifact).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nonstop_admin_client::{AdminClient, Endpoint};
+use nonstop_balancer_builtin::BuiltinBalancer;
+use nonstop_config::Config;
+use nonstop_config::service::Strategy;
+use nonstop_engine::{DeployError, DeployRequest, Engine, Event, EventKind};
+use nonstop_ports::{Balancer, NodeName, Probe, Runtime, Version};
+use nonstop_probe_http::HttpProbe;
+use nonstop_runtime_process::ProcessRuntime;
+
+pub type ServiceEngine = Engine<BuiltinBalancer, ProcessRuntime, HttpProbe>;
+pub type Emit = Box<dyn Fn(&Event)>;
+
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// Configuration file with the [services.*] section (and usually the [proxy]).
+    #[arg(
+        long,
+        short,
+        env = "NONSTOP_CONFIG",
+        default_value = "/etc/nonstop/nonstop.toml"
+    )]
+    pub config: PathBuf,
+    /// Print machine-readable JSON lines instead of a progress display.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct DeployArgs {
+    pub service: String,
+    /// The artifact: a jar, a war, a directory, a tarball, any file; copied into the release.
+    pub artifact: PathBuf,
+    /// Release version (default: the first 12 hex digits of the artifact's SHA-256).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Override the service's strategy: blue-green, rolling or canary.
+    #[arg(long)]
+    pub strategy: Option<Strategy>,
+    /// Extra environment for this release (KEY=VALUE, repeatable); kept with the release.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Print the steps the deploy would take and change nothing.
+    #[arg(long)]
+    pub plan: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct ServiceArgs {
+    pub service: String,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct HistoryArgs {
+    pub service: String,
+    /// How many deploys to list, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Show the journal (every step) of this deploy.
+    #[arg(long)]
+    pub deploy: Option<i64>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    pub service: String,
+    /// One node; default all.
+    pub node: Option<String>,
+    /// Keep printing as the logs grow, across deploys.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Lines of history to show first.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub lines: usize,
+    #[arg(
+        long,
+        short,
+        env = "NONSTOP_CONFIG",
+        default_value = "/etc/nonstop/nonstop.toml"
+    )]
+    pub config: PathBuf,
+}
+
+/// Builds the engine for `service` from the config file, with the drivers it names.
+pub fn engine(
+    config_path: &Path,
+    service: &str,
+    emit: Box<dyn Fn(&Event)>,
+) -> Result<ServiceEngine, DeployError> {
+    let (config, _) = Config::load(config_path).map_err(|e| DeployError::Refused(e.to_string()))?;
+    let Some(svc) = config.services.get(service) else {
+        let known: Vec<&str> = config.services.keys().map(String::as_str).collect();
+        return Err(DeployError::Refused(format!(
+            "{}: there is no [services.{service}]{}",
+            config_path.display(),
+            if known.is_empty() {
+                String::new()
+            } else {
+                format!("; services here: {}", known.join(", "))
+            }
+        )));
+    };
+    let admin = svc
+        .admin_endpoint(&config)
+        .expect("validated: a builtin balancer has an admin endpoint");
+    let endpoint: Endpoint = admin
+        .to_string()
+        .parse()
+        .map_err(|e: String| DeployError::Refused(e))?;
+    let token = match svc.admin_token_file(&config) {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    DeployError::Refused(format!(
+                        "cannot read admin token file {}: {e}",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let balancer = BuiltinBalancer::new(
+        AdminClient::new(endpoint, token),
+        svc.balancer.pool.get_ref().clone(),
+    );
+    let runtime = ProcessRuntime::new(svc.runtime.start.get_ref().clone(), svc.runtime.env.clone());
+    let probe = HttpProbe {
+        host: "127.0.0.1".into(),
+        path: svc.health.path.get_ref().clone(),
+        expect_status: svc.health.expect_status,
+        expect_body: svc.health.expect_body.clone(),
+        timeout: svc.health.timeout.0,
+    };
+    let base = nonstop_engine::service_base(svc, config_path);
+    Engine::new(service, svc.clone(), base, balancer, runtime, probe, emit)
+}
+
+/// Renders engine events: JSON lines, a spinner on a terminal, or plain timestamped lines.
+pub struct Renderer {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Renderer {
+    pub fn new(json: bool) -> (Renderer, Emit) {
+        let started = Instant::now();
+        if json {
+            return (
+                Renderer { bar: None },
+                Box::new(|event: &Event| {
+                    println!("{}", serde_json::to_string(event).expect("plain data"));
+                }),
+            );
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+                    .expect("static template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(100));
+            let shown = bar.clone();
+            return (
+                Renderer { bar: Some(bar) },
+                Box::new(move |event: &Event| match event.kind {
+                    EventKind::Progress => shown.set_message(event.message.clone()),
+                    kind => {
+                        shown.println(format!("{} {}", mark(kind), event.message));
+                        shown.set_message(String::new());
+                    }
+                }),
+            );
+        }
+        (
+            Renderer { bar: None },
+            Box::new(move |event: &Event| {
+                println!(
+                    "[{:>6.1}s] {} {}",
+                    started.elapsed().as_secs_f64(),
+                    mark(event.kind),
+                    event.message
+                );
+            }),
+        )
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn mark(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Begin => "▶",
+        EventKind::Step => "→",
+        EventKind::Progress => "…",
+        EventKind::Switched => "⇄",
+        EventKind::RollingBack => "↩",
+        EventKind::Warn => "!",
+        EventKind::Done => "■",
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, DeployError> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| DeployError::Refused(format!("--env `{pair}` is not KEY=VALUE")))
+        })
+        .collect()
+}
+
+/// Prints the outcome and turns it into the documented exit code.
+fn conclude<T: serde::Serialize>(
+    json: bool,
+    renderer: &Renderer,
+    result: Result<T, DeployError>,
+) -> ExitCode {
+    renderer.finish();
+    match result {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"result": "succeeded", "report": report})
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let result = match &err {
+                DeployError::RolledBack(_) => "rolled-back",
+                DeployError::Refused(_) => "refused",
+                DeployError::Failed(_) => "failed",
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"result": result, "error": err.to_string(), "exit_code": err.exit_code()})
+                );
+            }
+            eprintln!("{result}: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let json = args.common.json;
+    let (renderer, emit) = Renderer::new(json);
+    let rt = runtime()?;
+    let result = (|| {
+        let env = parse_env(&args.env)?;
+        let version = args.version.clone().map(Version);
+        let mut engine = engine(&args.common.config, &args.service, emit)?;
+        if args.plan {
+            let version = match &version {
+                Some(v) => v.clone(),
+                None => Version(
+                    nonstop_engine::releases::checksum(&args.artifact)
+                        .map_err(DeployError::Refused)?[..12]
+                        .to_string(),
+                ),
+            };
+            let steps = rt.block_on(engine.plan(&version, args.strategy));
+            if json {
+                println!("{}", serde_json::json!({"plan": steps}));
+            } else {
+                println!(
+                    "plan: deploy {} {version} ({}); nothing will be changed",
+                    args.service,
+                    args.strategy.unwrap_or(*engine.config.strategy.get_ref())
+                );
+                for (i, step) in steps.iter().enumerate() {
+                    println!("{:>3}. {step}", i + 1);
+                }
+            }
+            return Ok(None);
+        }
+        rt.block_on(engine.deploy(DeployRequest {
+            artifact: args.artifact.clone(),
+            version,
+            strategy: args.strategy,
+            env,
+        }))
+        .map(Some)
+    })();
+    Ok(conclude(json, &renderer, result))
+}
+
+pub fn rollback(args: ServiceArgs) -> anyhow::Result<ExitCode> {
+    let json = args.common.json;
+    let (renderer, emit) = Renderer::new(json);
+    let rt = runtime()?;
+    let result = engine(&args.common.config, &args.service, emit)
+        .and_then(|mut engine| rt.block_on(engine.rollback()));
+    Ok(conclude(json, &renderer, result))
+}
+
+pub fn status(args: ServiceArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let engine = match engine(&args.common.config, &args.service, Box::new(|_| {})) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    let report = rt.block_on(status_report(&engine));
+    if args.common.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = &report;
+    println!(
+        "{}: running {}, previous {}",
+        args.service,
+        s["current"].as_str().unwrap_or("nothing"),
+        s["previous"].as_str().unwrap_or("none")
+    );
+    if let Some(err) = s["balancer_error"].as_str() {
+        println!("  balancer: {err}");
+    }
+    println!(
+        "  {:<10} {:>5}  {:<14} {:>7}  {:<8} {:<9} {:>6} {:>9}  HEALTH",
+        "NODE", "PORT", "VERSION", "PID", "PROCESS", "BALANCER", "WEIGHT", "IN-FLIGHT"
+    );
+    for node in s["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<10} {:>5}  {:<14} {:>7}  {:<8} {:<9} {:>6} {:>9}  {}",
+            node["node"].as_str().unwrap_or(""),
+            node["port"],
+            node["version"].as_str().unwrap_or("-"),
+            node["pid"].as_i64().map_or("-".into(), |p| p.to_string()),
+            node["process"].as_str().unwrap_or("-"),
+            node["balancer"].as_str().unwrap_or("-"),
+            node["weight"]
+                .as_u64()
+                .map_or("-".into(), |w| w.to_string()),
+            node["in_flight"]
+                .as_i64()
+                .map_or("-".into(), |w| w.to_string()),
+            node["health"].as_str().unwrap_or("-"),
+        );
+    }
+    if let Some(unfinished) = s["unfinished"].as_str() {
+        println!("  ! {unfinished}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status_report<B: Balancer, R: Runtime, P: Probe>(
+    engine: &Engine<B, R, P>,
+) -> serde_json::Value {
+    let (current, previous) = engine.store.releases().unwrap_or_default();
+    let (members, balancer_error) = match engine.balancer.members().await {
+        Ok(m) => (
+            m.into_iter()
+                .map(|m| (m.node.clone(), m))
+                .collect::<BTreeMap<_, _>>(),
+            None,
+        ),
+        Err(e) => (BTreeMap::new(), Some(e.to_string())),
+    };
+    let instances: BTreeMap<NodeName, _> = engine
+        .store
+        .instances()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.instance.node.clone(), r))
+        .collect();
+    let mut nodes = Vec::new();
+    for node in &engine.config.nodes {
+        let name = NodeName(node.name.get_ref().clone());
+        let record = instances.get(&name);
+        let alive = record.is_some_and(|r| engine.runtime.is_running(&r.instance));
+        let member = members.get(&name);
+        let health = if alive {
+            match engine.probe.check(*node.port.get_ref()).await {
+                Ok(()) => "up".to_string(),
+                Err(e) => format!("down: {e}"),
+            }
+        } else {
+            "-".into()
+        };
+        nodes.push(serde_json::json!({
+            "node": name,
+            "port": node.port.get_ref(),
+            "version": record.map(|r| r.instance.version.clone()),
+            "pid": record.map(|r| r.instance.pid),
+            "process": match (record, alive) {
+                (None, _) => "none",
+                (Some(_), true) => "running",
+                (Some(_), false) => "exited",
+            },
+            "warm_until": record.and_then(|r| r.warm_until_ms).map(nonstop_store::format_ms),
+            "log": record.map(|r| r.instance.log.clone()),
+            "balancer": member.map(|m| m.state.to_string()),
+            "weight": member.map(|m| m.weight),
+            "in_flight": member.map(|m| m.in_flight),
+            "health": health,
+        }));
+    }
+    let unfinished = engine.store.unfinished().ok().flatten().map(|d| {
+        format!(
+            "deploy #{} of {} by {} (pid {}) is unfinished; the next deploy or rollback recovers it",
+            d.id, d.version, d.holder, d.pid
+        )
+    });
+    serde_json::json!({
+        "service": engine.service,
+        "current": current,
+        "previous": previous,
+        "balancer_error": balancer_error,
+        "nodes": nodes,
+        "unfinished": unfinished,
+    })
+}
+
+pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let engine = match engine(&args.common.config, &args.service, Box::new(|_| {})) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    if let Some(id) = args.deploy {
+        let steps = engine.store.journal_of(id)?;
+        if args.common.json {
+            println!("{}", serde_json::to_string_pretty(&steps)?);
+        } else {
+            for s in steps {
+                println!(
+                    "{}  {:<14} {}",
+                    nonstop_store::format_ms(s.at_ms),
+                    s.step,
+                    s.detail
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deployments = engine.store.deployments(args.limit)?;
+    if args.common.json {
+        println!("{}", serde_json::to_string_pretty(&deployments)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>5}  {:<20}  {:<8} {:<22} {:<10} {:<11} {:>8}  {:<16} REASON",
+        "#", "STARTED", "KIND", "VERSION", "STRATEGY", "OUTCOME", "TOOK", "BY"
+    );
+    for d in deployments {
+        println!(
+            "{:>5}  {:<20}  {:<8} {:<22} {:<10} {:<11} {:>8}  {:<16} {}",
+            d.id,
+            nonstop_store::format_ms(d.started_ms),
+            d.kind,
+            format!(
+                "{} → {}",
+                d.from_version.as_deref().unwrap_or("-"),
+                d.version
+            ),
+            d.strategy,
+            d.outcome.as_str(),
+            d.duration()
+                .map_or("-".into(), |t| format!("{:.1}s", t.as_secs_f64())),
+            d.holder,
+            d.reason.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let engine = match engine(&args.config, &args.service, Box::new(|_| {})) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    let nodes: Vec<String> = match &args.node {
+        Some(node) => {
+            if engine.config.node(node).is_none() {
+                eprintln!("{} has no node `{node}`", args.service);
+                return Ok(ExitCode::from(3));
+            }
+            vec![node.clone()]
+        }
+        None => engine
+            .config
+            .nodes
+            .iter()
+            .map(|n| n.name.get_ref().clone())
+            .collect(),
+    };
+    let prefix = nodes.len() > 1;
+    let store = engine.store;
+    // Per node: the file being shown and how far it was read.
+    let mut open: BTreeMap<String, (PathBuf, u64)> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        for node in &nodes {
+            let Some(record) = store.instance(&NodeName(node.clone()))? else {
+                continue;
+            };
+            let path = record.instance.log.clone();
+            let entry = open
+                .entry(node.clone())
+                .or_insert_with(|| (PathBuf::new(), 0));
+            if entry.0 != path {
+                let start = if first {
+                    tail_offset(&path, args.lines)
+                } else {
+                    0
+                };
+                if !first || prefix {
+                    println!("==> {node}: {} <==", path.display());
+                }
+                *entry = (path.clone(), start);
+            }
+            let Ok(mut file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            if file.seek(SeekFrom::Start(entry.1)).is_err() {
+                continue;
+            }
+            let mut text = String::new();
+            if let Ok(n) = file.read_to_string(&mut text) {
+                entry.1 += n as u64;
+            }
+            for line in text.lines() {
+                if prefix {
+                    println!("{node} | {line}");
+                } else {
+                    println!("{line}");
+                }
+            }
+        }
+        first = false;
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Byte offset where the last `lines` lines of `path` begin.
+fn tail_offset(path: &Path, lines: usize) -> u64 {
+    let Ok(bytes) = std::fs::read(path) else {
+        return 0;
+    };
+    let mut seen = 0;
+    for (i, b) in bytes.iter().enumerate().rev() {
+        if *b == b'\n' && i + 1 != bytes.len() {
+            seen += 1;
+            if seen == lines {
+                return (i + 1) as u64;
+            }
+        }
+    }
+    0
+}
