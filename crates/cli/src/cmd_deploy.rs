@@ -431,10 +431,17 @@ async fn status_report<B: Balancer, R: Runtime, P: Probe>(
         }));
     }
     let unfinished = engine.store.unfinished().ok().flatten().map(|d| {
-        format!(
-            "deploy #{} of {} by {} (pid {}) is unfinished; the next deploy or rollback recovers it",
-            d.id, d.version, d.holder, d.pid
-        )
+        if nonstop_store::pid_alive(d.pid) {
+            format!(
+                "deploy #{} of {} by {} (pid {}) is in progress",
+                d.id, d.version, d.holder, d.pid
+            )
+        } else {
+            format!(
+                "deploy #{} of {} by {} (pid {}) was interrupted; the next deploy or rollback recovers it",
+                d.id, d.version, d.holder, d.pid
+            )
+        }
     });
     serde_json::json!({
         "service": engine.service,

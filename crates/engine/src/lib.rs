@@ -696,7 +696,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             if Instant::now() >= until {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Polled often: until the switch back, requests routed to a dead instance fail.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

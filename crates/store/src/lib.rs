@@ -213,7 +213,8 @@ CREATE TABLE IF NOT EXISTS releases (
 );
 ";
 
-fn alive(pid: i32) -> bool {
+/// Whether a process with this pid exists on this host.
+pub fn pid_alive(pid: i32) -> bool {
     rustix::process::Pid::from_raw(pid)
         .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
 }
@@ -233,7 +234,8 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        // WAL + NORMAL survives a killed process (what recovery is about); only power loss may drop the tail.
+        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         Ok(Store {
@@ -272,7 +274,7 @@ impl Store {
             .optional()
             .map_err(sql)?;
         if let Some((deploy, name, pid, host, started)) = &existing
-            && (host != &holder.host || alive(*pid))
+            && (host != &holder.host || pid_alive(*pid))
         {
             return Err(StoreError::Locked {
                 service,
