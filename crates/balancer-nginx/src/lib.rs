@@ -1,0 +1,328 @@
+//! The `nginx` balancer driver: nonstop owns one include file holding one `upstream { }` block and
+//! changes it by atomic write with backup → `nginx -t` → SIGHUP → confirmed new workers (docs/balancers/nginx.md).
+
+mod files;
+mod proc;
+mod render;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult, Traffic};
+use serde::Deserialize;
+use tokio::process::Command;
+
+pub use render::{DesiredMember, DesiredSet, render};
+
+/// How to reach the nginx instance and which upstream of it this service owns.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NginxConfig {
+    /// The include file nonstop owns, e.g. `/etc/nginx/nonstop/shop.conf`.
+    pub include: PathBuf,
+    /// The upstream's name, used as `proxy_pass http://NAME;` in the operator's config.
+    pub upstream: String,
+    /// argv prefix to run nginx, e.g. `["nginx", "-p", "/srv/nginx", "-c", "/srv/nginx/nginx.conf"]`.
+    pub nginx: Vec<String>,
+    /// Adds `hash $cookie_jsessionid consistent;` so a session stays on its member.
+    #[serde(default)]
+    pub sticky: bool,
+    /// Idle upstream connections each worker keeps (`keepalive N;`); 0 leaves it out.
+    #[serde(default)]
+    pub keepalive: u32,
+    /// The master's pid file; found in `nginx -T` (or the compiled-in default) when not given.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
+    /// How long a reload may take to show new workers, e.g. `"10s"`.
+    #[serde(default = "default_reload_timeout", with = "human")]
+    pub reload_timeout: Duration,
+}
+
+fn default_reload_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+mod human {
+    use serde::{Deserialize, Deserializer, de::Error};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| D::Error::custom(format!("`{text}`: {e}")))
+    }
+}
+
+impl NginxConfig {
+    pub fn new(include: impl Into<PathBuf>, upstream: &str, nginx: Vec<String>) -> Self {
+        NginxConfig {
+            include: include.into(),
+            upstream: upstream.to_string(),
+            nginx,
+            sticky: false,
+            keepalive: 0,
+            pid_file: None,
+            reload_timeout: default_reload_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NginxError {
+    #[error(
+        "nginx rejected the new upstream `{upstream}` (the previous {include} is restored):\n{message}"
+    )]
+    Rejected {
+        upstream: String,
+        include: String,
+        message: String,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot run `{argv}`: {source}")]
+    Spawn {
+        argv: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("nginx did not reload: {0}")]
+    Reload(String),
+}
+
+impl From<NginxError> for PortError {
+    fn from(e: NginxError) -> Self {
+        PortError::new(e.to_string())
+    }
+}
+
+/// One upstream of one nginx instance.
+#[derive(Debug)]
+pub struct NginxBalancer {
+    config: NginxConfig,
+    /// Serialises this process's changes; the file lock serialises other processes.
+    local: tokio::sync::Mutex<()>,
+}
+
+impl NginxBalancer {
+    pub fn new(config: NginxConfig) -> Result<Self, NginxError> {
+        if config.nginx.is_empty() {
+            return Err(NginxError::Invalid(
+                "nginx: the argv to run nginx is empty; give e.g. [\"nginx\"]".into(),
+            ));
+        }
+        render::check_name(&config.upstream)?;
+        Ok(NginxBalancer {
+            config,
+            local: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn config(&self) -> &NginxConfig {
+        &self.config
+    }
+
+    /// The desired set as last applied (from the state file beside the include).
+    pub async fn desired(&self) -> Result<DesiredSet, NginxError> {
+        files::read_state(&files::state_path(&self.config.include)).await
+    }
+
+    /// Reads the set, lets `edit` change it, and applies it; nothing is written if `edit` fails.
+    async fn change<F>(&self, edit: F) -> Result<(), NginxError>
+    where
+        F: FnOnce(&mut DesiredSet) -> Result<(), NginxError>,
+    {
+        let _local = self.local.lock().await;
+        let _lock = files::lock(&self.config.include).await?;
+        let state_path = files::state_path(&self.config.include);
+        let mut set = files::read_state(&state_path).await?;
+        let before = set.clone();
+        edit(&mut set)?;
+        if set == before {
+            return Ok(());
+        }
+        self.apply(&set).await?;
+        files::write_atomic(&state_path, &serde_json::to_vec_pretty(&set).expect("json")).await
+    }
+
+    /// Writes the include, validates it with nginx, reloads and waits for the new workers.
+    async fn apply(&self, set: &DesiredSet) -> Result<(), NginxError> {
+        let text = render(&self.config, set)?;
+        let include = &self.config.include;
+        let previous = files::replace_with_backup(include, text.as_bytes()).await?;
+        let restore = || async {
+            match &previous {
+                Some(old) => files::write_atomic(include, old).await,
+                None => files::remove(include).await,
+            }
+        };
+        let test = self.nginx(&["-T"]).await?;
+        if !test.success {
+            restore().await?;
+            return Err(NginxError::Rejected {
+                upstream: self.config.upstream.clone(),
+                include: include.display().to_string(),
+                message: test.stderr.trim().to_string(),
+            });
+        }
+        let pid_file = match &self.config.pid_file {
+            Some(path) => path.clone(),
+            None => self.find_pid_file(&test.stdout).await?,
+        };
+        if let Err(e) = proc::reload(&pid_file, self.config.reload_timeout).await {
+            // The running nginx still has the old set: keep the file saying so.
+            restore().await?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn find_pid_file(&self, dump: &str) -> Result<PathBuf, NginxError> {
+        if let Some(path) = proc::pid_from_dump(dump) {
+            return Ok(self.prefixed(path));
+        }
+        let version = self.nginx(&["-V"]).await?;
+        proc::pid_from_build(&version.stderr)
+            .map(|p| self.prefixed(p))
+            .ok_or_else(|| {
+                NginxError::Reload(
+                    "no `pid` directive in the config and no --pid-path in `nginx -V`; set pid_file"
+                        .into(),
+                )
+            })
+    }
+
+    /// Relative paths in nginx are relative to its prefix (`-p`).
+    fn prefixed(&self, path: PathBuf) -> PathBuf {
+        if path.is_absolute() {
+            return path;
+        }
+        let argv = &self.config.nginx;
+        match argv.iter().position(|a| a == "-p") {
+            Some(i) if i + 1 < argv.len() => PathBuf::from(&argv[i + 1]).join(path),
+            _ => path,
+        }
+    }
+
+    async fn nginx(&self, args: &[&str]) -> Result<Output, NginxError> {
+        let argv = &self.config.nginx;
+        let output = Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|source| NginxError::Spawn {
+                argv: format!("{} {}", argv.join(" "), args.join(" ")),
+                source,
+            })?;
+        Ok(Output {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}
+
+struct Output {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn member<'a>(
+    set: &'a mut DesiredSet,
+    node: &NodeName,
+) -> Result<&'a mut DesiredMember, NginxError> {
+    let upstream = set.upstream.clone();
+    set.members
+        .iter_mut()
+        .find(|m| m.node == *node)
+        .ok_or_else(|| {
+            NginxError::Invalid(format!(
+                "upstream `{upstream}` has no member `{node}`; register it first"
+            ))
+        })
+}
+
+impl Balancer for NginxBalancer {
+    async fn members(&self) -> PortResult<Vec<Member>> {
+        let set = self.desired().await?;
+        Ok(set
+            .members
+            .into_iter()
+            .map(|m| Member {
+                node: m.node,
+                addr: m.addr,
+                state: m.state,
+                weight: m.weight,
+                // nginx OSS exposes no per-server counters; old workers finish in-flight requests.
+                in_flight: 0,
+                healthy: true,
+                traffic: Traffic::default(),
+            })
+            .collect())
+    }
+
+    async fn register(&self, node: &NodeName, addr: &str) -> PortResult<()> {
+        render::check_addr(addr)?;
+        render::check_name(node.as_str())?;
+        let upstream = self.config.upstream.clone();
+        self.change(|set| {
+            set.upstream = upstream;
+            match set.members.iter_mut().find(|m| m.node == *node) {
+                Some(m) if m.addr == addr => {}
+                Some(m) => {
+                    m.addr = addr.to_string();
+                    m.state = LbState::Disabled;
+                }
+                None => set.members.push(DesiredMember {
+                    node: node.clone(),
+                    addr: addr.to_string(),
+                    state: LbState::Disabled,
+                    weight: 1,
+                }),
+            }
+            Ok(())
+        })
+        .await
+        .map_err(Into::into)
+    }
+
+    async fn set_state(&self, node: &NodeName, state: LbState) -> PortResult<()> {
+        self.change(|set| {
+            member(set, node)?.state = state;
+            Ok(())
+        })
+        .await
+        .map_err(Into::into)
+    }
+
+    async fn set_weight(&self, node: &NodeName, weight: u32) -> PortResult<()> {
+        self.change(|set| {
+            member(set, node)?.weight = weight;
+            Ok(())
+        })
+        .await
+        .map_err(Into::into)
+    }
+
+    /// One file, one reload: every worker generation sees either the old or the new set.
+    async fn switch(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> PortResult<()> {
+        self.change(|set| {
+            for (node, state, weight) in changes {
+                let m = member(set, node)?;
+                m.state = *state;
+                if let Some(w) = weight {
+                    m.weight = *w;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(Into::into)
+    }
+}
