@@ -76,7 +76,7 @@ pub struct DeployReport {
     pub from: Option<Version>,
     pub strategy: String,
     /// From "new instances healthy" to "all new traffic on them".
-    pub switch_ms: u64,
+    pub switch_ms: f64,
     pub duration_ms: u64,
     pub nodes: Vec<NodeName>,
 }
@@ -115,6 +115,11 @@ pub struct Engine<B, R, P> {
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
+}
+
+/// Milliseconds with 0.01 ms resolution: a switch takes well under one.
+fn fine_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
 impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
@@ -744,7 +749,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         release: &Release,
         snapshot: &Snapshot,
         canary: bool,
-    ) -> Result<(Vec<NodeName>, u64), String> {
+    ) -> Result<(Vec<NodeName>, f64), String> {
         let live_instances = self.live_instances().map_err(|e| e.to_string())?;
         let live: Vec<NodeName> = snapshot
             .nodes
@@ -815,7 +820,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             .switch(&changes)
             .await
             .map_err(|e| format!("balancer switch: {e}"))?;
-        let switch_ms = ms(healthy_at.elapsed());
+        let switch_ms = fine_ms(healthy_at.elapsed());
         self.event(
             EventKind::Switched,
             None,
@@ -880,22 +885,21 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             .iter()
             .map(|n| weights.get(n).copied().unwrap_or(1))
             .sum();
-        let canary_weight =
-            ((live_total * share).div_ceil((100 - share) * canaries.len() as u32)).clamp(1, 10_000);
+        // Old weights × (100 − share) against canary weights summing to old total × share.
+        let canary_weight = (live_total * share / canaries.len() as u32).clamp(1, 10_000);
         let mut changes: Vec<(NodeName, LbState, Option<u32>)> = live
             .iter()
             .map(|n| {
                 let w = weights.get(n).copied().unwrap_or(1);
-                (n.clone(), LbState::Active, Some((w * 100).min(10_000)))
+                let scaled = (w * (100 - share)).clamp(1, 10_000);
+                (n.clone(), LbState::Active, Some(scaled))
             })
             .collect();
-        changes.extend(canaries.iter().map(|n| {
-            (
-                n.clone(),
-                LbState::Active,
-                Some((canary_weight * 100).min(10_000)),
-            )
-        }));
+        changes.extend(
+            canaries
+                .iter()
+                .map(|n| (n.clone(), LbState::Active, Some(canary_weight))),
+        );
         self.step(
             "canary",
             None,
@@ -966,7 +970,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         &self,
         release: &Release,
         snapshot: &Snapshot,
-    ) -> Result<(Vec<NodeName>, u64), String> {
+    ) -> Result<(Vec<NodeName>, f64), String> {
         let batch_size = *self.config.rolling.max_unavailable.get_ref();
         let nodes: Vec<NodeName> = self.nodes().into_iter().map(|(n, _)| n).collect();
         let weights: BTreeMap<NodeName, u32> = snapshot
@@ -974,7 +978,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             .iter()
             .filter_map(|n| n.weight.map(|w| (n.node.clone(), w)))
             .collect();
-        let mut switch_ms = 0;
+        let mut switch_ms: f64 = 0.0;
         let mut all_started = Vec::new();
         for batch in nodes.chunks(batch_size) {
             let serving: Vec<NodeName> = batch
@@ -1026,7 +1030,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 .switch(&enable)
                 .await
                 .map_err(|e| format!("balancer: {e}"))?;
-            switch_ms = switch_ms.max(ms(healthy_at.elapsed()));
+            switch_ms = switch_ms.max(fine_ms(healthy_at.elapsed()));
             all_started.extend(started);
         }
         self.verify(&all_started).await?;
