@@ -112,13 +112,27 @@ impl Holder {
             .into_owned();
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
+            .unwrap_or_else(|_| user_of(rustix::process::getuid().as_raw()));
         Holder {
             name: format!("{user}@{host}"),
             pid: std::process::id() as i32,
             host,
         }
     }
+}
+
+/// The login name of `uid` from /etc/passwd, or `uid N`.
+fn user_of(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == uid.to_string()).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// An instance the engine started, with the time it may be stopped if it is only kept warm.
