@@ -881,25 +881,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     ) -> Result<(), String> {
         let cfg = &self.config.canary;
         let share = *cfg.weight.get_ref();
-        let live_total: u32 = live
-            .iter()
-            .map(|n| weights.get(n).copied().unwrap_or(1))
-            .sum();
-        // Old weights × (100 − share) against canary weights summing to old total × share.
-        let canary_weight = (live_total * share / canaries.len() as u32).clamp(1, 10_000);
-        let mut changes: Vec<(NodeName, LbState, Option<u32>)> = live
-            .iter()
-            .map(|n| {
-                let w = weights.get(n).copied().unwrap_or(1);
-                let scaled = (w * (100 - share)).clamp(1, 10_000);
-                (n.clone(), LbState::Active, Some(scaled))
-            })
-            .collect();
-        changes.extend(
-            canaries
-                .iter()
-                .map(|n| (n.clone(), LbState::Active, Some(canary_weight))),
-        );
+        let changes = canary_weights(canaries, live, weights, share);
         self.step(
             "canary",
             None,
@@ -1149,6 +1131,30 @@ fn traffic(
     total
 }
 
+/// Weights that give `canaries` `share` percent of new requests next to `live`: the old weights
+/// × (100 − share) against canary weights summing to the old total × share.
+pub fn canary_weights(
+    canaries: &[NodeName],
+    live: &[NodeName],
+    weights: &BTreeMap<NodeName, u32>,
+    share: u32,
+) -> Vec<(NodeName, LbState, Option<u32>)> {
+    let weight_of = |n: &NodeName| weights.get(n).copied().unwrap_or(1);
+    let live_total: u32 = live.iter().map(weight_of).sum();
+    let canary_weight = (live_total * share / canaries.len().max(1) as u32).clamp(1, 10_000);
+    live.iter()
+        .map(|n| {
+            let scaled = (weight_of(n) * (100 - share)).clamp(1, 10_000);
+            (n.clone(), LbState::Active, Some(scaled))
+        })
+        .chain(
+            canaries
+                .iter()
+                .map(|n| (n.clone(), LbState::Active, Some(canary_weight))),
+        )
+        .collect()
+}
+
 /// The canary verdict: `Err` says why it must not be promoted.
 pub fn judge(
     canary: &Traffic,
@@ -1208,6 +1214,28 @@ mod tests {
             errors,
             latency_ms_sum: latency * requests as f64,
         }
+    }
+
+    #[test]
+    fn canary_weights_give_the_configured_share() {
+        let (a, b, c) = (
+            NodeName::from("a"),
+            NodeName::from("b"),
+            NodeName::from("c"),
+        );
+        let one = canary_weights(
+            std::slice::from_ref(&b),
+            std::slice::from_ref(&a),
+            &BTreeMap::new(),
+            10,
+        );
+        assert_eq!(one[0], (a.clone(), LbState::Active, Some(90)));
+        assert_eq!(one[1], (b.clone(), LbState::Active, Some(10)));
+        let weights = BTreeMap::from([(a.clone(), 3), (b.clone(), 1)]);
+        let two = canary_weights(std::slice::from_ref(&c), &[a, b], &weights, 20);
+        let total: u32 = two.iter().filter_map(|(_, _, w)| *w).sum();
+        let canary = two[2].2.unwrap();
+        assert_eq!((canary * 100) / total, 20, "{two:?}");
     }
 
     #[test]
