@@ -831,6 +831,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             ),
         );
         self.drain(&others).await?;
+        // The old slots stay `draining` (no new requests) through verify: sessions can finish,
+        // and a balancer that falls back to draining backends has somewhere to send a retry.
+        self.verify(&started).await?;
         if !others.is_empty() {
             let disable: Vec<_> = others
                 .iter()
@@ -841,7 +844,6 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 .await
                 .map_err(|e| format!("balancer: {e}"))?;
         }
-        self.verify(&started).await?;
         let keep_warm = self.config.keep_warm.0;
         for node in &others {
             let Some(old) = live_instances.get(node) else {

@@ -98,10 +98,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                     }
                 ));
                 if !live.is_empty() {
-                    steps.push(format!(
-                        "drain {}: {drain}, then disable",
-                        live_names.join(", ")
-                    ));
+                    steps.push(format!("drain {}: {drain}", live_names.join(", ")));
                 }
                 steps.push(format!(
                     "verify for {}: new instances stay up",
@@ -109,10 +106,10 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 ));
                 if !live.is_empty() {
                     if self.config.keep_warm.0.is_zero() {
-                        steps.push(format!("stop {}", live_names.join(", ")));
+                        steps.push(format!("disable and stop {}", live_names.join(", ")));
                     } else {
                         steps.push(format!(
-                            "keep {} running for {} for an instant rollback",
+                            "disable {} and keep it running for {} for an instant rollback",
                             live_names.join(", "),
                             self.config.keep_warm
                         ));
