@@ -555,3 +555,70 @@ async fn plan_changes_nothing_and_rollback_uses_the_warm_slot() {
     let history = shop.history();
     assert_eq!(history[0]["kind"], "rollback");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_events_status_logs_and_config_errors_for_humans_and_ci() {
+    let shop = Shop::start("blue-green", &["blue", "green"], "");
+    let artifact = shop.artifact("1");
+    let out = shop.run(&[
+        "deploy",
+        "shop",
+        artifact.to_str().unwrap(),
+        "--version",
+        "1",
+        "--json",
+    ]);
+    assert_exit(&out, 0);
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for kind in ["begin", "step", "switched", "done"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let last = events.last().unwrap();
+    assert_eq!(last["result"], "succeeded");
+    assert_eq!(last["report"]["version"], "1");
+    assert!(last["report"]["switch_ms"].as_f64().unwrap() < 1000.0);
+
+    let out = shop.run(&["status", "shop"]);
+    assert_exit(&out, 0);
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(status.contains("shop: running 1"), "{status}");
+    assert!(
+        status.lines().any(|l| l.contains("blue")
+            && l.contains("running")
+            && l.contains("active")
+            && l.contains("up")),
+        "{status}"
+    );
+
+    let out = shop.run(&["logs", "shop", "blue"]);
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("listening on 127.0.0.1:"),
+        "{}",
+        text(&out)
+    );
+
+    let config = shop.proxy.config_path();
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, original.replace("{version}", "{versoin}")).unwrap();
+    let out = Command::new(nonstop_bin())
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let message = text(&out);
+    assert!(message.contains("nonstop.toml:10:"), "{message}");
+    assert!(
+        message.contains("unknown placeholder `{versoin}`"),
+        "{message}"
+    );
+    assert!(message.contains("help: placeholders are"), "{message}");
+    let out = shop.deploy("2", &[]);
+    assert_exit(&out, 3);
+    std::fs::write(&config, original).unwrap();
+}
