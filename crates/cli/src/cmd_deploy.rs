@@ -227,6 +227,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// A closed terminal (SIGHUP) must not cut a deploy short: the handler just swallows it.
+fn ignore_hangup() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+/// Ctrl-C or SIGTERM: the deploy stops at its next step and rolls back what it did.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, DeployError> {
     pairs
         .iter()
@@ -306,12 +325,23 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             }
             return Ok(None);
         }
-        rt.block_on(engine.deploy(DeployRequest {
+        let request = DeployRequest {
             artifact: args.artifact.clone(),
             version,
             strategy: args.strategy,
             env,
-        }))
+        };
+        rt.block_on(async {
+            let _hangup = ignore_hangup();
+            let finished = tokio::select! {
+                result = engine.deploy(request) => Some(result),
+                () = interrupted() => None,
+            };
+            match finished {
+                Some(result) => result,
+                None => Err(engine.abandon("was interrupted by a signal").await),
+            }
+        })
         .map(Some)
     })();
     Ok(conclude(json, &renderer, result))
@@ -321,8 +351,19 @@ pub fn rollback(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let json = args.common.json;
     let (renderer, emit) = Renderer::new(json);
     let rt = runtime()?;
-    let result = engine(&args.common.config, &args.service, emit)
-        .and_then(|mut engine| rt.block_on(engine.rollback()));
+    let result = engine(&args.common.config, &args.service, emit).and_then(|mut engine| {
+        rt.block_on(async {
+            let _hangup = ignore_hangup();
+            let finished = tokio::select! {
+                result = engine.rollback() => Some(result),
+                () = interrupted() => None,
+            };
+            match finished {
+                Some(result) => result,
+                None => Err(engine.abandon("was interrupted by a signal").await),
+            }
+        })
+    });
     Ok(conclude(json, &renderer, result))
 }
 

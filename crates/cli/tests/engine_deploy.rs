@@ -622,3 +622,57 @@ async fn json_events_status_logs_and_config_errors_for_humans_and_ci() {
     assert_exit(&out, 3);
     std::fs::write(&config, original).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_rolls_back_and_a_hangup_is_ignored() {
+    let shop = Shop::start("blue-green", &["blue", "green"], "");
+    assert_exit(&shop.deploy("1", &[]), 0);
+    let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
+    load.wait_for_requests(50).await;
+    let artifact = shop.artifact("2");
+    let mut deploy = Proc {
+        child: shop
+            .command(&[
+                "deploy",
+                "shop",
+                artifact.to_str().unwrap(),
+                "--version",
+                "2",
+                "--env",
+                "HELLO_START_DELAY=3s",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    wait_until("the deploy is in its health gate", DEADLINE, || async {
+        let out = shop.run(&["history", "shop", "--deploy", "2", "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains("\"health\"")
+    })
+    .await;
+    // Had SIGHUP its default action, the process would die by it and have no exit code below.
+    deploy.signal("HUP");
+    deploy.signal("INT");
+    let status = deploy.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(2));
+    let history = shop.history();
+    assert_eq!(history[0]["outcome"], "rolled-back");
+    assert!(
+        history[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by a signal"),
+        "{history}"
+    );
+    assert_eq!(shop.versions_now(10).await, ["1".to_string()].into());
+    assert_eq!(
+        shop.running_pids().len(),
+        1,
+        "the half-started v2 was stopped"
+    );
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "failures: {:?}", report.failures);
+    // The lock was released: the next deploy goes through.
+    assert_exit(&shop.deploy("3", &[]), 0);
+}

@@ -234,12 +234,21 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     async fn recover(&mut self, stale: nonstop_store::Deployment) -> Result<(), DeployError> {
+        let why = format!("pid {} died", stale.pid);
+        self.recover_because(stale, &why).await
+    }
+
+    async fn recover_because(
+        &mut self,
+        stale: nonstop_store::Deployment,
+        why: &str,
+    ) -> Result<(), DeployError> {
         self.deploy = Some(stale.id);
         self.event(
             EventKind::RollingBack,
             None,
             format!(
-                "deploy #{} of {} (by {}, pid {}) did not finish: its process is gone; restoring the state before it",
+                "deploy #{} of {} (by {}, pid {}) did not finish ({why}); restoring the state before it",
                 stale.id, stale.version, stale.holder, stale.pid
             ),
         );
@@ -251,10 +260,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         })?;
         let restored = self.restore(&snapshot).await;
         let reason = match &restored {
-            Ok(()) => format!(
-                "interrupted (pid {} died); recovered by {}",
-                stale.pid, self.holder.name
-            ),
+            Ok(()) => format!("interrupted ({why}); recovered by {}", self.holder.name),
             Err(e) => format!("interrupted; recovery failed: {e}"),
         };
         let outcome = if restored.is_ok() {
@@ -359,6 +365,27 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         .await;
         self.unlock();
         result
+    }
+
+    /// Rolls back this process's own deploy after its future was dropped (Ctrl-C, SIGTERM).
+    /// Every step is journaled before its effect, so the snapshot restore is always sound.
+    pub async fn abandon(&mut self, why: &str) -> DeployError {
+        let own = match self.store.unfinished() {
+            Ok(Some(d)) if d.pid == self.holder.pid => d,
+            _ => {
+                self.unlock();
+                return DeployError::Refused(format!("{why}; nothing had changed"));
+            }
+        };
+        let id = own.id;
+        let result = self.recover_because(own, why).await;
+        self.unlock();
+        match result {
+            Ok(()) => DeployError::RolledBack(format!(
+                "deploy #{id} {why}; rolled back, the previous state serves"
+            )),
+            Err(e) => e,
+        }
     }
 
     /// Finishes an interrupted deploy, if any (used by read-only verbs that want a clean state).
