@@ -676,3 +676,38 @@ async fn ctrl_c_rolls_back_and_a_hangup_is_ignored() {
     // The lock was released: the next deploy goes through.
     assert_exit(&shop.deploy("3", &[]), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_rolling_deploy_puts_the_old_release_back_on_the_replaced_node() {
+    let shop = Shop::start(
+        "rolling",
+        &["n1", "n2"],
+        "health = { path = \"/health\", interval = \"50ms\", deadline = \"1s\" }",
+    );
+    assert_exit(&shop.deploy("1", &[]), 0);
+    let before: Vec<i32> = shop.running_pids();
+    let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
+    load.wait_for_requests(50).await;
+    let out = shop.deploy("2", &["--env", "HELLO_FAIL_HEALTH=true"]);
+    assert_exit(&out, 2);
+    let output = text(&out);
+    assert!(
+        output.contains("start n1 1 on port"),
+        "v1 restarted on n1: {output}"
+    );
+    assert!(
+        !output.contains("start n2 2"),
+        "n2 was never touched: {output}"
+    );
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "failures: {:?}", report.failures);
+    assert_eq!(report.by_version.keys().collect::<Vec<_>>(), ["1"]);
+    for (node, version, process) in node_versions(&shop.status()) {
+        assert_eq!(version.as_deref(), Some("1"), "{node}");
+        assert_eq!(process, "running", "{node}");
+    }
+    let after = shop.running_pids();
+    assert_eq!(after.len(), 2);
+    assert_ne!(before, after, "n1 runs a fresh v1 process");
+    assert_eq!(shop.versions_now(20).await, ["1".to_string()].into());
+}
