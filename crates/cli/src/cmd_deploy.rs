@@ -140,7 +140,7 @@ pub fn engine(
         AdminClient::new(endpoint, token),
         svc.balancer.pool.get_ref().clone(),
     );
-    let runtime = ProcessRuntime::new(svc.runtime.start.get_ref().clone(), svc.runtime.env.clone());
+    let runtime = ProcessRuntime::new(svc.runtime.argv(), svc.runtime.env.clone());
     let probe = HttpProbe {
         host: "127.0.0.1".into(),
         path: svc.health.path.get_ref().clone(),

@@ -125,12 +125,23 @@ pub enum RuntimeKind {
 pub struct RuntimeConfig {
     pub kind: Spanned<RuntimeKind>,
     /// argv template, e.g. `["java", "-jar", "{artifact}", "--server.port={port}"]`. Never run by a shell.
-    pub start: Spanned<Vec<String>>,
+    pub start: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Time between SIGTERM and SIGKILL when stopping an instance.
     #[serde(default = "default_stop_grace")]
     pub stop_grace: HumanDuration,
+}
+
+impl RuntimeConfig {
+    /// The argv template without its spans.
+    pub fn argv(&self) -> Vec<String> {
+        self.start
+            .get_ref()
+            .iter()
+            .map(|a| a.get_ref().clone())
+            .collect()
+    }
 }
 
 fn default_stop_grace() -> HumanDuration {
@@ -315,17 +326,17 @@ impl ServiceConfig {
                 "give the command as an argv array, e.g. [\"java\", \"-jar\", \"{artifact}\", \"--server.port={port}\"]",
             ));
         };
-        if program.trim().is_empty() {
+        if program.get_ref().trim().is_empty() {
             return Err(here(
-                start.span(),
+                program.span(),
                 format!("service `{name}`: the program in `start` is empty"),
                 "the first element must be the program to run",
             ));
         }
         for arg in start.get_ref() {
-            if let Err(bad) = check_placeholders(arg) {
+            if let Err(bad) = check_placeholders(arg.get_ref()) {
                 return Err(here(
-                    start.span(),
+                    arg.span(),
                     format!("service `{name}`: unknown placeholder `{{{bad}}}` in `start`"),
                     &format!("placeholders are {{{}}}", PLACEHOLDERS.join("}, {")),
                 ));
@@ -515,6 +526,7 @@ port = 8082
         let err = parse(&GOOD.replace("{port}", "{prot}")).unwrap_err();
         assert!(err.message.contains("{prot}"), "{err}");
         assert_eq!(err.line, 11);
+        assert_eq!(err.column, 70, "points at the argument itself: {err}");
     }
 
     #[test]
