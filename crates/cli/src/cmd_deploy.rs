@@ -2,7 +2,7 @@
 //! Exit codes: 0 success, 1 error, 2 rolled back, 3 refused (locked, bad input, missing artifact).
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read, Seek, SeekFrom};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -164,7 +164,7 @@ impl Renderer {
             return (
                 Renderer { bar: None },
                 Box::new(|event: &Event| {
-                    println!("{}", serde_json::to_string(event).expect("plain data"));
+                    say(&serde_json::to_string(event).expect("plain data"));
                 }),
             );
         }
@@ -190,12 +190,12 @@ impl Renderer {
         (
             Renderer { bar: None },
             Box::new(move |event: &Event| {
-                println!(
+                say(&format!(
                     "[{:>6.1}s] {} {}",
                     started.elapsed().as_secs_f64(),
                     mark(event.kind),
                     event.message
-                );
+                ));
             }),
         )
     }
@@ -205,6 +205,11 @@ impl Renderer {
             bar.finish_and_clear();
         }
     }
+}
+
+/// A line on stdout; a closed terminal or pipe must not abort a deploy halfway, so errors are dropped.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 fn mark(kind: EventKind) -> &'static str {
@@ -268,10 +273,7 @@ fn conclude<T: serde::Serialize>(
     match result {
         Ok(report) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"result": "succeeded", "report": report})
-                );
+                say(&serde_json::json!({"result": "succeeded", "report": report}).to_string());
             }
             ExitCode::SUCCESS
         }
@@ -282,12 +284,9 @@ fn conclude<T: serde::Serialize>(
                 DeployError::Failed(_) => "failed",
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"result": result, "error": err.to_string(), "exit_code": err.exit_code()})
-                );
+                say(&serde_json::json!({"result": result, "error": err.to_string(), "exit_code": err.exit_code()}).to_string());
             }
-            eprintln!("{result}: {err}");
+            let _ = writeln!(std::io::stderr(), "{result}: {err}");
             ExitCode::from(err.exit_code())
         }
     }
