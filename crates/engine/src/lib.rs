@@ -388,22 +388,6 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         }
     }
 
-    /// Finishes an interrupted deploy, if any (used by read-only verbs that want a clean state).
-    pub async fn recover_if_needed(&mut self) -> Result<bool, DeployError> {
-        match self.lock() {
-            Ok(Some(stale)) => {
-                let result = self.recover(stale).await;
-                self.unlock();
-                result.map(|()| true)
-            }
-            Ok(None) => {
-                self.unlock();
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     async fn deploy_locked(
         &mut self,
         request: DeployRequest,
