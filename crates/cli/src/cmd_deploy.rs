@@ -182,7 +182,7 @@ impl Renderer {
                     EventKind::Progress => shown.set_message(event.message.clone()),
                     kind => {
                         shown.println(format!("{} {}", mark(kind), event.message));
-                        shown.set_message(String::new());
+                        shown.set_message(event.message.clone());
                     }
                 }),
             );
