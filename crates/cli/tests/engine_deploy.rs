@@ -362,15 +362,20 @@ async fn crash_right_after_health_is_rolled_back() {
     })
     .await;
     let report = load.stop().await;
-    // Requests routed to the instance in the milliseconds between its death and the switch back
-    // fail (the proxy has no other active backend to retry on); everything else succeeds.
+    // The proxy retries requests the dying instance refused or dropped on the old slot, which is
+    // still draining during verify: no client sees the crash.
     eprintln!(
         "crash window: {} of {} failed\n{}",
         report.failed,
         report.sent,
         text(&out)
     );
-    assert!(report.failed * 10 < report.sent, "{report:?}");
+    assert_eq!(
+        report.failed,
+        0,
+        "{:?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
     assert!(
         report.by_version.contains_key("2"),
         "v2 served before it died"

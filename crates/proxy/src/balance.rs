@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use http::HeaderMap;
-use nonstop_config::{Balance, Sticky};
+use nonstop_config::{AdminState, Balance, Sticky};
 
 use crate::state::{Backend, Members};
 
@@ -63,13 +63,20 @@ pub fn pick(
         Balance::RoundRobin => smooth_weighted(members, eligible),
         Balance::LeastConn => least_connections(members, eligible),
     };
-    // When every backend is set aside by passive ejection alone, trying one beats refusing all.
-    chosen.or_else(|| {
-        let last_resort = |b: &Arc<Backend>| {
-            b.state() == nonstop_config::AdminState::Active && b.healthy() && !tried(b)
-        };
-        smooth_weighted(members, last_resort)
-    })
+    // Last resorts, in order, when no active backend can take the request: an active one set
+    // aside by passive ejection only, then a draining one (say, the old slot of a blue-green
+    // deploy whose new instance just died). Serving from them beats refusing the request.
+    chosen
+        .or_else(|| {
+            smooth_weighted(members, |b| {
+                b.state() == AdminState::Active && b.healthy() && !tried(b)
+            })
+        })
+        .or_else(|| {
+            smooth_weighted(members, |b| {
+                b.state() == AdminState::Draining && b.healthy() && !b.ejected() && !tried(b)
+            })
+        })
 }
 
 fn smooth_weighted(
@@ -145,7 +152,6 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::state::BackendSpec;
-    use nonstop_config::AdminState;
 
     fn members(specs: &[(&str, u32)]) -> Members {
         let metrics = Metrics::new();
@@ -196,6 +202,31 @@ mod tests {
         assert_eq!(
             pick(&m, Balance::RoundRobin, Some("b"), &[]).unwrap().name,
             "a"
+        );
+    }
+
+    #[test]
+    fn draining_backend_is_the_last_resort_when_no_active_one_is_left() {
+        let m = members(&[("new", 1), ("old", 1)]);
+        m.backends[1].set_state(AdminState::Draining);
+        assert_eq!(
+            pick(&m, Balance::RoundRobin, None, &[]).unwrap().name,
+            "new"
+        );
+        let new_died = [Arc::as_ptr(&m.backends[0]) as usize];
+        assert_eq!(
+            pick(&m, Balance::RoundRobin, None, &new_died).unwrap().name,
+            "old"
+        );
+        m.backends[0].set_healthy(false);
+        assert_eq!(
+            pick(&m, Balance::RoundRobin, None, &[]).unwrap().name,
+            "old"
+        );
+        m.backends[1].set_state(AdminState::Disabled);
+        assert!(
+            pick(&m, Balance::RoundRobin, None, &[]).is_none(),
+            "disabled never takes traffic"
         );
     }
 
