@@ -66,13 +66,13 @@ impl Body for Tracked {
 
 /// Serves one client request. Never fails: every problem becomes an explanatory response.
 pub async fn handle(
-    shared: Arc<Shared>,
+    shared: &Shared,
     client: &UpstreamClient,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let request_id = shared.request_ids.take(req.headers());
-    let mut response = match relay(&shared, client, req, peer, &request_id).await {
+    let mut response = match relay(shared, client, req, peer, &request_id).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_response(),
     };

@@ -467,6 +467,8 @@ async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     shutdown: CancellationToken,
 ) {
+    // One reference-counted pair, so each request clones a single Arc.
+    let context = Arc::new((shared, client));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -481,11 +483,12 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (shared, client) = (shared.clone(), client.clone());
+        let context = context.clone();
         let service = service_fn(move |req| {
-            let (shared, client) = (shared.clone(), client.clone());
+            let context = context.clone();
             async move {
-                Ok::<_, std::convert::Infallible>(forward::handle(shared, &client, req, peer).await)
+                let response = forward::handle(&context.0, &context.1, req, peer).await;
+                Ok::<_, std::convert::Infallible>(response)
             }
         });
         let connection = server
