@@ -634,19 +634,11 @@ fn served_by_admin_state(body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_admin_without_token_is_refused_at_config_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nonstop.toml");
-    write(
-        &path,
+    let (ok, text) = nonstop_on_config(
+        &["config", "check"],
         "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"tcp:127.0.0.1:9999\"\n",
     );
-    let output = std::process::Command::new(nonstop_bin())
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    assert!(!ok);
     assert!(
         text.contains("nonstop.toml:1:1")
             && text.contains("open to anyone")
@@ -813,19 +805,11 @@ fn shipped_example_configs_pass_config_check() {
 
 #[test]
 fn proxy_refuses_to_start_on_a_bad_config_or_a_taken_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nonstop.toml");
-    write(
-        &path,
+    let (ok, text) = nonstop_on_config(
+        &["proxy", "--config"],
         "[proxy]\nlisten = \"127.0.0.1:0\"\n\n[pools.app]\nbalance = \"fastest\"\n",
     );
-    let output = std::process::Command::new(nonstop_bin())
-        .args(["proxy", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    assert!(!ok);
     assert!(
         text.contains("nonstop.toml:5:11")
             && text.contains("fastest")
@@ -835,19 +819,10 @@ fn proxy_refuses_to_start_on_a_bad_config_or_a_taken_port() {
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    write(
-        &path,
-        &format!(
-            "[proxy]\nlisten = \"{addr}\"\nadmin = \"unix:{}/admin.sock\"\n",
-            dir.path().display()
-        ),
+    let (ok, text) = nonstop_on_config(
+        &["proxy", "--config"],
+        &format!("[proxy]\nlisten = \"{addr}\"\nadmin = \"unix:{{dir}}/admin.sock\"\n"),
     );
-    let output = std::process::Command::new(nonstop_bin())
-        .args(["proxy", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    assert!(!ok);
     assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
 }

@@ -474,6 +474,25 @@ impl Load {
     }
 }
 
+/// Runs `nonstop ARGS CONFIG` on a temporary file holding `config`; returns (success, stderr).
+pub fn nonstop_on_config(args: &[&str], config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nonstop.toml");
+    write(
+        &path,
+        &config.replace("{dir}", &dir.path().display().to_string()),
+    );
+    let output = Command::new(nonstop_bin())
+        .args(args)
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
