@@ -826,3 +826,52 @@ fn proxy_refuses_to_start_on_a_bad_config_or_a_taken_port() {
     assert!(!ok);
     assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_proxy_serves_what_the_last_switch_set_up() {
+    let (blue, green) = (Hello::start("blue", "1"), Hello::start("green", "2"));
+    let proxy = Proxy::start(
+        "state_file = \"state/pools.json\"",
+        &pool_toml("app", "", &[("blue", blue.addr(), "")]),
+    );
+    // A relative state_file is relative to the config file.
+    let path = proxy.config_path();
+    let state = proxy.dir.path().join("state/pools.json");
+    let mut green_spec = spec("green", &green);
+    green_spec.weight = Some(3);
+    proxy.admin.replace("app", &[green_spec]).await.unwrap();
+    proxy.admin.add("app", &spec("blue", &blue)).await.unwrap();
+    proxy
+        .admin
+        .set_state("app", "blue", BackendState::Draining)
+        .await
+        .unwrap();
+    assert!(
+        state.exists(),
+        "every admin change is written to the state file"
+    );
+
+    let proxy = proxy.restart();
+    let pool = proxy.admin.pool("app").await.unwrap();
+    let green_now = pool.backend("green").expect("green survived the restart");
+    assert_eq!(
+        (green_now.weight, green_now.state),
+        (3, BackendState::Active)
+    );
+    assert_eq!(pool.backend("blue").unwrap().state, BackendState::Draining);
+    assert_eq!(
+        served_by(&client(), &proxy.url("/"), 5).await,
+        BTreeMap::from([("green".into(), 5)])
+    );
+
+    // Once the pool's section in the file changes, the file wins over the saved state.
+    let text = std::fs::read_to_string(&path).unwrap();
+    write(
+        &path,
+        &text.replace("[pools.app]\n", "[pools.app]\nbalance = \"least-conn\"\n"),
+    );
+    let proxy = proxy.restart();
+    let pool = proxy.admin.pool("app").await.unwrap();
+    assert_eq!(pool.backends.len(), 1);
+    assert_eq!(pool.backends[0].name, "blue");
+}

@@ -38,6 +38,10 @@ pub struct ProxyConfig {
     /// Worker threads; defaults to one per core.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Where runtime changes to pools (deploy switches, drains) are kept, so that a restarted
+    /// proxy serves what the last deploy set up rather than the file's original backends.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }

@@ -71,6 +71,7 @@ impl Shared {
             target.set_weight(weight);
             tracing::info!(pool = %pool.name, backend, weight, "backend weight set");
         }
+        self.save_state();
         Ok(target.view())
     }
 
@@ -177,6 +178,7 @@ impl Shared {
             .cloned()
             .collect();
         pool.members.store(Arc::new(Members::new(next)));
+        self.save_state();
         for backend in leaving {
             self.retire(pool.name.clone(), backend);
         }

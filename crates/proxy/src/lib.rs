@@ -7,6 +7,7 @@ mod control;
 mod forward;
 mod health;
 mod metrics;
+mod persist;
 mod state;
 
 use std::net::SocketAddr;
@@ -56,7 +57,11 @@ impl Shared {
         config_path: &Path,
     ) -> anyhow::Result<Arc<Shared>> {
         let metrics = Arc::new(Metrics::new());
-        let table = build_table(proxy, config, None, &metrics).map_err(anyhow::Error::msg)?;
+        let saved = state_file(proxy, config_path)
+            .map(|path| persist::load(&path))
+            .unwrap_or_default();
+        let table =
+            build_table(proxy, config, None, &saved, &metrics).map_err(anyhow::Error::msg)?;
         let shared = Arc::new_cyclic(|weak_self| Shared {
             table: ArcSwap::from_pointee(table),
             probe_client: health::probe_client(),
@@ -85,8 +90,14 @@ impl Shared {
             )));
         };
         let old = self.table.load_full();
-        let table =
-            build_table(proxy, &config, Some(&old), &self.metrics).map_err(ControlError::Config)?;
+        let table = build_table(
+            proxy,
+            &config,
+            Some(&old),
+            &persist::SavedState::default(),
+            &self.metrics,
+        )
+        .map_err(ControlError::Config)?;
         let fresh: Vec<Arc<Pool>> = table
             .pools
             .iter()
@@ -131,9 +142,35 @@ impl Shared {
             }
         }
         *applied = proxy.clone();
+        drop(applied);
+        self.save_state();
         tracing::info!(config = %self.config_path.display(), pools = current.pools.len(), reused = current.pools.len() - fresh.len(), "configuration reloaded");
         Ok(self.config_path.clone())
     }
+}
+
+impl Shared {
+    /// Records every pool's members in the state file, if one is configured. A failure is logged,
+    /// not returned: the change itself already took effect.
+    pub(crate) fn save_state(&self) {
+        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let path = state_file(&applied, &self.config_path);
+        drop(applied);
+        if let Some(path) = path
+            && let Err(err) = persist::save(&path, &self.table.load())
+        {
+            tracing::error!(file = %path.display(), error = %err, "cannot write the state file");
+        }
+    }
+}
+
+/// `state_file`, with a relative path taken relative to the config file's directory.
+fn state_file(proxy: &ProxyConfig, config_path: &Path) -> Option<PathBuf> {
+    let path = proxy.state_file.as_ref()?;
+    Some(match config_path.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.clone(),
+    })
 }
 
 /// The pooled HTTP/1.1 client to backends; each worker thread has its own pool.
@@ -154,6 +191,7 @@ fn build_table(
     proxy: &ProxyConfig,
     config: &Config,
     previous: Option<&Table>,
+    saved: &persist::SavedState,
     metrics: &Metrics,
 ) -> Result<Table, String> {
     let mut pools = Vec::with_capacity(config.pools.len());
@@ -164,7 +202,7 @@ fn build_table(
             .cloned();
         pools.push(match kept {
             Some(pool) => pool,
-            None => Pool::from_config(name, pool_config, metrics)
+            None => Pool::from_config(name, pool_config, saved.members(name, pool_config), metrics)
                 .map_err(|e| format!("pool `{name}`: {e}"))?,
         });
     }

@@ -305,20 +305,25 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A pool as its config section describes it, with `members` instead of the section's
+    /// backends when given (the saved runtime state).
     pub fn from_config(
         name: &str,
         config: &PoolConfig,
+        members: Option<&[BackendSpec]>,
         metrics: &Metrics,
     ) -> Result<Arc<Pool>, String> {
-        let backends = config
-            .backends
+        let from_file: Vec<BackendSpec>;
+        let specs = match members {
+            Some(saved) => saved,
+            None => {
+                from_file = config.backends.iter().map(BackendSpec::from).collect();
+                &from_file
+            }
+        };
+        let backends = specs
             .iter()
-            .map(|b| {
-                Backend::new(
-                    &BackendSpec::from(b),
-                    metrics.backend(name, b.name.get_ref()),
-                )
-            })
+            .map(|spec| Backend::new(spec, metrics.backend(name, &spec.name)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Pool {
             name: name.to_string(),
@@ -331,6 +336,22 @@ impl Pool {
             edit: tokio::sync::Mutex::new(()),
             closed: CancellationToken::new(),
         }))
+    }
+
+    /// The current members as specs, which is what the state file keeps.
+    pub fn specs(&self) -> Vec<BackendSpec> {
+        self.members
+            .load()
+            .backends
+            .iter()
+            .map(|b| BackendSpec {
+                name: b.name.clone(),
+                addr: b.addr.clone(),
+                weight: Some(b.weight()),
+                route: Some(b.route.clone()),
+                state: Some(b.state()),
+            })
+            .collect()
     }
 
     pub fn view(&self) -> PoolView {

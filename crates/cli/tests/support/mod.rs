@@ -206,6 +206,14 @@ impl Proxy {
         Self::start_in(dir)
     }
 
+    /// Stops this proxy with SIGTERM and starts a new one on the same config directory.
+    pub fn restart(self) -> Proxy {
+        let Proxy { mut proc, dir, .. } = self;
+        proc.signal("TERM");
+        assert!(proc.wait_exit(Duration::from_secs(10)).success());
+        Self::start_in(dir)
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("nonstop.toml")
     }

@@ -1,0 +1,83 @@
+//! The state file: runtime changes to pools survive a proxy restart, so a restarted proxy
+//! serves what the last deploy switched to, not the backends first written in the config file.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use nonstop_config::PoolConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::state::{BackendSpec, Table};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SavedState {
+    pub pools: BTreeMap<String, SavedPool>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedPool {
+    /// The pool's config section when the state was saved; a changed section wins over the state.
+    pub section: String,
+    pub backends: Vec<BackendSpec>,
+}
+
+impl SavedState {
+    /// The saved members of `pool`, if its config section is still the one they were saved under.
+    pub fn members(&self, pool: &str, config: &PoolConfig) -> Option<&[BackendSpec]> {
+        self.pools
+            .get(pool)
+            .filter(|saved| saved.section == section(config))
+            .map(|saved| saved.backends.as_slice())
+    }
+}
+
+/// A description of a pool section that ignores where in the file it stands.
+fn section(config: &PoolConfig) -> String {
+    let backends: Vec<BackendSpec> = config.backends.iter().map(BackendSpec::from).collect();
+    format!(
+        "{:?} {:?} {:?} {:?} {backends:?}",
+        config.balance, config.sticky, config.health, config.eject
+    )
+}
+
+/// Reads the state file; a missing one is empty, an unreadable one is reported and ignored.
+pub fn load(path: &Path) -> SavedState {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+            tracing::error!(file = %path.display(), error = %err, "state file is not valid; starting from the config file");
+            SavedState::default()
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => SavedState::default(),
+        Err(err) => {
+            tracing::error!(file = %path.display(), error = %err, "cannot read the state file; starting from the config file");
+            SavedState::default()
+        }
+    }
+}
+
+/// Writes every pool's current members, atomically (temp file, fsync, rename).
+pub fn save(path: &Path, table: &Table) -> std::io::Result<()> {
+    let state = SavedState {
+        pools: table
+            .pools
+            .iter()
+            .map(|pool| {
+                let saved = SavedPool {
+                    section: section(&pool.config),
+                    backends: pool.specs(),
+                };
+                (pool.name.clone(), saved)
+            })
+            .collect(),
+    };
+    let text = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(&text)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
+}
