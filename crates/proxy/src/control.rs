@@ -193,10 +193,13 @@ impl Shared {
             while backend.in_flight() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // Only requests still running at the deadline are cut. A drained backend is not
+            // cancelled, so a request that picked it from an older member set just before the
+            // switch is served rather than refused.
             if backend.in_flight() > 0 {
                 tracing::warn!(%pool, backend = %backend.name, in_flight = backend.in_flight(), "drain timeout ran out; cutting requests");
+                backend.retired.cancel();
             }
-            backend.retired.cancel();
             let Some(shared) = shared.upgrade() else {
                 return;
             };

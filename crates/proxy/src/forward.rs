@@ -175,9 +175,10 @@ async fn relay(
         Either::Right(Limited::new(body, max_body as usize))
     });
 
-    let members = pool.members.load_full();
     let mut tried: Vec<usize> = Vec::new();
     loop {
+        // A fresh member set per attempt: a slow upload must not pick from before a switch.
+        let members = pool.members.load_full();
         let Some(backend) = balance::pick(&members, pool.balance, route.as_deref(), &tried) else {
             return Err(no_backend(
                 shared,

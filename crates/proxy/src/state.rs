@@ -1,7 +1,7 @@
 //! The routing table and everything it points at: pools, their member sets and backends.
 //! The table and each pool's member set sit behind atomic pointers, so a switch is one store.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,9 @@ pub struct Backend {
     healthy: AtomicBool,
     ejected_until_ms: AtomicU64,
     consecutive_failures: AtomicU32,
+    /// This object's own in-flight count. The metric gauge is shared with any later backend of
+    /// the same name, so draining and balancing must not read it.
+    in_flight: AtomicI64,
     requests: AtomicU64,
     latency_us: AtomicU64,
     pub metrics: BackendMetrics,
@@ -106,6 +109,7 @@ impl Backend {
             healthy: AtomicBool::new(true),
             ejected_until_ms: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
+            in_flight: AtomicI64::new(0),
             requests: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             metrics,
@@ -171,11 +175,12 @@ impl Backend {
     }
 
     pub fn in_flight(&self) -> i64 {
-        self.metrics.in_flight.get()
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts a request as in flight until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.metrics.in_flight.inc();
         self.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
@@ -252,6 +257,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.in_flight.dec();
     }
 }
