@@ -22,14 +22,8 @@ pub type Emit = Box<dyn Fn(&Event)>;
 
 #[derive(clap::Args, Clone)]
 pub struct Common {
-    /// Configuration file with the [services.*] section (and usually the [proxy]).
-    #[arg(
-        long,
-        short,
-        env = "NONSTOP_CONFIG",
-        default_value = "/etc/nonstop/nonstop.toml"
-    )]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: crate::args::ConfigFile,
     /// Print machine-readable JSON lines instead of a progress display.
     #[arg(long)]
     pub json: bool,
@@ -87,13 +81,8 @@ pub struct LogsArgs {
     /// Lines of history to show first.
     #[arg(long, short = 'n', default_value_t = 20)]
     pub lines: usize,
-    #[arg(
-        long,
-        short,
-        env = "NONSTOP_CONFIG",
-        default_value = "/etc/nonstop/nonstop.toml"
-    )]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: crate::args::ConfigFile,
 }
 
 /// Builds the engine for `service` from the config file, with the drivers it names.
@@ -299,7 +288,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let result = (|| {
         let env = parse_env(&args.env)?;
         let version = args.version.clone().map(Version);
-        let mut engine = engine(&args.common.config, &args.service, emit)?;
+        let mut engine = engine(&args.common.config.path, &args.service, emit)?;
         if args.plan {
             let version = match &version {
                 Some(v) => v.clone(),
@@ -350,7 +339,7 @@ pub fn rollback(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let json = args.common.json;
     let (renderer, emit) = Renderer::new(json);
     let rt = runtime()?;
-    let result = engine(&args.common.config, &args.service, emit).and_then(|mut engine| {
+    let result = engine(&args.common.config.path, &args.service, emit).and_then(|mut engine| {
         rt.block_on(async {
             let _hangup = ignore_hangup();
             let finished = tokio::select! {
@@ -368,7 +357,7 @@ pub fn rollback(args: ServiceArgs) -> anyhow::Result<ExitCode> {
 
 pub fn status(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
-    let engine = match engine(&args.common.config, &args.service, Box::new(|_| {})) {
+    let engine = match engine(&args.common.config.path, &args.service, Box::new(|_| {})) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{e}");
@@ -494,7 +483,7 @@ async fn status_report<B: Balancer, R: Runtime, P: Probe>(
 }
 
 pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let engine = match engine(&args.common.config, &args.service, Box::new(|_| {})) {
+    let engine = match engine(&args.common.config.path, &args.service, Box::new(|_| {})) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{e}");
@@ -549,7 +538,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let engine = match engine(&args.config, &args.service, Box::new(|_| {})) {
+    let engine = match engine(&args.config.path, &args.service, Box::new(|_| {})) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{e}");

@@ -11,14 +11,8 @@ pub struct Args {
     /// Admin endpoint: unix:/path/admin.sock or tcp:host:port. Defaults to the `admin` of --config.
     #[arg(long, env = "NONSTOP_ADMIN")]
     admin: Option<String>,
-    /// Config file to take the admin endpoint (and token file) from.
-    #[arg(
-        long,
-        short,
-        env = "NONSTOP_CONFIG",
-        default_value = "/etc/nonstop/nonstop.toml"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: crate::args::ConfigFile,
     /// File holding the bearer token for a TCP admin endpoint.
     #[arg(long, env = "NONSTOP_ADMIN_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -88,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn client(args: &Args) -> anyhow::Result<AdminClient> {
-    let from_file = || admin_settings(&args.config);
+    let from_file = || admin_settings(&args.config.path);
     let endpoint: Endpoint = match &args.admin {
         Some(text) => text.parse().map_err(anyhow::Error::msg)?,
         None => from_file()?

@@ -1,6 +1,5 @@
 //! `nonstop proxy`: loads the config, sets up logging and runs the built-in load balancer.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -8,25 +7,19 @@ use nonstop_config::{Config, LogFormat};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Configuration file with a [proxy] section and its [pools.*].
-    #[arg(
-        long,
-        short,
-        env = "NONSTOP_CONFIG",
-        default_value = "/etc/nonstop/nonstop.toml"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: crate::args::ConfigFile,
     /// Log as JSON lines instead of human-readable text (overrides `log_format`).
     #[arg(long)]
     json_logs: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (config, source) = Config::load(&args.config)?;
+    let (config, source) = Config::load(&args.config.path)?;
     let proxy = config.proxy.as_ref().with_context(|| {
         format!(
             "{}: no [proxy] section; add one with `listen = \"127.0.0.1:8080\"`",
-            args.config.display()
+            args.config.path.display()
         )
     })?;
     let json = args.json_logs || proxy.log_format == LogFormat::Json;

@@ -1,6 +1,7 @@
 //! `nonstop`: one binary for the proxy, the deploy engine's CLI and the small operator verbs.
 //! Each subcommand lives in its own module; this file only parses and dispatches.
 
+mod args;
 mod cmd_config;
 mod cmd_demo;
 mod cmd_deploy;
