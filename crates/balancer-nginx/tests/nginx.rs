@@ -109,6 +109,15 @@ impl Drop for Nginx {
                 "/tmp/nonstop-nginx-error.log",
             );
         }
+        // SIGTERM makes the master stop its workers too; a SIGKILL (Proc's drop) would orphan them.
+        let pid = self.proc.pid().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while matches!(self.proc.child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
