@@ -1,0 +1,588 @@
+//! The Apache mod_jk balancer driver: drives one lb worker either by rewriting the JkMountFile's
+//! rule extensions (`;disabled=`/`;stopped=`) or through the jkstatus status worker on loopback.
+
+pub mod http;
+mod status;
+mod urimap;
+mod workers;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult, Traffic};
+use serde::Deserialize;
+
+pub use status::{StatusClient, StatusMember};
+pub use urimap::RuleActivations;
+pub use workers::{Activation, ImportError, ImportedLb, ImportedMember, import_workers_properties};
+
+/// The driver's config (`balancer = { kind = "modjk", ... }` minus the kind).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModjkConfig {
+    /// The `type=lb` worker whose members are the service's nodes (node name = member name).
+    pub lb_worker: String,
+    pub mode: ModjkMode,
+    /// A URL through Apache that creates a session (so its `Set-Cookie` names the route); used to
+    /// confirm that Apache applied a rewritten JkMountFile. Required for `uriworkermap`.
+    #[serde(default)]
+    pub probe_url: Option<String>,
+    #[serde(default = "default_cookie")]
+    pub session_cookie: String,
+    /// How long Apache may take to apply a change, e.g. `"30s"`.
+    #[serde(default = "default_confirm_timeout")]
+    pub confirm_timeout: String,
+    /// Consecutive new-session probes that must avoid a drained member.
+    #[serde(default = "default_confirm_requests")]
+    pub confirm_requests: u32,
+}
+
+fn default_cookie() -> String {
+    "JSESSIONID".into()
+}
+fn default_confirm_timeout() -> String {
+    "30s".into()
+}
+fn default_confirm_requests() -> u32 {
+    40
+}
+fn default_reload_secs() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ModjkMode {
+    /// Rewrite the `JkMountFile`; Apache reloads it per child after `JkMountFileReload` seconds.
+    Uriworkermap {
+        file: PathBuf,
+        /// Apache's `JkMountFileReload`.
+        #[serde(default = "default_reload_secs")]
+        reload_secs: u64,
+        /// The `JkWorkersFile`, read only: members, routes and configured activations.
+        workers_file: PathBuf,
+        /// An optional status worker, read for `busy` (in-flight) and health.
+        #[serde(default)]
+        status: Option<StatusWorker>,
+    },
+    /// Set member activation through the status worker (shared memory; lost at an Apache restart).
+    Jkstatus {
+        url: String,
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusWorker {
+    pub url: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModjkError {
+    #[error("mod_jk driver config: {0}")]
+    Config(String),
+    #[error("mod_jk status worker: {0}")]
+    Status(String),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    NotApplied(String),
+}
+
+impl From<ModjkError> for PortError {
+    fn from(e: ModjkError) -> Self {
+        PortError::new(e.to_string())
+    }
+}
+
+enum Backend {
+    Urimap {
+        file: PathBuf,
+        reload: Duration,
+        workers_file: PathBuf,
+        status: Option<StatusClient>,
+    },
+    Status(StatusClient),
+}
+
+/// One mod_jk lb worker as a `Balancer`.
+pub struct ModjkBalancer {
+    lb: String,
+    backend: Backend,
+    probe: Option<http::Url>,
+    cookie: String,
+    confirm_timeout: Duration,
+    confirm_requests: u32,
+    /// Serialises read-modify-write of the JkMountFile within this process.
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+impl ModjkBalancer {
+    pub fn new(config: ModjkConfig) -> Result<ModjkBalancer, ModjkError> {
+        let confirm_timeout = humantime::parse_duration(&config.confirm_timeout).map_err(|e| {
+            ModjkError::Config(format!("confirm_timeout `{}`: {e}", config.confirm_timeout))
+        })?;
+        let probe = config
+            .probe_url
+            .as_deref()
+            .map(http::Url::parse)
+            .transpose()
+            .map_err(|e| ModjkError::Config(format!("probe_url: {e}")))?;
+        let backend = match config.mode {
+            ModjkMode::Uriworkermap {
+                file,
+                reload_secs,
+                workers_file,
+                status,
+            } => {
+                if probe.is_none() {
+                    return Err(ModjkError::Config(
+                        "the uriworkermap mode needs `probe_url`, a page through Apache that creates a session: \
+                         Apache applies the rewritten file per child process, so only probing confirms it"
+                            .into(),
+                    ));
+                }
+                if reload_secs == 0 {
+                    return Err(ModjkError::Config(
+                        "reload_secs = 0 means Apache never reloads the JkMountFile; set JkMountFileReload".into(),
+                    ));
+                }
+                let status = status
+                    .map(|s| StatusClient::new(&s.url, s.user, s.password_file))
+                    .transpose()?;
+                Backend::Urimap {
+                    file,
+                    reload: Duration::from_secs(reload_secs),
+                    workers_file,
+                    status,
+                }
+            }
+            ModjkMode::Jkstatus {
+                url,
+                user,
+                password_file,
+            } => Backend::Status(StatusClient::new(&url, user, password_file)?),
+        };
+        Ok(ModjkBalancer {
+            lb: config.lb_worker,
+            backend,
+            probe,
+            cookie: config.session_cookie,
+            confirm_timeout,
+            confirm_requests: config.confirm_requests.max(1),
+            write_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn workers(&self, workers_file: &Path) -> Result<ImportedLb, ModjkError> {
+        let text = std::fs::read_to_string(workers_file).map_err(|e| ModjkError::File {
+            path: workers_file.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        import_workers_properties(&text, Some(&self.lb)).map_err(|e| ModjkError::File {
+            path: workers_file.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<Member>, ModjkError> {
+        match &self.backend {
+            Backend::Status(client) => Ok(client
+                .list(&self.lb)
+                .await?
+                .iter()
+                .map(|s| member(s, s.activation))
+                .collect()),
+            Backend::Urimap {
+                file,
+                workers_file,
+                status,
+                ..
+            } => {
+                let lb = self.workers(workers_file)?;
+                let rules = RuleActivations::read(&read(file)?, &self.lb).unwrap_or_default();
+                let live = match status {
+                    Some(client) => client.list(&self.lb).await?,
+                    None => Vec::new(),
+                };
+                Ok(lb
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let mut activation = rules.effective(&m.name, m.activation);
+                        match live.iter().find(|s| s.name == m.name) {
+                            Some(s) => {
+                                activation = stricter(activation, s.activation);
+                                member(s, activation)
+                            }
+                            None => Member {
+                                node: NodeName(m.name.clone()),
+                                addr: format!("{}:{}", m.host, m.port),
+                                state: activation.lb_state(),
+                                weight: m.lbfactor,
+                                in_flight: 0,
+                                healthy: true,
+                                traffic: Traffic::default(),
+                            },
+                        }
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    async fn apply(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> Result<(), ModjkError> {
+        match &self.backend {
+            Backend::Status(client) => {
+                // Activate first so the pool never has a moment with no active member.
+                let mut ordered: Vec<_> = changes.iter().collect();
+                ordered.sort_by_key(|(_, state, _)| *state != LbState::Active);
+                let known = client.list(&self.lb).await?;
+                for (node, state, weight) in ordered {
+                    if !known.iter().any(|m| m.name == node.0) {
+                        return Err(not_a_member(node, &self.lb));
+                    }
+                    if let Some(w) = weight {
+                        client.set_lbfactor(&self.lb, node.as_str(), *w).await?;
+                    }
+                    client
+                        .set_activation(&self.lb, node.as_str(), activation(*state))
+                        .await?;
+                }
+                let after = client.list(&self.lb).await?;
+                for (node, state, _) in changes {
+                    let seen = after
+                        .iter()
+                        .find(|m| m.name == node.0)
+                        .map(|m| m.activation);
+                    if seen != Some(activation(*state)) {
+                        return Err(ModjkError::NotApplied(format!(
+                            "jkstatus accepted the change but reports {node} as {seen:?}, not {state}"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            Backend::Urimap {
+                file,
+                reload,
+                workers_file,
+                status,
+            } => {
+                let lb = self.workers(workers_file)?;
+                let mut routes = Vec::new();
+                let written_at;
+                {
+                    let _guard = self.write_lock.lock().await;
+                    let text = read(file)?;
+                    let mut rules =
+                        RuleActivations::read(&text, &self.lb).ok_or_else(|| ModjkError::File {
+                            path: file.clone(),
+                            message: format!(
+                                "no mount rule maps to `{}`; add e.g. `/app/*={}`",
+                                self.lb, self.lb
+                            ),
+                        })?;
+                    for (node, state, weight) in changes {
+                        let m = lb
+                            .members
+                            .iter()
+                            .find(|m| m.name == node.0)
+                            .ok_or_else(|| not_a_member(node, &self.lb))?;
+                        if let Some(w) = weight {
+                            match status {
+                                Some(client) => client.set_lbfactor(&self.lb, &m.name, *w).await?,
+                                None => return Err(weight_unsupported()),
+                            }
+                        }
+                        rules.set(&m.name, activation(*state), m.activation);
+                        routes.push((m.route.clone(), *state));
+                    }
+                    let new = rules
+                        .apply(&text, &self.lb)
+                        .expect("the lb has a mount rule");
+                    if new != text {
+                        write_atomic(file, &new)?;
+                    }
+                    written_at = Instant::now();
+                }
+                routes.sort_by_key(|(_, state)| *state != LbState::Active);
+                for (route, state) in routes {
+                    self.confirm(
+                        file,
+                        &route,
+                        state,
+                        written_at + *reload + Duration::from_secs(1),
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Probes new sessions through Apache until the change to `route` shows: for `Active` one new
+    /// session lands on it; otherwise, once every child is due to have re-read the file,
+    /// `confirm_requests` consecutive new sessions all avoid it.
+    async fn confirm(
+        &self,
+        file: &Path,
+        route: &str,
+        state: LbState,
+        due: Instant,
+    ) -> Result<(), ModjkError> {
+        let probe = self.probe.as_ref().expect("checked in new");
+        let deadline = Instant::now() + self.confirm_timeout;
+        let mut avoided = 0u32;
+        let mut last = String::from("no probe answered");
+        while Instant::now() < deadline {
+            match self.probe_route(probe).await {
+                Ok(Some(seen)) => {
+                    let on_route = seen == route;
+                    if state == LbState::Active && on_route {
+                        return Ok(());
+                    }
+                    if on_route {
+                        avoided = 0;
+                    } else if Instant::now() >= due {
+                        avoided += 1;
+                        if state != LbState::Active && avoided >= self.confirm_requests {
+                            return Ok(());
+                        }
+                    }
+                    last = format!("last new session went to route `{seen}`");
+                }
+                Ok(None) => last = "the probe's answer set no session cookie with a route".into(),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(ModjkError::NotApplied(format!(
+            "Apache did not apply {} (route `{route}` {state}) within {:?}: {last}; check JkMountFileReload, \
+             that Apache's user can read the file, and that probe_url creates a session",
+            file.display(),
+            self.confirm_timeout
+        )))
+    }
+
+    async fn probe_route(&self, probe: &http::Url) -> Result<Option<String>, String> {
+        let response = http::get(probe, Vec::new(), Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status >= 500 {
+            return Err(format!("probe answered HTTP {}", response.status));
+        }
+        let prefix = format!("{}=", self.cookie);
+        Ok(response
+            .header_values("Set-Cookie")
+            .filter_map(|c| c.strip_prefix(&prefix))
+            .filter_map(|c| c.split(';').next())
+            .find_map(|id| id.rsplit_once('.').map(|(_, route)| route.to_string())))
+    }
+}
+
+fn member(s: &StatusMember, activation: Activation) -> Member {
+    Member {
+        node: NodeName(s.name.clone()),
+        addr: s.address.clone(),
+        state: activation.lb_state(),
+        weight: s.lbfactor,
+        in_flight: s.busy,
+        healthy: !s.state.starts_with("ERR"),
+        traffic: Traffic {
+            requests: s.elected,
+            errors: s.errors,
+            latency_ms_sum: 0.0,
+        },
+    }
+}
+
+fn stricter(a: Activation, b: Activation) -> Activation {
+    let rank = |x: Activation| match x {
+        Activation::Active => 0,
+        Activation::Disabled => 1,
+        Activation::Stopped => 2,
+    };
+    if rank(a) >= rank(b) { a } else { b }
+}
+
+fn activation(state: LbState) -> Activation {
+    match state {
+        LbState::Active => Activation::Active,
+        LbState::Draining => Activation::Disabled,
+        LbState::Disabled => Activation::Stopped,
+    }
+}
+
+fn not_a_member(node: &NodeName, lb: &str) -> ModjkError {
+    ModjkError::Config(format!(
+        "`{node}` is not a member of mod_jk worker `{lb}`; add it to `worker.{lb}.balance_workers` in \
+         workers.properties and restart Apache (mod_jk cannot add members at runtime)"
+    ))
+}
+
+fn weight_unsupported() -> ModjkError {
+    ModjkError::Config(
+        "rule extensions cannot change an lbfactor: configure `status` (jkstatus) for weights"
+            .into(),
+    )
+}
+
+fn read(path: &Path) -> Result<String, ModjkError> {
+    std::fs::read_to_string(path).map_err(|e| ModjkError::File {
+        path: path.to_path_buf(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
+/// Backup, then temp + fsync + rename; keeps the file's mode, and moves the mtime strictly past
+/// the old one because mod_jk compares whole seconds and would miss two writes in one second.
+fn write_atomic(path: &Path, text: &str) -> Result<(), ModjkError> {
+    use std::io::Write;
+    let err = |message: String| ModjkError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let old = std::fs::metadata(path).map_err(|e| err(format!("cannot stat: {e}")))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| err("not a file path".into()))?
+        .to_string_lossy();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::copy(path, dir.join(format!("{name}.nonstop.bak")))
+        .map_err(|e| err(format!("cannot back up: {e}")))?;
+    let tmp = dir.join(format!(".{name}.nonstop.tmp"));
+    let mut f = std::fs::File::create(&tmp)
+        .map_err(|e| err(format!("cannot create {}: {e}", tmp.display())))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| err(format!("cannot write: {e}")))?;
+    f.set_permissions(old.permissions())
+        .map_err(|e| err(format!("cannot set mode: {e}")))?;
+    let old_mtime = old.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let whole = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+    };
+    let now = SystemTime::now();
+    let mtime = if whole(now) > whole(old_mtime) {
+        now
+    } else {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(whole(old_mtime) + 1)
+    };
+    f.set_modified(mtime)
+        .map_err(|e| err(format!("cannot set mtime: {e}")))?;
+    f.sync_all()
+        .map_err(|e| err(format!("cannot fsync: {e}")))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| err(format!("cannot replace: {e}")))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl Balancer for ModjkBalancer {
+    async fn members(&self) -> PortResult<Vec<Member>> {
+        Ok(self.list().await?)
+    }
+
+    /// mod_jk members come from workers.properties: a known member is left as it is.
+    async fn register(&self, node: &NodeName, _addr: &str) -> PortResult<()> {
+        if self.list().await?.iter().any(|m| &m.node == node) {
+            Ok(())
+        } else {
+            Err(not_a_member(node, &self.lb).into())
+        }
+    }
+
+    async fn set_state(&self, node: &NodeName, state: LbState) -> PortResult<()> {
+        Ok(self.apply(&[(node.clone(), state, None)]).await?)
+    }
+
+    async fn set_weight(&self, node: &NodeName, weight: u32) -> PortResult<()> {
+        let client = match &self.backend {
+            Backend::Status(client) => client,
+            Backend::Urimap {
+                status: Some(client),
+                ..
+            } => client,
+            Backend::Urimap { status: None, .. } => return Err(weight_unsupported().into()),
+        };
+        Ok(client.set_lbfactor(&self.lb, node.as_str(), weight).await?)
+    }
+
+    async fn switch(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> PortResult<()> {
+        Ok(self.apply(changes).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Result<ModjkConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn config_modes_parse_and_validate() {
+        let c = config(
+            "lb_worker = \"lb\"\nprobe_url = \"http://127.0.0.1:80/app/\"\n\
+             mode = { kind = \"uriworkermap\", file = \"/etc/apache2/uriworkermap.properties\", \
+             reload_secs = 5, workers_file = \"/etc/apache2/workers.properties\" }\n",
+        )
+        .unwrap();
+        assert!(ModjkBalancer::new(c).is_ok());
+        let c = config("lb_worker = \"lb\"\nmode = { kind = \"jkstatus\", url = \"http://127.0.0.1/jkstatus\", user = \"nonstop\", password_file = \"/etc/nonstop/jk.pw\" }\n").unwrap();
+        assert!(ModjkBalancer::new(c).is_ok());
+        let c = config("lb_worker = \"lb\"\nmode = { kind = \"jkstatus\", url = \"http://192.168.1.5/jkstatus\" }\n").unwrap();
+        assert!(
+            ModjkBalancer::new(c)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("loopback")
+        );
+        let c = config("lb_worker = \"lb\"\nmode = { kind = \"uriworkermap\", file = \"/u\", workers_file = \"/w\" }\n").unwrap();
+        assert!(
+            ModjkBalancer::new(c)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("probe_url")
+        );
+        assert!(config("lb_worker = \"lb\"\nmode = { kind = \"jkstatus\", url = \"http://127.0.0.1/\", pasword = \"x\" }\n").is_err());
+        assert!(config("lb_worker = \"lb\"\ntypo = 1\nmode = { kind = \"jkstatus\", url = \"http://127.0.0.1/\" }\n").is_err());
+    }
+
+    #[test]
+    fn atomic_write_keeps_mode_backs_up_and_advances_mtime() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("uriworkermap.properties");
+        std::fs::write(&path, "/*=lb\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        write_atomic(&path, "/*=lb;disabled=a\n").unwrap();
+        write_atomic(&path, "/*=lb;stopped=a\n").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        assert!(secs(meta.modified().unwrap()) >= secs(before) + 2);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "/*=lb;stopped=a\n");
+        let backup = dir.path().join("uriworkermap.properties.nonstop.bak");
+        assert_eq!(
+            std::fs::read_to_string(backup).unwrap(),
+            "/*=lb;disabled=a\n"
+        );
+    }
+}

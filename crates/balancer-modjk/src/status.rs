@@ -1,0 +1,237 @@
+//! The jkstatus status worker over HTTP on loopback: `cmd=list` for activation, state, `busy`
+//! (in-flight requests) and counters; `cmd=update` for `vwa` (activation) and `vwf` (lbfactor).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ModjkError;
+use crate::http::{self, Url};
+use crate::workers::Activation;
+
+/// One member of the lb worker as jkstatus reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMember {
+    pub name: String,
+    pub address: String,
+    pub route: String,
+    pub activation: Activation,
+    /// `OK`, `OK/IDLE`, `ERR`, `ERR/REC`, `N/A` ...
+    pub state: String,
+    /// Requests in flight right now.
+    pub busy: i64,
+    pub lbfactor: u32,
+    pub elected: u64,
+    pub errors: u64,
+}
+
+/// The status worker's address and credentials.
+#[derive(Debug, Clone)]
+pub struct StatusClient {
+    url: Url,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl StatusClient {
+    /// `url` must be on loopback: jkstatus can take the whole site down.
+    pub fn new(
+        url: &str,
+        user: Option<String>,
+        password_file: Option<PathBuf>,
+    ) -> Result<StatusClient, ModjkError> {
+        let url = Url::parse(url).map_err(|e| ModjkError::Config(e.to_string()))?;
+        if !url.is_loopback() {
+            return Err(ModjkError::Config(format!(
+                "the jkstatus url must be on loopback (127.0.0.1, ::1 or localhost), not `{}`: \
+                 a status worker reachable from the network lets anyone stop the site",
+                url.host
+            )));
+        }
+        if url.path.contains('?') {
+            return Err(ModjkError::Config(
+                "the jkstatus url is the status worker's mount (e.g. http://127.0.0.1:80/jkstatus), without a query".into(),
+            ));
+        }
+        if user.is_some() != password_file.is_some() {
+            return Err(ModjkError::Config(
+                "jkstatus `user` and `password_file` go together".into(),
+            ));
+        }
+        Ok(StatusClient {
+            url,
+            user,
+            password_file,
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    async fn call(&self, query: &str) -> Result<BTreeMap<String, String>, ModjkError> {
+        let mut url = self.url.clone();
+        url.path = format!("{}?{query}", url.path);
+        let mut headers = Vec::new();
+        if let (Some(user), Some(file)) = (&self.user, &self.password_file) {
+            let password = std::fs::read_to_string(file).map_err(|e| {
+                ModjkError::Config(format!(
+                    "cannot read jkstatus password file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            let token = http::base64(
+                format!("{user}:{}", password.trim_end_matches(['\n', '\r'])).as_bytes(),
+            );
+            headers.push(("Authorization", format!("Basic {token}")));
+        }
+        let response = http::get(&url, headers, self.timeout)
+            .await
+            .map_err(|e| ModjkError::Status(e.to_string()))?;
+        if response.status != 200 {
+            return Err(ModjkError::Status(format!(
+                "jkstatus at {}:{}{} answered HTTP {}{}",
+                self.url.host,
+                self.url.port,
+                self.url.path,
+                response.status,
+                if response.status == 401 || response.status == 403 {
+                    " (check the driver's user/password_file and Apache's Require lines)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let props = parse_props(&response.body);
+        match props.get("worker.result.type").map(String::as_str) {
+            Some("OK") => Ok(props),
+            other => Err(ModjkError::Status(format!(
+                "jkstatus refused `{query}`: {} {}",
+                other.unwrap_or("no result"),
+                props
+                    .get("worker.result.message")
+                    .map_or("", String::as_str)
+            ))),
+        }
+    }
+
+    /// The members of load-balancer worker `lb`.
+    pub async fn list(&self, lb: &str) -> Result<Vec<StatusMember>, ModjkError> {
+        let props = self.call("cmd=list&mime=prop").await?;
+        members(&props, lb)
+    }
+
+    pub async fn set_activation(
+        &self,
+        lb: &str,
+        member: &str,
+        activation: Activation,
+    ) -> Result<(), ModjkError> {
+        let vwa = match activation {
+            Activation::Active => "a",
+            Activation::Disabled => "d",
+            Activation::Stopped => "s",
+        };
+        self.update(lb, member, &format!("vwa={vwa}")).await
+    }
+
+    pub async fn set_lbfactor(
+        &self,
+        lb: &str,
+        member: &str,
+        lbfactor: u32,
+    ) -> Result<(), ModjkError> {
+        self.update(lb, member, &format!("vwf={lbfactor}")).await
+    }
+
+    async fn update(&self, lb: &str, member: &str, change: &str) -> Result<(), ModjkError> {
+        for name in [lb, member] {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                return Err(ModjkError::Config(format!(
+                    "`{name}` is not a mod_jk worker name"
+                )));
+            }
+        }
+        self.call(&format!("cmd=update&mime=prop&w={lb}&sw={member}&{change}"))
+            .await
+            .map(drop)
+    }
+}
+
+fn parse_props(body: &str) -> BTreeMap<String, String> {
+    body.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn members(props: &BTreeMap<String, String>, lb: &str) -> Result<Vec<StatusMember>, ModjkError> {
+    let list = props
+        .get(&format!("worker.{lb}.balance_workers"))
+        .ok_or_else(|| {
+            ModjkError::Status(format!("jkstatus knows no load-balancer worker `{lb}`"))
+        })?;
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let get = |key: &str| props.get(&format!("worker.{name}.{key}")).cloned();
+        let number = |key: &str| get(key).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let activation = match get("activation").as_deref() {
+            Some("DIS") => Activation::Disabled,
+            Some("STP") => Activation::Stopped,
+            _ => Activation::Active,
+        };
+        out.push(StatusMember {
+            name: name.to_string(),
+            address: get("address").unwrap_or_else(|| {
+                format!(
+                    "{}:{}",
+                    get("host").unwrap_or_default(),
+                    get("port").unwrap_or_default()
+                )
+            }),
+            route: get("route").unwrap_or_else(|| name.to_string()),
+            activation,
+            state: get("state").unwrap_or_default(),
+            busy: number("busy"),
+            lbfactor: number("lbfactor").try_into().unwrap_or(1),
+            elected: number("elected").try_into().unwrap_or(0),
+            errors: number("errors").try_into().unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_list_reply() {
+        let body = "worker.result.type=OK\nworker.result.message=Action finished\n\
+                    worker.list=lb,jkstatus\nworker.lb.type=lb\nworker.lb.balance_workers=tomcat1,tomcat2\n\
+                    worker.tomcat1.type=ajp13\nworker.tomcat1.address=127.0.0.1:8009\n\
+                    worker.tomcat1.activation=DIS\nworker.tomcat1.lbfactor=1\nworker.tomcat1.route=tomcat1\n\
+                    worker.tomcat1.state=OK\nworker.tomcat1.busy=3\nworker.tomcat1.elected=42\nworker.tomcat1.errors=0\n\
+                    worker.tomcat2.activation=ACT\nworker.tomcat2.state=OK/IDLE\nworker.tomcat2.busy=0\n";
+        let m = members(&parse_props(body), "lb").unwrap();
+        assert_eq!(m[0].activation, Activation::Disabled);
+        assert_eq!(
+            (m[0].busy, m[0].elected, m[0].address.as_str()),
+            (3, 42, "127.0.0.1:8009")
+        );
+        assert_eq!(
+            (m[1].activation, m[1].state.as_str()),
+            (Activation::Active, "OK/IDLE")
+        );
+        assert!(members(&parse_props(body), "other").is_err());
+    }
+
+    #[test]
+    fn refuses_a_non_loopback_status_url() {
+        let e = StatusClient::new("http://10.1.2.3/jkstatus", None, None).unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        assert!(StatusClient::new("http://127.0.0.1:81/jkstatus", None, None).is_ok());
+        assert!(StatusClient::new("http://localhost/jkstatus", Some("u".into()), None).is_err());
+    }
+}
