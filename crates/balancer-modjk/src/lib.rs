@@ -1,7 +1,6 @@
 //! The Apache mod_jk balancer driver: drives one lb worker either by rewriting the JkMountFile's
 //! rule extensions (`;disabled=`/`;stopped=`) or through the jkstatus status worker on loopback.
 
-pub mod http;
 mod status;
 mod urimap;
 mod workers;
@@ -9,6 +8,7 @@ mod workers;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use nonstop_http_client as http;
 use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult, Traffic};
 use serde::Deserialize;
 

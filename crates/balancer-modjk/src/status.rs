@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ModjkError;
-use crate::http::{self, Url};
 use crate::workers::Activation;
+use nonstop_http_client::{self as http, Url};
 
 /// One member of the lb worker as jkstatus reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,10 +78,8 @@ impl StatusClient {
                     file.display()
                 ))
             })?;
-            let token = http::base64(
-                format!("{user}:{}", password.trim_end_matches(['\n', '\r'])).as_bytes(),
-            );
-            headers.push(("Authorization", format!("Basic {token}")));
+            let password = password.trim_end_matches(['\n', '\r']);
+            headers.push(("Authorization", http::basic_auth(user, password)));
         }
         let response = http::get(&url, headers, self.timeout)
             .await

@@ -1,2 +1,409 @@
-//! The Tomcat runtime: a WAR into a CATALINA_BASE and a restart of that Tomcat.
-//! (Being written; see docs/runtimes/tomcat.md.)
+//! The Tomcat runtime: installs a WAR into a Tomcat instance's CATALINA_BASE (keeping the previous
+//! one), restarts that Tomcat as a supervised `catalina.sh run` child, and waits for the app.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nonstop_http_client as http;
+use nonstop_ports::{Instance, InstanceSpec, NodeName, PortError, PortResult, Runtime};
+use serde::Deserialize;
+
+/// Log lines with which Tomcat reports that the context did not start.
+const FAILURE_MARKERS: [&str; 4] = [
+    "One or more listeners failed to start",
+    "startup failed due to previous errors",
+    "Error deploying web application archive",
+    "One or more Filters failed to start",
+];
+
+/// The runtime's config (`runtime = { kind = "tomcat", ... }` minus the kind).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TomcatConfig {
+    #[serde(default = "default_home")]
+    pub catalina_home: PathBuf,
+    /// Node name → that Tomcat's CATALINA_BASE (conf/server.xml, webapps/, logs/).
+    pub bases: BTreeMap<String, PathBuf>,
+    /// The context's WAR name without `.war`: `app` serves `/app`, `ROOT` serves `/`.
+    pub context: String,
+    /// Path on the Tomcat's own HTTP port that answers 200 once the app is up; default `/{context}/`.
+    #[serde(default)]
+    pub health_path: Option<String>,
+    /// Extra JVM options, passed as CATALINA_OPTS.
+    #[serde(default)]
+    pub java_opts: Vec<String>,
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout: String,
+}
+
+fn default_home() -> PathBuf {
+    PathBuf::from("/usr/share/tomcat10")
+}
+fn default_startup_timeout() -> String {
+    "120s".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TomcatError {
+    #[error("tomcat runtime config: {0}")]
+    Config(String),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("Tomcat {node} failed to start the app: {reason}; last log lines of {log}:\n{tail}")]
+    StartFailed {
+        node: String,
+        reason: String,
+        log: String,
+        tail: String,
+    },
+}
+
+impl From<TomcatError> for PortError {
+    fn from(e: TomcatError) -> Self {
+        PortError::new(e.to_string())
+    }
+}
+
+/// Tomcat instances, one CATALINA_BASE per node.
+#[derive(Debug, Clone)]
+pub struct TomcatRuntime {
+    config: TomcatConfig,
+    startup_timeout: Duration,
+}
+
+impl TomcatRuntime {
+    pub fn new(config: TomcatConfig) -> Result<TomcatRuntime, TomcatError> {
+        let startup_timeout = parse_duration(&config.startup_timeout).ok_or_else(|| {
+            TomcatError::Config(format!(
+                "startup_timeout `{}` is not a duration like \"90s\"",
+                config.startup_timeout
+            ))
+        })?;
+        if config.context.is_empty()
+            || !config
+                .context
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '#'))
+        {
+            return Err(TomcatError::Config(format!(
+                "context `{}` must be a WAR name such as `app` or `ROOT`",
+                config.context
+            )));
+        }
+        let catalina = config.catalina_home.join("bin/catalina.sh");
+        if !catalina.is_file() {
+            return Err(TomcatError::Config(format!(
+                "{} not found: set catalina_home (Debian: apt-get install tomcat10)",
+                catalina.display()
+            )));
+        }
+        Ok(TomcatRuntime {
+            config,
+            startup_timeout,
+        })
+    }
+
+    fn base(&self, node: &NodeName) -> Result<&Path, TomcatError> {
+        self.config
+            .bases
+            .get(node.as_str())
+            .map(PathBuf::as_path)
+            .ok_or_else(|| {
+                TomcatError::Config(format!("no CATALINA_BASE configured for node `{node}`"))
+            })
+    }
+
+    fn war(&self, base: &Path) -> PathBuf {
+        base.join("webapps")
+            .join(format!("{}.war", self.config.context))
+    }
+
+    /// The WAR that was installed before the last deploy of `node`, kept for rollback.
+    pub fn previous_war(&self, node: &NodeName) -> Option<PathBuf> {
+        let path = self.base(node).ok()?.join("nonstop/previous.war");
+        path.is_file().then_some(path)
+    }
+
+    fn health_path(&self) -> String {
+        self.config.health_path.clone().unwrap_or_else(|| {
+            if self.config.context == "ROOT" {
+                "/".into()
+            } else {
+                format!("/{}/", self.config.context.replace('#', "/"))
+            }
+        })
+    }
+
+    /// Puts `artifact` in place as the context WAR; the old WAR becomes `nonstop/previous.war`.
+    pub fn install(&self, node: &NodeName, artifact: &Path) -> Result<(), TomcatError> {
+        let base = self.base(node)?;
+        let keep = base.join("nonstop");
+        let err = |path: &Path, message: String| TomcatError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        for dir in [&keep, &base.join("webapps")] {
+            std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create: {e}")))?;
+        }
+        // Copied aside first, so installing the backup itself (a rollback) cannot clobber it.
+        let incoming = keep.join("incoming.war");
+        copy_synced(artifact, &incoming).map_err(|e| {
+            err(
+                artifact,
+                format!("cannot copy to {}: {e}", incoming.display()),
+            )
+        })?;
+        let war = self.war(base);
+        if war.is_file() {
+            std::fs::rename(&war, keep.join("previous.war"))
+                .map_err(|e| err(&war, format!("cannot back up: {e}")))?;
+        }
+        // Tomcat would otherwise keep serving a stale exploded directory.
+        let exploded = base.join("webapps").join(&self.config.context);
+        if exploded.is_dir() {
+            std::fs::remove_dir_all(&exploded)
+                .map_err(|e| err(&exploded, format!("cannot remove: {e}")))?;
+        }
+        std::fs::rename(&incoming, &war).map_err(|e| err(&war, format!("cannot install: {e}")))?;
+        Ok(())
+    }
+
+    fn launch(&self, spec: &InstanceSpec, base: &Path) -> Result<(Instance, u64), TomcatError> {
+        for dir in ["logs", "temp", "work", "webapps"] {
+            let path = base.join(dir);
+            std::fs::create_dir_all(&path).map_err(|e| TomcatError::File {
+                path: path.clone(),
+                message: format!("cannot create: {e}"),
+            })?;
+        }
+        if let Some(dir) = spec.log.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .map_err(|e| TomcatError::File {
+                path: spec.log.clone(),
+                message: format!("cannot open the log: {e}"),
+            })?;
+        let offset = log.seek(SeekFrom::End(0)).unwrap_or(0);
+        let _ = writeln!(
+            log,
+            "--- nonstop: starting Tomcat {} with {} {}",
+            spec.node, self.config.context, spec.version
+        );
+        let stderr = log.try_clone().map_err(|e| TomcatError::File {
+            path: spec.log.clone(),
+            message: format!("cannot share the log: {e}"),
+        })?;
+        let mut opts = self.config.java_opts.clone();
+        opts.push(format!("-Dnonstop.http.port={}", spec.port));
+        opts.push(format!("-Dnonstop.version={}", spec.version));
+        let mut command = Command::new(self.config.catalina_home.join("bin/catalina.sh"));
+        command
+            .arg("run")
+            .env("CATALINA_HOME", &self.config.catalina_home)
+            .env("CATALINA_BASE", base)
+            .env("CATALINA_TMPDIR", base.join("temp"))
+            .env("CATALINA_OPTS", opts.join(" "))
+            .envs(spec.env.iter())
+            .current_dir(base)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr);
+        // SAFETY: setsid is async-signal-safe and touches no parent memory; its own session keeps
+        // Tomcat out of the terminal's signals and lets stop() signal its whole group.
+        unsafe {
+            command.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| TomcatError::Config(format!("cannot run catalina.sh: {e}")))?;
+        let pid = child.id() as i32;
+        // catalina.sh `run` execs the JVM, so this pid is Tomcat itself.
+        let start_ticks = nonstop_runtime_process::start_ticks(pid).unwrap_or(0);
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        Ok((
+            Instance {
+                node: spec.node.clone(),
+                version: spec.version.clone(),
+                port: spec.port,
+                pid,
+                start_ticks,
+                log: spec.log.clone(),
+            },
+            offset,
+        ))
+    }
+
+    /// Waits until the health path answers 200, the log shows the context failed, or time runs out.
+    async fn wait_ready(&self, instance: &Instance, log_offset: u64) -> Result<(), TomcatError> {
+        let url = http::Url::parse(&format!(
+            "http://127.0.0.1:{}{}",
+            instance.port,
+            self.health_path()
+        ))
+        .map_err(|e| TomcatError::Config(format!("health_path: {e}")))?;
+        let deadline = Instant::now() + self.startup_timeout;
+        let mut last = String::from("no answer yet");
+        let fail = |reason: String| TomcatError::StartFailed {
+            node: instance.node.to_string(),
+            reason,
+            log: instance.log.display().to_string(),
+            tail: log_tail(&instance.log, log_offset, 15),
+        };
+        while Instant::now() < deadline {
+            if !nonstop_runtime_process::is_running(instance) {
+                return Err(fail("the JVM exited".into()));
+            }
+            let logged = read_from(&instance.log, log_offset);
+            if let Some(marker) = FAILURE_MARKERS.iter().find(|m| logged.contains(**m)) {
+                return Err(fail(format!("Tomcat logged \"{marker}\"")));
+            }
+            match http::get(&url, Vec::new(), Duration::from_secs(5)).await {
+                Ok(r) if r.status == 200 => return Ok(()),
+                Ok(r) => last = format!("{} answered HTTP {}", url.path, r.status),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(fail(format!(
+            "not healthy within {:?}: {last}",
+            self.startup_timeout
+        )))
+    }
+}
+
+impl Runtime for TomcatRuntime {
+    /// Installs `spec.artifact` as the context WAR, starts that Tomcat and waits for the app; on
+    /// failure the Tomcat is stopped again and `previous_war` holds the WAR to restore.
+    async fn start(&self, spec: &InstanceSpec) -> PortResult<Instance> {
+        let base = self.base(&spec.node)?.to_path_buf();
+        if std::net::TcpStream::connect(("127.0.0.1", spec.port)).is_ok() {
+            return Err(PortError::new(format!(
+                "port {} is already in use: stop the running Tomcat {} before deploying to it",
+                spec.port, spec.node
+            )));
+        }
+        self.install(&spec.node, &spec.artifact)?;
+        let (instance, offset) = self.launch(spec, &base)?;
+        if let Err(e) = self.wait_ready(&instance, offset).await {
+            let _ = nonstop_runtime_process::stop(&instance, Duration::from_secs(20)).await;
+            return Err(e.into());
+        }
+        Ok(instance)
+    }
+
+    /// SIGTERM (Tomcat's shutdown hook stops connectors and lets requests finish), SIGKILL after `grace`.
+    async fn stop(&self, instance: &Instance, grace: Duration) -> PortResult<()> {
+        nonstop_runtime_process::stop(instance, grace).await
+    }
+
+    fn is_running(&self, instance: &Instance) -> bool {
+        nonstop_runtime_process::is_running(instance)
+    }
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" | "min" => Some(Duration::from_secs(n * 60)),
+        _ => None,
+    }
+}
+
+fn copy_synced(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::copy(from, to)?;
+    std::fs::File::open(to)?.sync_all()
+}
+
+fn read_from(path: &Path, offset: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path)
+        && f.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let mut bytes = Vec::new();
+        let _ = f.read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    text
+}
+
+fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
+    let text = read_from(path, offset);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(dir: &Path) -> TomcatRuntime {
+        TomcatRuntime {
+            config: TomcatConfig {
+                catalina_home: default_home(),
+                bases: [("t1".to_string(), dir.to_path_buf())].into(),
+                context: "app".into(),
+                health_path: None,
+                java_opts: Vec::new(),
+                startup_timeout: "60s".into(),
+            },
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn install_keeps_the_previous_war_and_can_reinstall_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let node = NodeName::from("t1");
+        let (v1, v2) = (dir.path().join("v1.war"), dir.path().join("v2.war"));
+        std::fs::write(&v1, "one").unwrap();
+        std::fs::write(&v2, "two").unwrap();
+        rt.install(&node, &v1).unwrap();
+        assert!(rt.previous_war(&node).is_none());
+        std::fs::create_dir_all(dir.path().join("webapps/app/WEB-INF")).unwrap();
+        rt.install(&node, &v2).unwrap();
+        assert!(
+            !dir.path().join("webapps/app").exists(),
+            "the stale exploded dir is removed"
+        );
+        let previous = rt.previous_war(&node).unwrap();
+        assert_eq!(std::fs::read_to_string(&previous).unwrap(), "one");
+        rt.install(&node, &previous).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("webapps/app.war")).unwrap(),
+            "one"
+        );
+        assert_eq!(
+            std::fs::read_to_string(rt.previous_war(&node).unwrap()).unwrap(),
+            "two"
+        );
+    }
+
+    #[test]
+    fn config_is_strict() {
+        let ok: TomcatConfig =
+            toml::from_str("context = \"app\"\nbases = { tomcat1 = \"/srv/t1\" }\n").unwrap();
+        assert_eq!(ok.catalina_home, default_home());
+        assert!(
+            toml::from_str::<TomcatConfig>("context = \"app\"\nbases = {}\nport = 1\n").is_err()
+        );
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}

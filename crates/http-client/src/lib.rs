@@ -1,9 +1,13 @@
-//! A minimal HTTP/1.0 client for loopback control endpoints (jkstatus, probes through Apache):
-//! one connection per request, close-delimited body, so no chunked decoding is needed.
+//! A one-shot HTTP/1.1 client for control endpoints (jkstatus, Tomcat's own port, probes through
+//! a balancer): one connection per request so every probe is a fresh pick by the balancer.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request as HyperRequest;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// A parsed `http://host:port/path?query` URL.
@@ -20,15 +24,12 @@ pub enum HttpError {
         "`{0}` is not an http:// URL with a host (https is not supported for loopback endpoints)"
     )]
     BadUrl(String),
-    #[error("cannot reach {addr}: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("bad request header {0}")]
+    BadHeader(String),
+    #[error("cannot reach {addr}: {message}")]
+    Io { addr: String, message: String },
     #[error("{addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
-    #[error("{addr} sent a malformed HTTP response")]
-    Malformed { addr: String },
 }
 
 impl Url {
@@ -65,7 +66,8 @@ impl Url {
                 .is_ok_and(|ip| ip.is_loopback())
     }
 
-    fn addr(&self) -> String {
+    /// `host:port`, with brackets around an IPv6 host.
+    pub fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -91,7 +93,7 @@ impl Response {
     }
 }
 
-/// A request: method, extra header lines and an optional body.
+/// A request: method, extra headers and an optional body.
 #[derive(Debug, Clone, Default)]
 pub struct Request<'a> {
     pub method: &'a str,
@@ -113,12 +115,13 @@ pub async fn get(
     send(url, &request, timeout).await
 }
 
+/// Sends `request` on a new connection and reads the whole answer, all within `timeout`.
 pub async fn send(
     url: &Url,
     request: &Request<'_>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    let addr = url.addr();
+    let addr = url.authority();
     match tokio::time::timeout(timeout, exchange(url, &addr, request)).await {
         Ok(result) => result,
         Err(_) => Err(HttpError::Timeout { addr, timeout }),
@@ -126,74 +129,69 @@ pub async fn send(
 }
 
 async fn exchange(url: &Url, addr: &str, request: &Request<'_>) -> Result<Response, HttpError> {
-    let io = |source| HttpError::Io {
+    let io = |e: &dyn std::fmt::Display| HttpError::Io {
         addr: addr.to_string(),
-        source,
+        message: e.to_string(),
     };
-    let mut stream = TcpStream::connect(addr).await.map_err(io)?;
-    let mut head = format!(
-        "{} {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: nonstop\r\n",
-        request.method, url.path, addr
-    );
+    let mut builder = HyperRequest::builder()
+        .method(request.method)
+        .uri(&url.path)
+        .header(hyper::header::HOST, addr)
+        .header(hyper::header::USER_AGENT, "nonstop");
     for (name, value) in &request.headers {
-        // Header values come from config or cookies we were sent; refuse to forge extra lines.
+        // hyper refuses line breaks too; checked here to say which header was wrong.
         if value.contains(['\r', '\n']) {
-            return Err(HttpError::BadUrl(format!(
-                "header {name} holds a line break"
-            )));
+            return Err(HttpError::BadHeader(format!("{name} holds a line break")));
         }
-        head.push_str(&format!("{name}: {value}\r\n"));
+        builder = builder.header(*name, value.as_str());
     }
-    if !request.body.is_empty() || request.method != "GET" {
-        head.push_str(&format!("Content-Length: {}\r\n", request.body.len()));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.map_err(io)?;
-    stream.write_all(request.body).await.map_err(io)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.map_err(io)?;
-    parse_response(&raw).ok_or_else(|| HttpError::Malformed {
-        addr: addr.to_string(),
-    })
-}
-
-fn parse_response(raw: &[u8]) -> Option<Response> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+    let hyper_request = builder
+        .body(Full::new(Bytes::copy_from_slice(request.body)))
+        .map_err(|e| HttpError::BadHeader(e.to_string()))?;
+    let stream = TcpStream::connect(addr).await.map_err(|e| io(&e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| io(&e))?;
+    let driver = tokio::spawn(connection);
+    let answer = sender.send_request(hyper_request).await.map_err(|e| io(&e));
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            driver.abort();
+            return Err(e);
+        }
+    };
+    let status = answer.status().as_u16();
+    let headers = answer
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let body = String::from_utf8_lossy(&raw[split + 4..]).into_owned();
-    Some(Response {
+    let body = answer
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| io(&e))?
+        .to_bytes();
+    driver.abort();
+    Ok(Response {
         status,
         headers,
-        body,
+        body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
 
-/// RFC 4648 base64, for a Basic `Authorization` header.
-pub fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// The value of a Basic `Authorization` header.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 #[cfg(test)]
@@ -211,25 +209,39 @@ mod tests {
         assert!(!Url::parse("http://10.0.0.1/jk").unwrap().is_loopback());
         assert!(Url::parse("http://[::1]:81/").unwrap().is_loopback());
         assert!(Url::parse("https://127.0.0.1/").is_err());
+        assert!(Url::parse("http://h/a b").is_err());
     }
 
     #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b"nonstop:s3cret"), "bm9uc3RvcDpzM2NyZXQ=");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64(b"abc"), "YWJj");
+    fn basic_auth_is_rfc7617() {
+        assert_eq!(
+            basic_auth("nonstop", "s3cret"),
+            "Basic bm9uc3RvcDpzM2NyZXQ="
+        );
     }
 
-    #[test]
-    fn parses_a_response() {
-        let r =
-            parse_response(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nset-cookie: c=d\r\n\r\nbody")
+    #[tokio::test]
+    async fn reads_a_chunked_answer_with_repeated_headers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nset-cookie: c=d\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n")
+                .await
                 .unwrap();
+        });
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/x")).unwrap();
+        let r = get(&url, vec![], Duration::from_secs(5)).await.unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(
             r.header_values("Set-Cookie").collect::<Vec<_>>(),
             ["a=b", "c=d"]
         );
         assert_eq!(r.body, "body");
+        let bad = get(&url, vec![("X", "a\r\nb".into())], Duration::from_secs(1)).await;
+        assert!(matches!(bad, Err(HttpError::BadHeader(_))));
     }
 }
