@@ -105,6 +105,8 @@ pub struct NginxBalancer {
     config: NginxConfig,
     /// Serialises this process's changes; the file lock serialises other processes.
     local: tokio::sync::Mutex<()>,
+    /// The master's pid file once found (`pid_file`, `nginx -T` or the build default).
+    pid_file: tokio::sync::OnceCell<PathBuf>,
 }
 
 impl NginxBalancer {
@@ -116,6 +118,7 @@ impl NginxBalancer {
         }
         render::check_name(&config.upstream)?;
         Ok(NginxBalancer {
+            pid_file: tokio::sync::OnceCell::new_with(config.pid_file.clone()),
             config,
             local: tokio::sync::Mutex::new(()),
         })
@@ -168,11 +171,11 @@ impl NginxBalancer {
                 message: test.stderr.trim().to_string(),
             });
         }
-        let pid_file = match &self.config.pid_file {
-            Some(path) => path.clone(),
-            None => self.find_pid_file(&test.stdout).await?,
-        };
-        if let Err(e) = proc::reload(&pid_file, self.config.reload_timeout).await {
+        let pid_file = self
+            .pid_file
+            .get_or_try_init(|| self.find_pid_file(&test.stdout))
+            .await?;
+        if let Err(e) = proc::reload(pid_file, self.config.reload_timeout).await {
             // The running nginx still has the old set: keep the file saying so.
             restore().await?;
             return Err(e);
@@ -249,8 +252,15 @@ fn member<'a>(
 }
 
 impl Balancer for NginxBalancer {
+    /// nginx OSS has no per-server counters. A member taken out of the set is still reached by
+    /// the workers of earlier generations until they have finished their requests and exited,
+    /// so each of them counts as one request in flight on every member that is not active.
     async fn members(&self) -> PortResult<Vec<Member>> {
         let set = self.desired().await?;
+        let old_workers = match self.pid_file.get() {
+            Some(pid_file) => proc::old_workers(pid_file).await.unwrap_or(0),
+            None => 0,
+        };
         Ok(set
             .members
             .into_iter()
@@ -259,8 +269,11 @@ impl Balancer for NginxBalancer {
                 addr: m.addr,
                 state: m.state,
                 weight: m.weight,
-                // nginx OSS exposes no per-server counters; old workers finish in-flight requests.
-                in_flight: 0,
+                in_flight: if m.state == LbState::Active {
+                    0
+                } else {
+                    old_workers as i64
+                },
                 healthy: true,
                 traffic: Traffic::default(),
             })

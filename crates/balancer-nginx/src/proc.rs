@@ -78,6 +78,15 @@ fn is_shutting_down(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// Workers of earlier generations still finishing their requests after a reload.
+pub async fn old_workers(pid_file: &Path) -> Result<usize, NginxError> {
+    let pid = master_pid(pid_file).await?;
+    Ok(children(pid)
+        .into_iter()
+        .filter(|w| is_shutting_down(*w))
+        .count())
+}
+
 /// Sends SIGHUP and waits until the master has a worker that was not there before and no
 /// worker of the previous generation still accepts connections with the previous set.
 pub async fn reload(pid_file: &Path, timeout: Duration) -> Result<(), NginxError> {

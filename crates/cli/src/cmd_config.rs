@@ -19,7 +19,9 @@ enum Command {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        Command::Check { file } => match Config::load(&file) {
+        Command::Check { file } => match Config::load(&file).and_then(|(config, source)| {
+            crate::drivers::check(&config, &source).map(|()| (config, source))
+        }) {
             Ok((config, _)) => {
                 let backends: usize = config.pools.values().map(|p| p.backends.len()).sum();
                 let listeners = config.proxy.as_ref().map_or(0, |p| p.listen.len());

@@ -8,16 +8,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nonstop_admin_client::{AdminClient, Endpoint};
-use nonstop_balancer_builtin::BuiltinBalancer;
 use nonstop_config::Config;
 use nonstop_config::service::Strategy;
 use nonstop_engine::{DeployError, DeployRequest, Engine, Event, EventKind};
 use nonstop_ports::{Balancer, NodeName, Probe, Runtime, Version};
 use nonstop_probe_http::HttpProbe;
-use nonstop_runtime_process::ProcessRuntime;
 
-pub type ServiceEngine = Engine<BuiltinBalancer, ProcessRuntime, HttpProbe>;
+use crate::drivers::{AnyBalancer, AnyRuntime};
+
+pub type ServiceEngine = Engine<AnyBalancer, AnyRuntime, HttpProbe>;
 pub type Emit = Box<dyn Fn(&Event)>;
 
 #[derive(clap::Args, Clone)]
@@ -91,7 +90,9 @@ pub fn engine(
     service: &str,
     emit: Box<dyn Fn(&Event)>,
 ) -> Result<ServiceEngine, DeployError> {
-    let (config, _) = Config::load(config_path).map_err(|e| DeployError::Refused(e.to_string()))?;
+    let (config, source) =
+        Config::load(config_path).map_err(|e| DeployError::Refused(e.to_string()))?;
+    crate::drivers::check(&config, &source).map_err(|e| DeployError::Refused(e.to_string()))?;
     let Some(svc) = config.services.get(service) else {
         let known: Vec<&str> = config.services.keys().map(String::as_str).collect();
         return Err(DeployError::Refused(format!(
@@ -104,32 +105,8 @@ pub fn engine(
             }
         )));
     };
-    let admin = svc
-        .admin_endpoint(&config)
-        .expect("validated: a builtin balancer has an admin endpoint");
-    let endpoint: Endpoint = admin
-        .to_string()
-        .parse()
-        .map_err(|e: String| DeployError::Refused(e))?;
-    let token = match svc.admin_token_file(&config) {
-        Some(path) => Some(
-            std::fs::read_to_string(&path)
-                .map_err(|e| {
-                    DeployError::Refused(format!(
-                        "cannot read admin token file {}: {e}",
-                        path.display()
-                    ))
-                })?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
-    let balancer = BuiltinBalancer::new(
-        AdminClient::new(endpoint, token),
-        svc.balancer.pool.get_ref().clone(),
-    );
-    let runtime = ProcessRuntime::new(svc.runtime.argv(), svc.runtime.env.clone());
+    let (balancer, runtime) =
+        crate::drivers::build(service, svc, &config, &source).map_err(DeployError::Refused)?;
     let probe = HttpProbe {
         host: "127.0.0.1".into(),
         path: svc.health.path.get_ref().clone(),

@@ -7,6 +7,7 @@ mod cmd_demo;
 mod cmd_deploy;
 mod cmd_lb;
 mod cmd_proxy;
+mod drivers;
 mod logging;
 
 use std::process::ExitCode;

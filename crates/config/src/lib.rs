@@ -1,6 +1,7 @@
 //! nonstop's configuration file: typed sections for the proxy, its pools and the services it deploys.
 //! Loading never half-succeeds: every error names the file, the line and what to change.
 
+pub mod driver;
 mod error;
 pub mod proxy;
 pub mod service;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use driver::{BalancerKind, DriverTable, RuntimeKind, RuntimeShared};
 pub use error::ConfigError;
 pub use proxy::{
     AdminEndpoint, AdminState, BackendConfig, Balance, EjectConfig, HealthCheck, LogFormat,
@@ -64,10 +66,13 @@ impl Config {
 
     /// Parses and validates configuration text; `source.path` is only used in errors.
     pub fn parse(source: &Source) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(&source.text).map_err(|e| {
+        let mut config: Config = toml::from_str(&source.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             source.error_at(span, e.message().trim().to_string(), None)
         })?;
+        for (name, service) in &mut config.services {
+            service.resolve(name, source)?;
+        }
         config.validate(source)?;
         Ok(config)
     }

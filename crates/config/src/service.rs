@@ -1,12 +1,12 @@
 //! The `[services.*]` sections: what the deploy engine deploys, where, and how.
 //! Everything the engine would otherwise trip over at deploy time is checked here, with file:line.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::driver::{BalancerKind, DriverTable, RUNTIME_SHARED_KEYS, RuntimeKind, RuntimeShared};
 use crate::{AdminEndpoint, Config, ConfigError, HumanDuration, Source};
 
 /// Placeholders an argv template may use.
@@ -93,17 +93,33 @@ impl std::fmt::Display for Strategy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BalancerKind {
-    Builtin,
+/// Which balancer the engine drives: a `kind` and that driver's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalancerConfig {
+    pub table: DriverTable<BalancerKind>,
+    /// Set after loading when `kind = "builtin"`.
+    pub builtin: Option<BuiltinSettings>,
 }
 
-/// Which balancer the engine drives. (A struct with a `kind`, not a tagged enum, so spans survive.)
+impl<'de> Deserialize<'de> for BalancerConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(BalancerConfig {
+            table: DriverTable::deserialize(d)?,
+            builtin: None,
+        })
+    }
+}
+
+impl BalancerConfig {
+    pub fn kind(&self) -> BalancerKind {
+        self.table.kind
+    }
+}
+
+/// `kind = "builtin"`: a pool of nonstop's own proxy, changed through its admin API.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct BalancerConfig {
-    pub kind: Spanned<BalancerKind>,
+pub struct BuiltinSettings {
     /// The pool in the built-in proxy whose backends are this service's nodes.
     pub pool: Spanned<String>,
     /// The proxy's admin endpoint; defaults to `[proxy] admin` of the same file.
@@ -114,38 +130,46 @@ pub struct BalancerConfig {
     pub admin_token_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RuntimeKind {
-    Process,
+/// Where releases run: a `kind`, the settings all runtimes share and that driver's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    pub table: DriverTable<RuntimeKind>,
+    /// Set after loading.
+    pub shared: RuntimeShared,
+    /// Set after loading when `kind = "process"`.
+    pub process: Option<ProcessSettings>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RuntimeConfig {
-    pub kind: Spanned<RuntimeKind>,
-    /// argv template, e.g. `["java", "-jar", "{artifact}", "--server.port={port}"]`. Never run by a shell.
-    pub start: Spanned<Vec<Spanned<String>>>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Time between SIGTERM and SIGKILL when stopping an instance.
-    #[serde(default = "default_stop_grace")]
-    pub stop_grace: HumanDuration,
+impl<'de> Deserialize<'de> for RuntimeConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(RuntimeConfig {
+            table: DriverTable::deserialize(d)?,
+            shared: RuntimeShared::default(),
+            process: None,
+        })
+    }
 }
 
 impl RuntimeConfig {
-    /// The argv template without its spans.
+    pub fn kind(&self) -> RuntimeKind {
+        self.table.kind
+    }
+
+    /// The process runtime's argv template without its spans (empty for other kinds).
     pub fn argv(&self) -> Vec<String> {
-        self.start
-            .get_ref()
+        self.process
             .iter()
-            .map(|a| a.get_ref().clone())
+            .flat_map(|p| p.start.get_ref().iter().map(|a| a.get_ref().clone()))
             .collect()
     }
 }
 
-fn default_stop_grace() -> HumanDuration {
-    HumanDuration::secs(10)
+/// `kind = "process"`: a program started from an argv template, never through a shell.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSettings {
+    /// argv template, e.g. `["java", "-jar", "{artifact}", "--server.port={port}"]`.
+    pub start: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -270,13 +294,15 @@ impl ServiceConfig {
     /// The admin endpoint of the built-in proxy this service's balancer talks to.
     pub fn admin_endpoint(&self, config: &Config) -> Option<AdminEndpoint> {
         self.balancer
-            .admin
-            .clone()
+            .builtin
+            .as_ref()
+            .and_then(|b| b.admin.clone())
             .or_else(|| config.proxy.as_ref().map(|p| p.admin.clone()))
     }
 
     pub fn admin_token_file(&self, config: &Config) -> Option<PathBuf> {
-        self.balancer.admin_token_file.clone().or_else(|| {
+        let own = self.balancer.builtin.as_ref();
+        own.and_then(|b| b.admin_token_file.clone()).or_else(|| {
             config
                 .proxy
                 .as_ref()
@@ -288,6 +314,56 @@ impl ServiceConfig {
         self.nodes.iter().find(|n| n.name.get_ref() == name)
     }
 
+    /// Reads the settings of the drivers this crate knows (builtin, process) and the runtime's
+    /// shared settings, with their spans; other drivers read theirs with `DriverTable::settings`.
+    pub(crate) fn resolve(&mut self, name: &str, source: &Source) -> Result<(), ConfigError> {
+        let path = ["services", name, "runtime"];
+        self.runtime.shared = self
+            .runtime
+            .table
+            .settings(source, &path, |k| RUNTIME_SHARED_KEYS.contains(&k))?;
+        let driver_only = |k: &str| !RUNTIME_SHARED_KEYS.contains(&k);
+        if self.runtime.kind() == RuntimeKind::Process {
+            self.runtime.process = Some(self.runtime.table.settings(source, &path, driver_only)?);
+        }
+        if self.balancer.kind() == BalancerKind::Builtin {
+            let path = ["services", name, "balancer"];
+            self.balancer.builtin = Some(self.balancer.table.settings(source, &path, |_| true)?);
+        }
+        Ok(())
+    }
+
+    fn validate_builtin(
+        &self,
+        name: &str,
+        builtin: &BuiltinSettings,
+        config: &Config,
+        source: &Source,
+    ) -> Result<(), ConfigError> {
+        let pool = &builtin.pool;
+        if config.proxy.is_some() && !config.pools.contains_key(pool.get_ref()) {
+            return Err(source.error_at(
+                pool.span(),
+                format!(
+                    "service `{name}` uses pool `{}`, which this file does not define",
+                    pool.get_ref()
+                ),
+                Some(format!(
+                    "add a `[pools.{}]` section (it may have no backends; the engine adds them)",
+                    pool.get_ref()
+                )),
+            ));
+        }
+        if self.admin_endpoint(config).is_none() {
+            return Err(source.error_at(
+                self.balancer.table.span.clone(),
+                format!("service `{name}`: the builtin balancer needs the proxy's admin endpoint"),
+                Some("add `admin = \"unix:/run/nonstop/admin.sock\"` to the balancer table, or a [proxy] section to this file".into()),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn validate(
         &self,
         name: &str,
@@ -297,50 +373,11 @@ impl ServiceConfig {
         let here = |span: std::ops::Range<usize>, msg: String, hint: &str| {
             source.error_at(span, msg, Some(hint.to_string()))
         };
-        let pool = &self.balancer.pool;
-        if config.proxy.is_some() && !config.pools.contains_key(pool.get_ref()) {
-            return Err(here(
-                pool.span(),
-                format!(
-                    "service `{name}` uses pool `{}`, which this file does not define",
-                    pool.get_ref()
-                ),
-                &format!(
-                    "add a `[pools.{}]` section (it may have no backends; the engine adds them)",
-                    pool.get_ref()
-                ),
-            ));
+        if let Some(builtin) = &self.balancer.builtin {
+            self.validate_builtin(name, builtin, config, source)?;
         }
-        if self.admin_endpoint(config).is_none() {
-            return Err(here(
-                self.balancer.kind.span(),
-                format!("service `{name}`: the builtin balancer needs the proxy's admin endpoint"),
-                "add `admin = \"unix:/run/nonstop/admin.sock\"` to the balancer table, or a [proxy] section to this file",
-            ));
-        }
-        let start = &self.runtime.start;
-        let Some(program) = start.get_ref().first() else {
-            return Err(here(
-                start.span(),
-                format!("service `{name}`: `start` is empty"),
-                "give the command as an argv array, e.g. [\"java\", \"-jar\", \"{artifact}\", \"--server.port={port}\"]",
-            ));
-        };
-        if program.get_ref().trim().is_empty() {
-            return Err(here(
-                program.span(),
-                format!("service `{name}`: the program in `start` is empty"),
-                "the first element must be the program to run",
-            ));
-        }
-        for arg in start.get_ref() {
-            if let Err(bad) = check_placeholders(arg.get_ref()) {
-                return Err(here(
-                    arg.span(),
-                    format!("service `{name}`: unknown placeholder `{{{bad}}}` in `start`"),
-                    &format!("placeholders are {{{}}}", PLACEHOLDERS.join("}, {")),
-                ));
-            }
+        if let Some(process) = &self.runtime.process {
+            validate_process(name, process, source)?;
         }
         if *self.releases.keep.get_ref() == 0 {
             return Err(here(
@@ -456,6 +493,41 @@ impl ServiceConfig {
     }
 }
 
+fn validate_process(
+    name: &str,
+    process: &ProcessSettings,
+    source: &Source,
+) -> Result<(), ConfigError> {
+    let here = |span: std::ops::Range<usize>, msg: String, hint: &str| {
+        source.error_at(span, msg, Some(hint.to_string()))
+    };
+    let start = &process.start;
+    let Some(program) = start.get_ref().first() else {
+        return Err(here(
+            start.span(),
+            format!("service `{name}`: `start` is empty"),
+            "give the command as an argv array, e.g. [\"java\", \"-jar\", \"{artifact}\", \"--server.port={port}\"]",
+        ));
+    };
+    if program.get_ref().trim().is_empty() {
+        return Err(here(
+            program.span(),
+            format!("service `{name}`: the program in `start` is empty"),
+            "the first element must be the program to run",
+        ));
+    }
+    for arg in start.get_ref() {
+        if let Err(bad) = check_placeholders(arg.get_ref()) {
+            return Err(here(
+                arg.span(),
+                format!("service `{name}`: unknown placeholder `{{{bad}}}` in `start`"),
+                &format!("placeholders are {{{}}}", PLACEHOLDERS.join("}, {")),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that every `{name}` in `arg` is a known placeholder; returns the first unknown one.
 pub fn check_placeholders(arg: &str) -> Result<(), String> {
     let mut rest = arg;
@@ -560,5 +632,32 @@ port = 8082
             .replace("[pools.shop]\n", "");
         let err = parse(&text).unwrap_err();
         assert!(err.hint.unwrap().contains("admin ="), "{}", err.message);
+    }
+
+    #[test]
+    fn driver_tables_name_kind_and_field_errors_with_their_line() {
+        let err = parse(&GOOD.replace("kind = \"builtin\"", "kind = \"f5\"")).unwrap_err();
+        assert_eq!(err.line, 10, "{err}");
+        assert!(
+            err.message.contains("builtin, nginx, haproxy, modjk"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("pool = \"shop\"", "pol = \"shop\"")).unwrap_err();
+        assert_eq!(err.line, 10, "{err}");
+        assert!(err.message.contains("pol"), "{err}");
+        let err = parse(&GOOD.replace("env = {", "stop_grace = \"soon\", env = {")).unwrap_err();
+        assert_eq!(err.line, 11, "{err}");
+    }
+
+    #[test]
+    fn runtime_shared_settings_are_read_next_to_the_driver_ones() {
+        let config = parse(&GOOD.replace("env = {", "stop_grace = \"3s\", env = {")).unwrap();
+        let runtime = &config.services["shop"].runtime;
+        assert_eq!(
+            runtime.shared.stop_grace.0,
+            std::time::Duration::from_secs(3)
+        );
+        assert_eq!(runtime.shared.env["JAVA_OPTS"], "-Xmx1g");
+        assert_eq!(runtime.argv()[0], "java");
     }
 }

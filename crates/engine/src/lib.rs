@@ -549,7 +549,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
 
     async fn stop_instance(&self, instance: &Instance) -> Result<(), DeployError> {
         self.runtime
-            .stop(instance, self.config.runtime.stop_grace.0)
+            .stop(instance, self.config.runtime.shared.stop_grace.0)
             .await
             .map_err(|e| DeployError::Failed(e.to_string()))?;
         self.store.remove_instance(&instance.node)?;

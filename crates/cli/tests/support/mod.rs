@@ -400,6 +400,16 @@ pub struct LoadReport {
     pub failures: Vec<String>,
     pub by_node: BTreeMap<String, u64>,
     pub by_version: BTreeMap<String, u64>,
+    /// GETs resent once because the server closed an idle keep-alive connection as they went out.
+    pub resent: u64,
+}
+
+/// An idle keep-alive connection closed by the server as the request went out: no response
+/// started, so an idempotent request may be resent (RFC 9112 §9.3.1; browsers do). nginx's old
+/// workers close their idle connections at every reload.
+fn closed_idle_connection(error: &str) -> bool {
+    error.contains("SendRequest")
+        && (error.contains("IncompleteMessage") || error.contains("ConnectionReset"))
 }
 
 /// A continuous stream of GETs from `concurrency` clients until stopped (or `max_requests`).
@@ -411,6 +421,15 @@ pub struct Load {
 
 impl Load {
     pub fn start(url: String, concurrency: usize, max_requests: u64) -> Load {
+        Load::start_with(url, concurrency, max_requests, false)
+    }
+
+    /// Like `start`, resending a GET once when an idle keep-alive connection was closed under it.
+    pub fn start_resending(url: String, concurrency: usize, max_requests: u64) -> Load {
+        Load::start_with(url, concurrency, max_requests, true)
+    }
+
+    fn start_with(url: String, concurrency: usize, max_requests: u64, resend: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let tasks = (0..concurrency)
@@ -423,7 +442,12 @@ impl Load {
                         && sent.fetch_add(1, Ordering::Relaxed) < max_requests
                     {
                         report.sent += 1;
-                        match send(&client, "GET", &url, &[], "").await {
+                        let mut reply = send(&client, "GET", &url, &[], "").await;
+                        if resend && matches!(&reply, Err(e) if closed_idle_connection(e)) {
+                            report.resent += 1;
+                            reply = send(&client, "GET", &url, &[], "").await;
+                        }
+                        match reply {
                             Ok(reply) if (200..300).contains(&reply.status) => {
                                 report.ok += 1;
                                 *report.by_node.entry(reply.node().to_string()).or_default() += 1;
@@ -471,6 +495,7 @@ impl Load {
             total.ok += report.ok;
             total.failed += report.failed;
             total.failures.extend(report.failures);
+            total.resent += report.resent;
             for (k, v) in report.by_node {
                 *total.by_node.entry(k).or_default() += v;
             }

@@ -1,0 +1,306 @@
+//! `nonstop deploy` behind a real nginx (own prefix dir, 127.0.0.1, ephemeral ports): blue-green
+//! and rolling deploys under a continuous request stream, and an edit `nginx -t` rejects.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real nginx master in the foreground with two upstreams, `shop` and `roll`, each on its own
+/// port and include file; every path is inside its temp dir.
+struct Nginx {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    shop_port: u16,
+    roll_port: u16,
+}
+
+impl Nginx {
+    fn argv(dir: &Path) -> Vec<String> {
+        let d = dir.display();
+        [
+            "nginx",
+            "-p",
+            &format!("{d}/"),
+            "-e",
+            &format!("{d}/error.log"),
+            "-c",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("{d}/nginx.conf")])
+        .collect()
+    }
+
+    fn conf(dir: &Path, shop_port: u16, roll_port: u16, extra: &str) -> String {
+        let d = dir.display();
+        let server = |port: u16, upstream: &str| {
+            format!(
+                "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{upstream}; \
+                 proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n"
+            )
+        };
+        format!(
+            "worker_processes 2;\npid {d}/nginx.pid;\nevents {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             include {d}/shop.conf;\n  include {d}/roll.conf;\n  {extra}\n{}{}}}\n",
+            server(shop_port, "shop"),
+            server(roll_port, "roll"),
+        )
+    }
+
+    async fn start() -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let (shop_port, roll_port) = (free_port(), free_port());
+        write(
+            &dir.path().join("nginx.conf"),
+            &Self::conf(dir.path(), shop_port, roll_port, ""),
+        );
+        // Until nonstop owns them, each upstream points at a closed port, marked down.
+        for upstream in ["shop", "roll"] {
+            write(
+                &dir.path().join(format!("{upstream}.conf")),
+                &format!("upstream {upstream} {{ server 127.0.0.1:9 down; }}\n"),
+            );
+        }
+        let argv = Self::argv(dir.path());
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (apt-get install nginx-light)");
+        let nginx = Nginx {
+            child,
+            dir,
+            shop_port,
+            roll_port,
+        };
+        let pid_file = nginx.dir.path().join("nginx.pid");
+        wait_until("nginx writes its pid file", DEADLINE, || {
+            let pid_file = pid_file.clone();
+            async move { pid_file.exists() }
+        })
+        .await;
+        nginx
+    }
+
+    fn url(&self, port: u16) -> String {
+        format!("http://127.0.0.1:{port}/")
+    }
+
+    /// Breaks (or with `extra = ""` repairs) the operator's nginx.conf outside nonstop's includes.
+    fn set_extra(&self, extra: &str) {
+        write(
+            &self.dir.path().join("nginx.conf"),
+            &Self::conf(self.dir.path(), self.shop_port, self.roll_port, extra),
+        );
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
+            let errors: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("[notice]"))
+                .take(20)
+                .collect();
+            eprintln!("nginx error.log:\n{}", errors.join("\n"));
+        }
+        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config with service `shop` (blue-green on blue/green) and `roll` (rolling on n1/n2).
+fn config(nginx: &Nginx, base: &Path) -> String {
+    let argv: Vec<String> = Nginx::argv(nginx.dir.path())
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    let d = nginx.dir.path().display();
+    let service = |name: &str, strategy: &str, nodes: &[&str]| {
+        let mut text = format!(
+            r#"
+[services.{name}]
+strategy = "{strategy}"
+balancer = {{ kind = "nginx", include = "{d}/{name}.conf", upstream = "{name}", nginx = [{argv}], keepalive = 8 }}
+runtime = {{ kind = "process", start = ["{hello}", "--port", "{{port}}", "--version", "{{version}}", "--node", "{{node}}"], stop_grace = "5s" }}
+releases = {{ dir = "{base}/{name}", keep = 3 }}
+health = {{ path = "/health", expect_body = "UP", interval = "50ms", deadline = "10s", successes = 2 }}
+drain = {{ timeout = "5s" }}
+verify = "300ms"
+keep_warm = "0s"
+"#,
+            argv = argv.join(", "),
+            hello = hello_bin().display(),
+            base = base.display(),
+        );
+        for node in nodes {
+            text.push_str(&format!(
+                "[[services.{name}.nodes]]\nname = \"{node}\"\nport = {}\n",
+                free_port()
+            ));
+        }
+        text
+    };
+    service("shop", "blue-green", &["blue", "green"]) + &service("roll", "rolling", &["n1", "n2"])
+}
+
+fn deploy(config: &Path, service: &str, version: &str) -> Output {
+    let artifact = config.with_file_name(format!("{service}-{version}.jar"));
+    write(&artifact, &format!("release {version}"));
+    Command::new(nonstop_bin())
+        .args([
+            "deploy",
+            service,
+            artifact.to_str().unwrap(),
+            "--version",
+            version,
+            "--config",
+        ])
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn report(what: &str, report: &LoadReport) {
+    eprintln!(
+        "{what}: sent {} ok {} failed {} (resent after nginx closed an idle keep-alive: {}) by version {:?} by node {:?}",
+        report.sent, report.ok, report.failed, report.resent, report.by_version, report.by_node
+    );
+    assert_eq!(
+        report.failed,
+        0,
+        "{what}: failures {:?}",
+        report.failures.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// Versions answering through `url` right now, from a few fresh requests.
+async fn versions(url: &str) -> std::collections::BTreeSet<String> {
+    let client = client();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        seen.insert(get(&client, url).await.version().to_string());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_and_rolling_behind_nginx_and_a_rejected_edit_changes_nothing() {
+    let nginx = Nginx::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let config_path: PathBuf = work.path().join("nonstop.toml");
+    write(&config_path, &config(&nginx, work.path()));
+    let (shop, roll) = (nginx.url(nginx.shop_port), nginx.url(nginx.roll_port));
+
+    for service in ["shop", "roll"] {
+        let out = deploy(&config_path, service, "1");
+        assert!(
+            out.status.success(),
+            "first deploy of {service}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(versions(&shop).await, ["1".to_string()].into());
+    assert_eq!(versions(&roll).await, ["1".to_string()].into());
+
+    // Blue-green: start v2 on the idle slot, switch by rewriting the include, drain, stop v1.
+    let load = Load::start_resending(shop.clone(), 8, 1_000_000);
+    load.wait_for_requests(300).await;
+    let out = deploy(&config_path, "shop", "2");
+    assert!(out.status.success(), "blue-green deploy: {}", text(&out));
+    let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_for_requests(sent + 300).await;
+    let blue_green = load.stop().await;
+    report("nginx blue-green 1 -> 2", &blue_green);
+    assert!(blue_green.by_version.contains_key("1") && blue_green.by_version.contains_key("2"));
+    assert_eq!(versions(&shop).await, ["2".to_string()].into());
+    let include = std::fs::read_to_string(nginx.dir.path().join("shop.conf")).unwrap();
+    assert!(include.contains("Managed by nonstop"), "{include}");
+
+    // Rolling: each node out of the upstream, restarted with v2, health-gated, back in.
+    let load = Load::start_resending(roll.clone(), 8, 1_000_000);
+    load.wait_for_requests(300).await;
+    let out = deploy(&config_path, "roll", "2");
+    assert!(out.status.success(), "rolling deploy: {}", text(&out));
+    let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_for_requests(sent + 300).await;
+    let rolling = load.stop().await;
+    report("nginx rolling 1 -> 2", &rolling);
+    assert_eq!(versions(&roll).await, ["2".to_string()].into());
+
+    // The operator's nginx.conf is broken outside nonstop's include: `nginx -t` fails, the include
+    // is restored, the deploy stops with nginx's own message and v2 keeps serving.
+    nginx.set_extra("bogus_directive on;");
+    let before = std::fs::read_to_string(nginx.dir.path().join("shop.conf")).unwrap();
+    let load = Load::start_resending(shop.clone(), 4, 1_000_000);
+    load.wait_for_requests(200).await;
+    let out = deploy(&config_path, "shop", "3");
+    assert!(
+        !out.status.success(),
+        "a deploy nginx rejects must fail: {}",
+        text(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bogus_directive"),
+        "nginx's message is shown: {}",
+        text(&out)
+    );
+    let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_for_requests(sent + 200).await;
+    let rejected = load.stop().await;
+    report("nginx rejected edit", &rejected);
+    assert_eq!(rejected.by_version.keys().collect::<Vec<_>>(), ["2"]);
+    assert_eq!(
+        std::fs::read_to_string(nginx.dir.path().join("shop.conf")).unwrap(),
+        before
+    );
+
+    // Repaired, the same deploy goes through.
+    nginx.set_extra("");
+    let out = deploy(&config_path, "shop", "3");
+    assert!(
+        out.status.success(),
+        "deploy after the repair: {}",
+        text(&out)
+    );
+    assert_eq!(versions(&shop).await, ["3".to_string()].into());
+}
