@@ -5,6 +5,7 @@ mod args;
 mod cmd_config;
 mod cmd_demo;
 mod cmd_deploy;
+mod cmd_import;
 mod cmd_lb;
 mod cmd_proxy;
 mod drivers;
@@ -43,6 +44,8 @@ enum Command {
     History(cmd_deploy::HistoryArgs),
     /// Show (and with -f follow) the logs of SERVICE's instances.
     Logs(cmd_deploy::LogsArgs),
+    /// Generate a service config from what a balancer already runs (mod_jk workers.properties).
+    Import(cmd_import::Args),
     /// Quickstart: proxy + sample app, a zero-downtime deploy under load, then a bad one rolled back.
     Demo(cmd_demo::Args),
 }
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cmd_deploy::status(args),
         Command::History(args) => cmd_deploy::history(args),
         Command::Logs(args) => cmd_deploy::logs(args),
+        Command::Import(args) => cmd_import::run(args),
         Command::Demo(args) => cmd_demo::run(args),
     };
     match result {
