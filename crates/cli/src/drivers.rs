@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nonstop_admin_client::{AdminClient, Endpoint};
 use nonstop_balancer_builtin::BuiltinBalancer;
+use nonstop_balancer_command::{CommandBalancer, CommandConfig};
 use nonstop_balancer_haproxy::{HaproxyBalancer, HaproxyConfig};
 use nonstop_balancer_modjk::{ModjkBalancer, ModjkConfig};
 use nonstop_balancer_nginx::{NginxBalancer, NginxConfig};
@@ -23,6 +24,7 @@ pub enum AnyBalancer {
     Nginx(NginxBalancer),
     Haproxy(HaproxyBalancer),
     Modjk(ModjkBalancer),
+    Command(CommandBalancer),
 }
 
 /// Whichever runtime a service's config names.
@@ -41,6 +43,7 @@ enum BalancerSettings {
     Nginx(NginxConfig),
     Haproxy(HaproxyConfig),
     Modjk(ModjkConfig),
+    Command(CommandConfig),
 }
 
 enum RuntimeSettings {
@@ -91,6 +94,9 @@ pub fn build(
         }
         BalancerSettings::Haproxy(c) => {
             AnyBalancer::Haproxy(HaproxyBalancer::new(c).map_err(|e| e.to_string())?)
+        }
+        BalancerSettings::Command(c) => {
+            AnyBalancer::Command(CommandBalancer::new(c).map_err(|e| e.to_string())?)
         }
         BalancerSettings::Modjk(c) => {
             AnyBalancer::Modjk(ModjkBalancer::new(c).map_err(|e| e.to_string())?)
@@ -144,6 +150,9 @@ fn balancer_settings(
             BalancerSettings::Haproxy(table.settings(source, &path, |_| true)?)
         }
         BalancerKind::Modjk => BalancerSettings::Modjk(table.settings(source, &path, |_| true)?),
+        BalancerKind::Command => {
+            BalancerSettings::Command(table.settings(source, &path, |_| true)?)
+        }
     };
     Ok(settings)
 }
@@ -190,6 +199,7 @@ macro_rules! each_balancer {
             AnyBalancer::Nginx($b) => $call,
             AnyBalancer::Haproxy($b) => $call,
             AnyBalancer::Modjk($b) => $call,
+            AnyBalancer::Command($b) => $call,
         }
     };
 }

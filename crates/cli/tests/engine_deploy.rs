@@ -38,7 +38,7 @@ admin = "unix:{socket}"
 
 [services.shop]
 strategy = "{strategy}"
-balancer = {{ kind = "builtin", pool = "shop" }}
+{balancer}
 runtime = {{ kind = "process", start = ["{hello}", "--port", "{{port}}", "--version", "{{version}}", "--node", "{{node}}"], stop_grace = "5s" }}
 releases = {{ dir = "{base}", keep = 3 }}
 drain = {{ timeout = "5s" }}
@@ -47,6 +47,11 @@ drain = {{ timeout = "5s" }}
             socket = socket.display(),
             hello = hello_bin().display(),
             base = base.display(),
+            balancer = if extra.contains("balancer =") {
+                ""
+            } else {
+                "balancer = { kind = \"builtin\", pool = \"shop\" }"
+            },
         );
         if !extra.contains("health") {
             config.push_str(
@@ -266,6 +271,76 @@ async fn rolling_deploy_under_load_fails_nothing() {
         .map(|s| stdout.find(s).unwrap_or_else(|| panic!("{s} in {stdout}")))
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "one node at a time");
+}
+
+/// An operator's switch script: its verbs run `nonstop lb` against the proxy, as a script for
+/// an L4 switch would run that switch's CLI.
+fn switch_script(dir: &std::path::Path) -> PathBuf {
+    let script = dir.join("switch.sh");
+    write(
+        &script,
+        &format!(
+            r#"#!/bin/sh
+set -eu
+here=$(dirname "$0")
+lb() {{ "{nonstop}" lb --admin "unix:$(cat "$here/socket")" "$@"; }}
+case "$1" in
+  status) lb pools | awk '$1 != "pool" && $1 != "BACKEND" {{ print $1, $4, $6 }}' ;;
+  register) lb pools | awk '{{ print $1 }}' | grep -qx "$2" || {{ lb add shop "$2" "$3" && lb disable "shop/$2"; }} >/dev/null ;;
+  enable|drain|disable) lb "$1" "shop/$2" >/dev/null ;;
+  *) echo "unknown verb $1" >&2; exit 2 ;;
+esac
+"#,
+            nonstop = nonstop_bin().display()
+        ),
+    );
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    script
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_deploy_through_command_hooks_fails_nothing() {
+    let hooks = tempfile::tempdir().unwrap();
+    let script = switch_script(hooks.path());
+    let s = script.display();
+    let balancer = format!(
+        r#"balancer = {{ kind = "command", enable = ["{s}", "enable", "{{node}}"], drain = ["{s}", "drain", "{{node}}"], disable = ["{s}", "disable", "{{node}}"], status = ["{s}", "status"], register = ["{s}", "register", "{{node}}", "{{addr}}"] }}"#
+    );
+    let shop = Shop::start("rolling", &["n1", "n2"], &balancer);
+    write(
+        &hooks.path().join("socket"),
+        &shop
+            .proxy
+            .dir
+            .path()
+            .join("admin.sock")
+            .display()
+            .to_string(),
+    );
+    assert_exit(&shop.deploy("1", &[]), 0);
+    let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
+    load.wait_for_requests(50).await;
+    let out = shop.deploy("2", &[]);
+    assert_exit(&out, 0);
+    assert_eq!(shop.versions_now(20).await, ["2".to_string()].into());
+    let report = load.stop().await;
+    eprintln!(
+        "command hooks rolling 1 -> 2: sent {} failed {} by version {:?}",
+        report.sent, report.failed, report.by_version
+    );
+    assert_eq!(report.failed, 0, "failures: {:?}", report.failures);
+    assert!(report.by_version.contains_key("1") && report.by_version.contains_key("2"));
+
+    // A hook that fails stops the deploy with the hook's own words; the old release serves on.
+    write(&hooks.path().join("socket"), "/nonexistent/admin.sock");
+    let out = shop.deploy("3", &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("switch.sh"), "{}", text(&out));
+    assert_eq!(shop.versions_now(20).await, ["2".to_string()].into());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

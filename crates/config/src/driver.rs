@@ -136,6 +136,8 @@ pub enum BalancerKind {
     Haproxy,
     /// Apache mod_jk: the JkMountFile's rule extensions or the jkstatus worker.
     Modjk,
+    /// The operator's own argv hooks (an L4 switch's CLI, a cloud balancer's tool).
+    Command,
 }
 
 impl DriverKind for BalancerKind {
@@ -145,6 +147,7 @@ impl DriverKind for BalancerKind {
         ("nginx", BalancerKind::Nginx),
         ("haproxy", BalancerKind::Haproxy),
         ("modjk", BalancerKind::Modjk),
+        ("command", BalancerKind::Command),
     ];
 }
 
