@@ -6,7 +6,6 @@ mod support;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use nonstop_ports::NodeName;
 use support::*;
 
 fn free_port() -> u16 {
@@ -21,7 +20,7 @@ fn free_port() -> u16 {
 struct Shop {
     proxy: Proxy,
     base: PathBuf,
-    nodes: Vec<String>,
+    _instances: EngineInstances,
 }
 
 impl Shop {
@@ -76,8 +75,8 @@ drain = {{ timeout = "5s" }}
         let proxy = Proxy::start_in(dir);
         Shop {
             proxy,
+            _instances: EngineInstances { base: base.clone() },
             base,
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
         }
     }
 
@@ -154,24 +153,6 @@ drain = {{ timeout = "5s" }}
             .filter(|r| nonstop_runtime_process::is_running(&r.instance))
             .map(|r| r.instance.pid)
             .collect()
-    }
-}
-
-impl Drop for Shop {
-    fn drop(&mut self) {
-        // Only the instances our deploys started, identified by pid and kernel start time.
-        let Ok(store) = nonstop_store::Store::open(&self.base.join("nonstop.db"), "shop") else {
-            return;
-        };
-        for node in &self.nodes {
-            if let Ok(Some(record)) = store.instance(&NodeName(node.clone()))
-                && nonstop_runtime_process::is_running(&record.instance)
-            {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &record.instance.pid.to_string()])
-                    .status();
-            }
-        }
     }
 }
 
