@@ -15,6 +15,7 @@ use nonstop_config::{BalancerKind, Config, ConfigError, RuntimeKind, ServiceConf
 use nonstop_ports::{
     Balancer, Instance, InstanceSpec, LbState, Member, NodeName, PortResult, Runtime,
 };
+use nonstop_runtime_command::{CommandRuntime, CommandRuntimeConfig};
 use nonstop_runtime_process::ProcessRuntime;
 use nonstop_runtime_tomcat::{TomcatConfig, TomcatRuntime};
 
@@ -31,6 +32,7 @@ pub enum AnyBalancer {
 pub enum AnyRuntime {
     Process(ProcessRuntime),
     Tomcat(TomcatRuntime),
+    Command(CommandRuntime),
 }
 
 /// The typed settings of a service's drivers, read and checked but not yet connected.
@@ -49,6 +51,7 @@ enum BalancerSettings {
 enum RuntimeSettings {
     Process,
     Tomcat(TomcatConfig),
+    Command(CommandRuntimeConfig),
 }
 
 /// Checks every service's driver settings, with the file and line of a mistake.
@@ -110,6 +113,9 @@ pub fn build(
         RuntimeSettings::Tomcat(c) => {
             AnyRuntime::Tomcat(TomcatRuntime::new(c).map_err(|e| e.to_string())?)
         }
+        RuntimeSettings::Command(c) => {
+            AnyRuntime::Command(CommandRuntime::new(c, svc.runtime.shared.env.clone())?)
+        }
     };
     Ok((balancer, runtime))
 }
@@ -165,6 +171,14 @@ fn runtime_settings(
     let table = &svc.runtime.table;
     match svc.runtime.kind() {
         RuntimeKind::Process => Ok(RuntimeSettings::Process),
+        RuntimeKind::Command => {
+            let path = ["services", name, "runtime"];
+            Ok(RuntimeSettings::Command(table.settings(
+                source,
+                &path,
+                |k| !RUNTIME_SHARED_KEYS.contains(&k),
+            )?))
+        }
         RuntimeKind::Tomcat => {
             let path = ["services", name, "runtime"];
             let tomcat: TomcatConfig =
@@ -209,6 +223,7 @@ macro_rules! each_runtime {
         match $self {
             AnyRuntime::Process($r) => $call,
             AnyRuntime::Tomcat($r) => $call,
+            AnyRuntime::Command($r) => $call,
         }
     };
 }

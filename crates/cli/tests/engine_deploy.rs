@@ -38,14 +38,21 @@ admin = "unix:{socket}"
 [services.shop]
 strategy = "{strategy}"
 {balancer}
-runtime = {{ kind = "process", start = ["{hello}", "--port", "{{port}}", "--version", "{{version}}", "--node", "{{node}}"], stop_grace = "5s" }}
+{runtime}
 releases = {{ dir = "{base}", keep = 3 }}
 drain = {{ timeout = "5s" }}
 {extra}
 "#,
             socket = socket.display(),
-            hello = hello_bin().display(),
             base = base.display(),
+            runtime = if extra.contains("runtime =") {
+                String::new()
+            } else {
+                format!(
+                    "runtime = {{ kind = \"process\", start = [\"{}\", \"--port\", \"{{port}}\", \"--version\", \"{{version}}\", \"--node\", \"{{node}}\"], stop_grace = \"5s\" }}",
+                    hello_bin().display()
+                )
+            },
             balancer = if extra.contains("balancer =") {
                 ""
             } else {
@@ -322,6 +329,72 @@ async fn rolling_deploy_through_command_hooks_fails_nothing() {
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("switch.sh"), "{}", text(&out));
     assert_eq!(shop.versions_now(20).await, ["2".to_string()].into());
+}
+
+/// An operator's service script: starts the app detached with a pid file per node, as an init
+/// script or a supervisor's CLI would.
+fn service_script(dir: &std::path::Path) -> PathBuf {
+    let script = dir.join("app.sh");
+    write(
+        &script,
+        &format!(
+            r#"#!/bin/sh
+set -eu
+pid="$(dirname "$0")/$2.pid"
+case "$1" in
+  start)
+    [ "$4" = "broken" ] && {{ echo "config error: cannot start $4" >&2; exit 3; }}
+    cd "$(dirname "$0")"
+    setsid "{hello}" --port "$3" --version "$4" --node "$2" </dev/null >/dev/null 2>&1 &
+    echo $! > "$pid" ;;
+  stop) [ -f "$pid" ] && kill "$(cat "$pid")" && rm -f "$pid" || true ;;
+  status) p=$(cat "$pid" 2>/dev/null) && [ -r "/proc/$p/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$p/status" ;;
+esac
+"#,
+            hello = hello_bin().display()
+        ),
+    );
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    script
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_deploy_through_command_runtime_hooks_fails_nothing() {
+    let hooks = tempfile::tempdir().unwrap();
+    let script = service_script(hooks.path());
+    let s = script.display();
+    let runtime = format!(
+        r#"runtime = {{ kind = "command", start = ["{s}", "start", "{{node}}", "{{port}}", "{{version}}"], stop = ["{s}", "stop", "{{node}}"], status = ["{s}", "status", "{{node}}"], timeout = "10s" }}"#
+    );
+    let shop = Shop::start("rolling", &["n1", "n2"], &runtime);
+    let _hooked = EngineInstances {
+        base: hooks.path().to_path_buf(),
+    };
+    assert_exit(&shop.deploy("1", &[]), 0);
+    let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
+    load.wait_for_requests(50).await;
+    assert_exit(&shop.deploy("2", &[]), 0);
+    assert_eq!(shop.versions_now(20).await, ["2".to_string()].into());
+    let report = load.stop().await;
+    eprintln!(
+        "command runtime rolling 1 -> 2: sent {} failed {} by version {:?}",
+        report.sent, report.failed, report.by_version
+    );
+    assert_eq!(report.failed, 0, "failures: {:?}", report.failures);
+
+    // A start hook that fails: the node gets its old release back, v2 serves on.
+    let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
+    load.wait_for_requests(50).await;
+    let out = shop.deploy("broken", &[]);
+    assert_exit(&out, 2);
+    assert!(text(&out).contains("start hook"), "{}", text(&out));
+    assert_eq!(shop.versions_now(20).await, ["2".to_string()].into());
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "failures: {:?}", report.failures);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

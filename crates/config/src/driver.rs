@@ -157,6 +157,8 @@ pub enum RuntimeKind {
     Process,
     /// A WAR in a Tomcat instance per node.
     Tomcat,
+    /// The operator's argv hooks: install, start, stop, status.
+    Command,
 }
 
 impl DriverKind for RuntimeKind {
@@ -164,6 +166,7 @@ impl DriverKind for RuntimeKind {
     const ALL: &'static [(&'static str, Self)] = &[
         ("process", RuntimeKind::Process),
         ("tomcat", RuntimeKind::Tomcat),
+        ("command", RuntimeKind::Command),
     ];
 }
 
