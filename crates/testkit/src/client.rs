@@ -1,0 +1,486 @@
+//! A sticky load client: virtual users, each with its own cookie jar (the session cookie), sending
+//! GETs in a loop through the balancer until stopped or bounded by count and time. Every request
+//! is recorded: ok (2xx) or failed (connection error, timeout or non-2xx), and the version, route,
+//! session and count the test app answered.
+//!
+//! Each request goes on a new connection (nonstop-http-client), so every request is a fresh
+//! pick of an Apache child: a user's stickiness comes from its cookie alone.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nonstop_http_client as http;
+
+/// One request of one user.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub user: usize,
+    /// The user's request number, from 0.
+    pub seq: u64,
+    /// When it was sent, since the load started.
+    pub at: Duration,
+    pub latency: Duration,
+    /// 2xx.
+    pub ok: bool,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    /// The session id the answer belongs to: a new `Set-Cookie`, else the cookie that was sent.
+    pub session: Option<String>,
+    /// Whether the answer set a new session cookie.
+    pub new_session: bool,
+    pub version: Option<String>,
+    pub route: Option<String>,
+    pub count: Option<u64>,
+}
+
+impl Sample {
+    /// The route after the `.` of the session id (what mod_jk routes on).
+    pub fn cookie_route(&self) -> Option<&str> {
+        self.session
+            .as_deref()
+            .and_then(|s| s.rsplit_once('.'))
+            .map(|(_, r)| r)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Pause between a user's requests (pacing, not a wait for a condition).
+    pub pause: Duration,
+    /// Per-request timeout; exceeding it is a failure.
+    pub timeout: Duration,
+    /// Requests per user at most.
+    pub max_requests_per_user: u64,
+    /// Each user stops after this long.
+    pub max_duration: Duration,
+    pub session_cookie: String,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            pause: Duration::from_millis(25),
+            timeout: Duration::from_secs(10),
+            max_requests_per_user: 100_000,
+            max_duration: Duration::from_secs(300),
+            session_cookie: "JSESSIONID".into(),
+        }
+    }
+}
+
+/// Parses `version=V route=R count=N` (any order, extra fields ignored).
+pub fn parse_body(body: &str) -> BTreeMap<&str, &str> {
+    body.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .collect()
+}
+
+/// One GET with an optional session cookie; the returned sample has `user`/`seq`/`at` zeroed.
+pub async fn request_once(
+    url: &http::Url,
+    cookie_name: &str,
+    session: Option<&str>,
+    timeout: Duration,
+) -> Sample {
+    let mut headers = Vec::new();
+    if let Some(id) = session {
+        headers.push(("Cookie", format!("{cookie_name}={id}")));
+    }
+    let started = Instant::now();
+    let result = http::get(url, headers, timeout).await;
+    let latency = started.elapsed();
+    let mut sample = Sample {
+        user: 0,
+        seq: 0,
+        at: Duration::ZERO,
+        latency,
+        ok: false,
+        status: None,
+        error: None,
+        session: session.map(String::from),
+        new_session: false,
+        version: None,
+        route: None,
+        count: None,
+    };
+    match result {
+        Err(e) => sample.error = Some(e.to_string()),
+        Ok(response) => {
+            sample.status = Some(response.status);
+            sample.ok = (200..300).contains(&response.status);
+            let prefix = format!("{cookie_name}=");
+            if let Some(id) = response
+                .header_values("Set-Cookie")
+                .filter_map(|c| c.strip_prefix(&prefix))
+                .filter_map(|c| c.split(';').next())
+                .next()
+            {
+                sample.new_session = session != Some(id);
+                sample.session = Some(id.to_string());
+            }
+            let fields = parse_body(&response.body);
+            sample.version = fields.get("version").map(|v| v.to_string());
+            sample.route = fields.get("route").map(|v| v.to_string());
+            sample.count = fields.get("count").and_then(|v| v.parse().ok());
+            if !sample.ok {
+                sample.error = Some(format!(
+                    "HTTP {}: {}",
+                    response.status,
+                    response.body.chars().take(200).collect::<String>()
+                ));
+            }
+        }
+    }
+    sample
+}
+
+struct Shared {
+    url: http::Url,
+    options: LoadOptions,
+    stop: AtomicBool,
+    started: Instant,
+    sent: AtomicU64,
+    /// Per user, every sample so far.
+    users: Mutex<Vec<Vec<Sample>>>,
+}
+
+/// A running sticky load.
+pub struct StickyLoad {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl StickyLoad {
+    /// Starts `users` virtual users on `url` (e.g. `http://127.0.0.1:P/app/count`).
+    pub fn start(url: &str, users: usize, options: LoadOptions) -> StickyLoad {
+        let shared = Arc::new(Shared {
+            url: http::Url::parse(url).expect("an http:// URL"),
+            options,
+            stop: AtomicBool::new(false),
+            started: Instant::now(),
+            sent: AtomicU64::new(0),
+            users: Mutex::new(Vec::new()),
+        });
+        let mut load = StickyLoad {
+            shared,
+            tasks: Vec::new(),
+        };
+        load.add_users(users);
+        load
+    }
+
+    /// Adds `n` users; returns their ids.
+    pub fn add_users(&mut self, n: usize) -> Vec<usize> {
+        let first = {
+            let mut users = self.shared.users.lock().unwrap();
+            let first = users.len();
+            users.extend((0..n).map(|_| Vec::new()));
+            first
+        };
+        for user in first..first + n {
+            let shared = self.shared.clone();
+            self.tasks.push(tokio::spawn(run_user(shared, user)));
+        }
+        (first..first + n).collect()
+    }
+
+    /// Time since the load started (the clock of [`Sample::at`]).
+    pub fn elapsed(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+
+    /// Requests sent so far, by all users.
+    pub fn sent(&self) -> u64 {
+        self.shared.sent.load(Ordering::Relaxed)
+    }
+
+    /// A copy of everything recorded so far.
+    pub fn snapshot(&self) -> LoadReport {
+        LoadReport {
+            users: self.shared.users.lock().unwrap().clone(),
+        }
+    }
+
+    /// Ok samples of `user` so far.
+    pub fn ok_count(&self, user: usize) -> usize {
+        self.shared.users.lock().unwrap()[user]
+            .iter()
+            .filter(|s| s.ok)
+            .count()
+    }
+
+    /// Waits until each of `users` has at least `n` more ok answers than now; returns the time.
+    pub async fn wait_progress(&self, users: &[usize], n: usize, timeout: Duration) -> Duration {
+        let target: Vec<(usize, usize)> =
+            users.iter().map(|&u| (u, self.ok_count(u) + n)).collect();
+        crate::wait_until(
+            &format!("{n} more ok answers for users {users:?}"),
+            timeout,
+            || {
+                let done = target.iter().all(|&(u, t)| self.ok_count(u) >= t);
+                async move { done }
+            },
+        )
+        .await
+    }
+
+    /// Stops all users (each finishes its current request) and returns the record.
+    pub async fn stop(mut self) -> LoadReport {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for task in std::mem::take(&mut self.tasks) {
+            task.await.expect("a load user panicked");
+        }
+        LoadReport {
+            users: std::mem::take(&mut *self.shared.users.lock().unwrap()),
+        }
+    }
+}
+
+impl Drop for StickyLoad {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn run_user(shared: Arc<Shared>, user: usize) {
+    let options = &shared.options;
+    let mut session: Option<String> = None;
+    let mut seq = 0u64;
+    while !shared.stop.load(Ordering::Relaxed)
+        && seq < options.max_requests_per_user
+        && shared.started.elapsed() < options.max_duration
+    {
+        let at = shared.started.elapsed();
+        shared.sent.fetch_add(1, Ordering::Relaxed);
+        let mut sample = request_once(
+            &shared.url,
+            &options.session_cookie,
+            session.as_deref(),
+            options.timeout,
+        )
+        .await;
+        sample.user = user;
+        sample.seq = seq;
+        sample.at = at;
+        if sample.ok {
+            session.clone_from(&sample.session);
+        }
+        shared.users.lock().unwrap()[user].push(sample);
+        seq += 1;
+        tokio::time::sleep(options.pause).await;
+    }
+}
+
+/// A session change seen by one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    pub user: usize,
+    pub seq: u64,
+    pub from_route: Option<String>,
+    pub to_route: Option<String>,
+    /// The count the old session had reached.
+    pub from_count: Option<u64>,
+}
+
+/// Everything a load recorded.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub users: Vec<Vec<Sample>>,
+}
+
+impl LoadReport {
+    pub fn samples(&self) -> impl Iterator<Item = &Sample> {
+        self.users.iter().flatten()
+    }
+
+    pub fn sent(&self) -> usize {
+        self.samples().count()
+    }
+
+    pub fn ok(&self) -> usize {
+        self.samples().filter(|s| s.ok).count()
+    }
+
+    pub fn failures(&self) -> Vec<&Sample> {
+        self.samples().filter(|s| !s.ok).collect()
+    }
+
+    /// Ok answers per route.
+    pub fn by_route(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for s in self.samples().filter(|s| s.ok) {
+            *out.entry(s.route.clone().unwrap_or_default()).or_default() += 1;
+        }
+        out
+    }
+
+    /// Ok answers per version.
+    pub fn by_version(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for s in self.samples().filter(|s| s.ok) {
+            *out.entry(s.version.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+        out
+    }
+
+    /// The route of `user`'s first / last ok answer.
+    pub fn first_route(&self, user: usize) -> Option<&str> {
+        self.users[user]
+            .iter()
+            .find(|s| s.ok)
+            .and_then(|s| s.route.as_deref())
+    }
+
+    pub fn last_route(&self, user: usize) -> Option<&str> {
+        self.users[user]
+            .iter()
+            .rev()
+            .find(|s| s.ok)
+            .and_then(|s| s.route.as_deref())
+    }
+
+    /// Users whose last ok answer came from `route`.
+    pub fn users_on(&self, route: &str) -> Vec<usize> {
+        (0..self.users.len())
+            .filter(|&u| self.last_route(u) == Some(route))
+            .collect()
+    }
+
+    /// Users whose first ok answer came from `route`.
+    pub fn users_started_on(&self, route: &str) -> Vec<usize> {
+        (0..self.users.len())
+            .filter(|&u| self.first_route(u) == Some(route))
+            .collect()
+    }
+
+    /// The count `user` last saw.
+    pub fn last_count(&self, user: usize) -> Option<u64> {
+        self.users[user]
+            .iter()
+            .rev()
+            .find(|s| s.ok)
+            .and_then(|s| s.count)
+    }
+
+    /// Checks every user's ok answers: within one session the count goes up by exactly 1 and
+    /// the route stays the session id's route; a new session starts at 1. Returns the session
+    /// changes, or every violation.
+    pub fn check_counts(&self) -> Result<Vec<Reset>, Vec<String>> {
+        let mut resets = Vec::new();
+        let mut bad = Vec::new();
+        for (user, samples) in self.users.iter().enumerate() {
+            let mut prev: Option<&Sample> = None;
+            for s in samples.iter().filter(|s| s.ok) {
+                let here = format!("user {user} request {}", s.seq);
+                if s.count.is_none() || s.route.is_none() || s.session.is_none() {
+                    bad.push(format!(
+                        "{here}: no count/route/session in the answer: {s:?}"
+                    ));
+                    continue;
+                }
+                if s.cookie_route() != s.route.as_deref() {
+                    bad.push(format!(
+                        "{here}: session {:?} does not carry the route {:?} that answered",
+                        s.session, s.route
+                    ));
+                }
+                match prev {
+                    Some(p) if p.session == s.session => {
+                        if s.count != p.count.map(|c| c + 1) {
+                            bad.push(format!(
+                                "{here}: count {:?} after {:?} in the same session on {:?}",
+                                s.count, p.count, s.route
+                            ));
+                        }
+                    }
+                    _ => {
+                        if s.count != Some(1) {
+                            bad.push(format!(
+                                "{here}: a new session {:?} on {:?} starts at count {:?}",
+                                s.session, s.route, s.count
+                            ));
+                        }
+                        if let Some(p) = prev {
+                            resets.push(Reset {
+                                user,
+                                seq: s.seq,
+                                from_route: p.route.clone(),
+                                to_route: s.route.clone(),
+                                from_count: p.count,
+                            });
+                        }
+                    }
+                }
+                prev = Some(s);
+            }
+        }
+        if bad.is_empty() { Ok(resets) } else { Err(bad) }
+    }
+
+    /// One line: sent, ok, failed, by route, by version.
+    pub fn summary(&self) -> String {
+        format!(
+            "sent {} ok {} failed {} by route {:?} by version {:?}",
+            self.sent(),
+            self.ok(),
+            self.sent() - self.ok(),
+            self.by_route(),
+            self.by_version()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(user: usize, seq: u64, session: &str, route: &str, count: u64) -> Sample {
+        Sample {
+            user,
+            seq,
+            at: Duration::ZERO,
+            latency: Duration::ZERO,
+            ok: true,
+            status: Some(200),
+            error: None,
+            session: Some(session.into()),
+            new_session: false,
+            version: Some("v1".into()),
+            route: Some(route.into()),
+            count: Some(count),
+        }
+    }
+
+    #[test]
+    fn counts_are_checked_per_session() {
+        let good = LoadReport {
+            users: vec![vec![
+                ok(0, 0, "A.t1", "t1", 1),
+                ok(0, 1, "A.t1", "t1", 2),
+                ok(0, 2, "B.t2", "t2", 1),
+                ok(0, 3, "B.t2", "t2", 2),
+            ]],
+        };
+        let resets = good.check_counts().unwrap();
+        assert_eq!(resets.len(), 1);
+        assert_eq!(resets[0].from_route.as_deref(), Some("t1"));
+        assert_eq!(resets[0].from_count, Some(2));
+        assert_eq!(good.users_on("t2"), [0]);
+        assert_eq!(good.users_started_on("t1"), [0]);
+        let skipped = LoadReport {
+            users: vec![vec![ok(0, 0, "A.t1", "t1", 1), ok(0, 1, "A.t1", "t1", 3)]],
+        };
+        assert_eq!(skipped.check_counts().unwrap_err().len(), 1);
+        let wrong_route = LoadReport {
+            users: vec![vec![ok(0, 0, "A.t1", "t2", 1)]],
+        };
+        assert!(wrong_route.check_counts().is_err());
+        assert_eq!(
+            parse_body("version=v1 route=t1 count=3").get("count"),
+            Some(&"3")
+        );
+    }
+}

@@ -1,0 +1,76 @@
+package nonstop.testapp;
+
+import jakarta.servlet.http.HttpServlet;
+import jakarta.servlet.http.HttpServletRequest;
+import jakarta.servlet.http.HttpServletResponse;
+import jakarta.servlet.http.HttpSession;
+import java.io.IOException;
+import java.lang.management.ManagementFactory;
+import javax.management.ObjectName;
+
+/**
+ * The test app: /health answers "UP"; / and /count count per session and answer
+ * "version=V route=R count=N"; /slow?ms=N sleeps N ms first. The version comes from the
+ * context-param `version`, the route from the Engine's jvmRoute.
+ */
+public class CounterServlet extends HttpServlet {
+    private static final long serialVersionUID = 1L;
+    private String version = "?";
+    private String route = "?";
+
+    @Override
+    public void init() {
+        String v = getServletContext().getInitParameter("version");
+        if (v != null) {
+            version = v;
+        }
+        try {
+            Object r = ManagementFactory.getPlatformMBeanServer()
+                    .getAttribute(new ObjectName("Catalina:type=Engine"), "jvmRoute");
+            if (r != null) {
+                route = r.toString();
+            }
+        } catch (Exception e) {
+            route = System.getProperty("jvmRoute", "?");
+        }
+    }
+
+    @Override
+    protected void doGet(HttpServletRequest req, HttpServletResponse resp) throws IOException {
+        String path = req.getPathInfo() == null ? "/" : req.getPathInfo();
+        resp.setContentType("text/plain");
+        resp.setCharacterEncoding("UTF-8");
+        resp.setHeader("Cache-Control", "no-store");
+        switch (path) {
+            case "/health":
+                resp.getWriter().print("UP");
+                return;
+            case "/slow":
+                long ms = 1000;
+                String q = req.getParameter("ms");
+                if (q != null) {
+                    ms = Long.parseLong(q);
+                }
+                try {
+                    Thread.sleep(ms);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+                resp.getWriter().print("version=" + version + " route=" + route + " slept=" + ms);
+                return;
+            case "/":
+            case "/count":
+                HttpSession session = req.getSession(true);
+                int count;
+                synchronized (session) {
+                    Integer old = (Integer) session.getAttribute("count");
+                    count = old == null ? 1 : old + 1;
+                    session.setAttribute("count", count);
+                }
+                resp.getWriter().print("version=" + version + " route=" + route + " count=" + count);
+                return;
+            default:
+                resp.sendError(404);
+        }
+    }
+}
