@@ -157,11 +157,26 @@ impl StatusClient {
     }
 }
 
+/// `key=value` lines; a repeated `worker.LB.balance_workers` is joined with `,`: mod_jk 1.2.48's
+/// `mime=prop` list prints one such line per member, each before that member's own lines.
 fn parse_props(body: &str) -> BTreeMap<String, String> {
-    body.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
+    let mut props = BTreeMap::new();
+    for (key, value) in body.lines().filter_map(|l| l.split_once('=')) {
+        let (key, value) = (key.trim(), value.trim());
+        match props.get_mut(key) {
+            Some(old) if key.ends_with(".balance_workers") => {
+                let old: &mut String = old;
+                if !old.split(',').any(|m| m == value) {
+                    old.push(',');
+                    old.push_str(value);
+                }
+            }
+            _ => {
+                props.insert(key.to_string(), value.to_string());
+            }
+        }
+    }
+    props
 }
 
 fn members(props: &BTreeMap<String, String>, lb: &str) -> Result<Vec<StatusMember>, ModjkError> {
@@ -223,6 +238,23 @@ mod tests {
             (Activation::Active, "OK/IDLE")
         );
         assert!(members(&parse_props(body), "other").is_err());
+    }
+
+    /// The shape of a real `cmd=list&mime=prop` reply of mod_jk 1.2.48 (Debian 12), shortened:
+    /// `balance_workers` comes once per member.
+    #[test]
+    fn parses_one_balance_workers_line_per_member() {
+        let body = "worker.list=balancer\nworker.balancer.type=lb\nworker.balancer.member_count=2\n\
+                    worker.balancer.balance_workers=tomcat1\nworker.tomcat1.type=ajp13\n\
+                    worker.tomcat1.address=127.0.0.1:39437\nworker.tomcat1.activation=ACT\n\
+                    worker.tomcat1.state=OK\nworker.tomcat1.busy=1\n\
+                    worker.balancer.balance_workers=tomcat2\nworker.tomcat2.type=ajp13\n\
+                    worker.tomcat2.activation=DIS\nworker.tomcat2.state=OK/IDLE\nworker.tomcat2.busy=0\n\
+                    worker.balancer.map.1.uri=/app/*\nworker.result.type=OK\n";
+        let m = members(&parse_props(body), "balancer").unwrap();
+        let names: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["tomcat1", "tomcat2"]);
+        assert_eq!((m[0].busy, m[1].activation), (1, Activation::Disabled));
     }
 
     #[test]
