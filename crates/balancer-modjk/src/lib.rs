@@ -256,6 +256,9 @@ impl ModjkBalancer {
                     client
                         .set_activation(&self.lb, node.as_str(), activation(*state))
                         .await?;
+                    if *state == LbState::Active {
+                        client.reset(&self.lb, node.as_str()).await?;
+                    }
                 }
                 let after = client.list(&self.lb).await?;
                 for (node, state, _) in changes {
@@ -312,6 +315,13 @@ impl ModjkBalancer {
                     if new != text {
                         write_atomic(file, &new)?;
                     }
+                    if let Some(client) = status {
+                        for (node, state, _) in changes {
+                            if *state == LbState::Active {
+                                client.reset(&self.lb, node.as_str()).await?;
+                            }
+                        }
+                    }
                     written_at = Instant::now();
                 }
                 routes.sort_by_key(|(_, state)| *state != LbState::Active);
@@ -361,6 +371,17 @@ impl ModjkBalancer {
                     last = format!("last new session went to route `{seen}`");
                 }
                 Ok(None) => last = "the probe's answer set no session cookie with a route".into(),
+                // mod_jk answers 503 when no member can serve (say, on a first deploy, before
+                // any Tomcat runs): then the member being taken out gets no new session either.
+                Err(e) if state != LbState::Active && e.ends_with("HTTP 503") => {
+                    if Instant::now() >= due {
+                        avoided += 1;
+                        if avoided >= self.confirm_requests {
+                            return Ok(());
+                        }
+                    }
+                    last = e;
+                }
                 Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -140,21 +140,36 @@ impl StatusClient {
         self.update(lb, member, &format!("vwf={lbfactor}")).await
     }
 
+    /// Clears the member's runtime state (an error state from while its Tomcat was down), so
+    /// mod_jk tries it at once instead of after the lb's `recover_time` (60 s by default).
+    pub async fn reset(&self, lb: &str, member: &str) -> Result<(), ModjkError> {
+        check_worker_names(lb, member)?;
+        self.call(&format!("cmd=reset&mime=prop&w={lb}&sw={member}"))
+            .await
+            .map(drop)
+    }
+
     async fn update(&self, lb: &str, member: &str, change: &str) -> Result<(), ModjkError> {
-        for name in [lb, member] {
-            if !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            {
-                return Err(ModjkError::Config(format!(
-                    "`{name}` is not a mod_jk worker name"
-                )));
-            }
-        }
+        check_worker_names(lb, member)?;
         self.call(&format!("cmd=update&mime=prop&w={lb}&sw={member}&{change}"))
             .await
             .map(drop)
     }
+}
+
+/// Worker names go into a query string: only what mod_jk itself allows in a name.
+fn check_worker_names(lb: &str, member: &str) -> Result<(), ModjkError> {
+    for name in [lb, member] {
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(ModjkError::Config(format!(
+                "`{name}` is not a mod_jk worker name"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `key=value` lines; a repeated `worker.LB.balance_workers` is joined with `,`: mod_jk 1.2.48's
