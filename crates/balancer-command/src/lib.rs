@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use nonstop_ports::template::{check_hooks, fill};
 use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult, Traffic};
 use serde::Deserialize;
 use tokio::process::Command;
@@ -81,20 +82,7 @@ impl CommandBalancer {
             ("register", config.register.as_ref()),
             ("weight", config.weight.as_ref()),
         ];
-        for (name, argv) in hooks {
-            let Some(argv) = argv else { continue };
-            if argv.first().is_none_or(|p| p.trim().is_empty()) {
-                return Err(CommandError::Config(format!(
-                    "`{name}` needs a program, e.g. [\"/usr/local/bin/l4ctl\", \"{name}\", \"{{node}}\"]"
-                )));
-            }
-            if let Some(bad) = argv.iter().find_map(|a| unknown_placeholder(a)) {
-                return Err(CommandError::Config(format!(
-                    "`{name}` uses unknown placeholder `{{{bad}}}`; use {{{}}}",
-                    PLACEHOLDERS.join("}, {")
-                )));
-            }
-        }
+        check_hooks(hooks, PLACEHOLDERS).map_err(CommandError::Config)?;
         Ok(CommandBalancer {
             config,
             timeout,
@@ -170,28 +158,6 @@ impl CommandBalancer {
         };
         self.run(hook, argv, Some(node), None).await.map(drop)
     }
-}
-
-/// Replaces every known `{name}`; unknown ones were refused at construction.
-fn fill(template: &str, values: &BTreeMap<&str, String>) -> String {
-    let mut out = template.to_string();
-    for (name, value) in values {
-        out = out.replace(&format!("{{{name}}}"), value);
-    }
-    out
-}
-
-fn unknown_placeholder(arg: &str) -> Option<String> {
-    let mut rest = arg;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let close = after.find('}')?;
-        if !PLACEHOLDERS.contains(&&after[..close]) {
-            return Some(after[..close].to_string());
-        }
-        rest = &after[close + 1..];
-    }
-    None
 }
 
 /// Parses the status hook's output.

@@ -97,15 +97,6 @@ fn deploy(config: &Path, version: &str, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_deploy_behind_haproxy_drains_by_scur() {
     let nodes = [("n1", free_port()), ("n2", free_port())];

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nonstop_testkit::apache::{Apache, ApacheOptions, JkMember};
 use nonstop_testkit::client::{LoadOptions, LoadReport, StickyLoad};
 use nonstop_testkit::tomcat::{TomcatBase, Variant, build_war, java_opts};
-use support::{EngineInstances, nonstop_bin, write};
+use support::{EngineInstances, nonstop_bin, text, write};
 
 const SECRET: &str = "ajp-secret-for-tests";
 
@@ -144,15 +144,6 @@ verify = "500ms"
             .output()
             .unwrap()
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A rolling deploy of `war` under sticky load; returns the load's report.

@@ -190,15 +190,6 @@ fn deploy(config: &Path, service: &str, version: &str) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn report(what: &str, report: &LoadReport) {
     eprintln!(
         "{what}: sent {} ok {} failed {} (resent after nginx closed an idle keep-alive: {}) by version {:?} by node {:?}",

@@ -530,19 +530,10 @@ fn validate_process(
 
 /// Checks that every `{name}` in `arg` is a known placeholder; returns the first unknown one.
 pub fn check_placeholders(arg: &str) -> Result<(), String> {
-    let mut rest = arg;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            return Ok(());
-        };
-        let name = &after[..close];
-        if !PLACEHOLDERS.contains(&name) {
-            return Err(name.to_string());
-        }
-        rest = &after[close + 1..];
+    match nonstop_ports::template::unknown_placeholder(arg, PLACEHOLDERS) {
+        Some(bad) => Err(bad),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

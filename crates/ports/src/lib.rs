@@ -1,6 +1,8 @@
 //! The seams the deploy engine drives: a `Balancer` (who gets traffic), a `Runtime` (which
 //! process runs where) and a `Probe` (is it healthy). Drivers live in their own crates.
 
+pub mod template;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;

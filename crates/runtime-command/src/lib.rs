@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use nonstop_ports::template::{check_hooks, fill};
 use nonstop_ports::{Instance, InstanceSpec, PortError, PortResult, Runtime};
 use serde::Deserialize;
 
@@ -57,18 +58,7 @@ impl CommandRuntime {
             ("stop", Some(&config.stop)),
             ("status", Some(&config.status)),
         ];
-        for (name, argv) in hooks {
-            let Some(argv) = argv else { continue };
-            if argv.first().is_none_or(|p| p.trim().is_empty()) {
-                return Err(format!("command runtime: `{name}` needs a program"));
-            }
-            if let Some(bad) = argv.iter().find_map(|a| unknown_placeholder(a)) {
-                return Err(format!(
-                    "command runtime: `{name}` uses unknown placeholder `{{{bad}}}`; use {{{}}}",
-                    PLACEHOLDERS.join("}, {")
-                ));
-            }
-        }
+        check_hooks(hooks, PLACEHOLDERS).map_err(|e| format!("command runtime: {e}"))?;
         Ok(CommandRuntime {
             config,
             timeout,
@@ -147,27 +137,6 @@ fn instance_values(instance: &Instance) -> BTreeMap<&'static str, String> {
         ("port", instance.port.to_string()),
         ("node", instance.node.to_string()),
     ])
-}
-
-fn fill(template: &str, values: &BTreeMap<&str, String>) -> String {
-    let mut out = template.to_string();
-    for (name, value) in values {
-        out = out.replace(&format!("{{{name}}}"), value);
-    }
-    out
-}
-
-fn unknown_placeholder(arg: &str) -> Option<String> {
-    let mut rest = arg;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let close = after.find('}')?;
-        if !PLACEHOLDERS.contains(&&after[..close]) {
-            return Some(after[..close].to_string());
-        }
-        rest = &after[close + 1..];
-    }
-    None
 }
 
 impl Runtime for CommandRuntime {

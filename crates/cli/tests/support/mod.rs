@@ -555,3 +555,13 @@ impl Drop for EngineInstances {
         }
     }
 }
+
+/// A finished command's exit code, stdout and stderr, for assertion messages.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
