@@ -1,0 +1,40 @@
+//! The fleet's trust: the console's certificate authority, one-time join tokens that let an agent
+//! get a client certificate, and rustls configs that accept only peers holding one.
+
+mod authority;
+mod tls;
+mod tokens;
+
+pub use authority::{AgentRequest, Authority, Identity};
+pub use tls::{client_config, peer_name, server_config};
+pub use tokens::{JoinTokens, TokenError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("{path}: {message}")]
+    File {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("`{0}` is not a valid agent name (letters, digits, `-`, `.`; at most 63)")]
+    BadName(String),
+}
+
+/// Names agents and the console go by: DNS-label-like, so they fit a certificate's SAN.
+pub fn check_name(name: &str) -> Result<(), PkiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && !name.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::BadName(name.to_string()))
+    }
+}
