@@ -150,11 +150,39 @@ impl Drop for ProcessGuard {
 }
 
 /// A loopback port that was free a moment ago, for servers that cannot report the one they bound.
+///
+/// Picked *below* the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port from
+/// that range can be handed out as the source port of any outgoing connection before the server
+/// binds it (and then its bind fails), which happens under the load tests' connection churn.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12_000, 65_535);
+    let (first, span) = (10_000u32, low - 10_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    // Spread processes (pid) and calls (counter) over the span, so parallel test binaries
+    // rarely try the same ports.
+    let seed = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(nanos);
+    for _ in 0..200 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + seed.wrapping_add(n.wrapping_mul(7_919)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
+        .expect("bind a port on 127.0.0.1")
 }
 
 /// `target/<profile>` of the running test binary, for caches that should outlive one run.

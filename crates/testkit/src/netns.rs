@@ -82,6 +82,22 @@ impl NetnsVeth {
         Ok(ns)
     }
 
+    /// [`NetnsVeth::create`] on the first `10.213.<x>.0/30` (from `x = pid % 250 + 1` on) that no
+    /// interface of the host uses yet.
+    pub fn create_free(tag: &str) -> Result<NetnsVeth, String> {
+        let out = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map_err(|e| format!("cannot run `ip` (apt-get install iproute2): {e}"))?;
+        let used = String::from_utf8_lossy(&out.stdout).into_owned();
+        let start = std::process::id() % 250;
+        let x = (0..250)
+            .map(|i| ((start + i) % 250 + 1) as u8)
+            .find(|x| !used.contains(&format!(" 10.213.{x}.")))
+            .ok_or("every 10.213.x.0/30 is in use")?;
+        NetnsVeth::create(tag, x)
+    }
+
     /// Runs `argv` inside the namespace (`ip netns exec <name> argv...`).
     pub fn exec(&self, argv: &[&str]) -> std::io::Result<Output> {
         Command::new("ip")
