@@ -13,12 +13,16 @@ use nonstop_http_client as http;
 use nonstop_ports::{Instance, InstanceSpec, NodeName, PortError, PortResult, Runtime};
 use serde::Deserialize;
 
-/// Log lines with which Tomcat reports that the context did not start.
-const FAILURE_MARKERS: [&str; 4] = [
+/// Log lines with which Tomcat reports that the context did not start, or that a connector
+/// (say the AJP one the balancer talks to) could not bind: Tomcat then keeps running and the
+/// HTTP health path answers, but a balancer in front of that connector cannot reach the node.
+const FAILURE_MARKERS: [&str; 6] = [
     "One or more listeners failed to start",
     "startup failed due to previous errors",
     "Error deploying web application archive",
     "One or more Filters failed to start",
+    "Failed to initialize component [Connector[",
+    "Failed to start component [Connector[",
 ];
 
 /// The runtime's config (`runtime = { kind = "tomcat", ... }` minus the kind).
@@ -265,8 +269,13 @@ impl TomcatRuntime {
                 return Err(fail("the JVM exited".into()));
             }
             let logged = read_from(&instance.log, log_offset);
-            if let Some(marker) = FAILURE_MARKERS.iter().find(|m| logged.contains(**m)) {
-                return Err(fail(format!("Tomcat logged \"{marker}\"")));
+            if let Some(line) = logged
+                .lines()
+                .find(|l| FAILURE_MARKERS.iter().any(|m| l.contains(m)))
+            {
+                // The whole line: it names the context or connector that failed.
+                let line: String = line.trim().chars().take(300).collect();
+                return Err(fail(format!("Tomcat logged \"{line}\"")));
             }
             match http::get(&url, Vec::new(), Duration::from_secs(5)).await {
                 Ok(r) if r.status == 200 => return Ok(()),

@@ -1,0 +1,73 @@
+//! A real Tomcat 10 whose AJP port is already taken: Tomcat logs the connector failure and keeps
+//! running, and its HTTP health path answers 200; behind mod_jk that node would get no traffic.
+//! TomcatRuntime must report the start as failed (from the log) and stop that Tomcat again.
+
+use std::time::{Duration, Instant};
+
+use nonstop_ports::{InstanceSpec, NodeName, Runtime, Version};
+use nonstop_runtime_tomcat::{TomcatConfig, TomcatRuntime};
+use nonstop_testkit::tomcat::{self, TomcatBase, Variant};
+use nonstop_testkit::{ProcessGuard, free_port};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_cannot_bind_fails_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let war = tomcat::build_war(&root.join("wars"), "v1", Variant::Good).unwrap();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+    let ajp_port = taken.local_addr().unwrap().port();
+    let base = TomcatBase::create(
+        &root.join("tomcat1"),
+        free_port(),
+        ajp_port,
+        -1,
+        "tomcat1",
+        "secret1",
+    )
+    .unwrap();
+    let runtime = TomcatRuntime::new(TomcatConfig {
+        catalina_home: tomcat::CATALINA_HOME.into(),
+        bases: [("tomcat1".to_string(), base.dir.clone())].into(),
+        context: "app".into(),
+        health_path: Some("/app/health".into()),
+        java_opts: tomcat::java_opts(),
+        startup_timeout: "60s".into(),
+    })
+    .unwrap();
+    let spec = InstanceSpec {
+        node: NodeName::from("tomcat1"),
+        port: base.http_port,
+        version: Version::from("v1"),
+        release_dir: root.join("release"),
+        artifact: war,
+        env: Default::default(),
+        log: root.join("tomcat1.log"),
+    };
+    let guard = ProcessGuard::new();
+    let started = Instant::now();
+    let result = runtime.start(&spec).await;
+    let took = started.elapsed();
+    if let Ok(instance) = &result {
+        guard.track(instance.pid);
+    }
+    let error = result
+        .expect_err("a Tomcat whose AJP connector cannot bind is not started")
+        .to_string();
+    eprintln!(
+        "start with AJP port {ajp_port} taken: error after {took:?}: {}",
+        error.lines().next().unwrap_or_default()
+    );
+    assert!(
+        error.contains("Connector[\"ajp-nio-127.0.0.1-"),
+        "the error names the connector: {error}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "read from the log, not a timeout: {took:?}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", base.http_port)).is_err(),
+        "the half-started Tomcat was stopped again"
+    );
+    drop(taken);
+}
