@@ -281,67 +281,102 @@ impl ModjkBalancer {
                 status,
             } => {
                 let lb = self.workers(workers_file)?;
-                let mut routes = Vec::new();
-                let written_at;
-                {
-                    let _guard = self.write_lock.lock().await;
-                    let text = read(file)?;
-                    let mut rules =
-                        RuleActivations::read(&text, &self.lb).ok_or_else(|| ModjkError::File {
-                            path: file.clone(),
-                            message: format!(
-                                "no mount rule maps to `{}`; add e.g. `/app/*={}`",
-                                self.lb, self.lb
-                            ),
-                        })?;
-                    for (node, state, weight) in changes {
-                        let m = lb
-                            .members
-                            .iter()
-                            .find(|m| m.name == node.0)
-                            .ok_or_else(|| not_a_member(node, &self.lb))?;
-                        if let Some(w) = weight {
-                            match status {
-                                Some(client) => client.set_lbfactor(&self.lb, &m.name, *w).await?,
-                                None => return Err(weight_unsupported()),
-                            }
-                        }
-                        rules.set(&m.name, activation(*state), m.activation);
-                        routes.push((m.route.clone(), *state));
-                    }
-                    let new = rules
-                        .apply(&text, &self.lb)
-                        .expect("the lb has a mount rule");
-                    if new != text {
-                        write_atomic(file, &new)?;
-                    }
-                    if let Some(client) = status {
-                        for (node, state, _) in changes {
-                            if *state == LbState::Active {
-                                client.reset(&self.lb, node.as_str()).await?;
-                            }
-                        }
-                    }
-                    written_at = Instant::now();
+                // A stopped member is enabled in two steps, stopped -> disabled -> active, each
+                // confirmed. Apache's children re-read the file one by one: a child still on the
+                // old file fails a *stopped* member's sticky requests over to another member,
+                // which loses the sessions that already reloaded children have just created on
+                // it; a *disabled* member keeps its sessions in every child.
+                let current = RuleActivations::read(&read(file)?, &self.lb).unwrap_or_default();
+                let via_disabled: Vec<(NodeName, LbState, Option<u32>)> = changes
+                    .iter()
+                    .filter(|(node, state, _)| {
+                        *state == LbState::Active
+                            && lb.members.iter().any(|m| {
+                                m.name == node.0
+                                    && current.effective(&m.name, m.activation)
+                                        == Activation::Stopped
+                            })
+                    })
+                    .map(|(node, _, _)| (node.clone(), LbState::Draining, None))
+                    .collect();
+                if !via_disabled.is_empty() {
+                    self.rewrite_and_confirm(file, *reload, &lb, status.as_ref(), &via_disabled)
+                        .await?;
                 }
-                routes.sort_by_key(|(_, state)| *state != LbState::Active);
-                for (route, state) in routes {
-                    self.confirm(
-                        file,
-                        &route,
-                        state,
-                        written_at + *reload + Duration::from_secs(1),
-                    )
-                    .await?;
-                }
-                Ok(())
+                self.rewrite_and_confirm(file, *reload, &lb, status.as_ref(), changes)
+                    .await
             }
         }
     }
 
-    /// Probes new sessions through Apache until the change to `route` shows: for `Active` one new
-    /// session lands on it; otherwise, once every child is due to have re-read the file,
-    /// `confirm_requests` consecutive new sessions all avoid it.
+    /// Rewrites the JkMountFile's rule extensions for `changes`, then confirms each by probing.
+    async fn rewrite_and_confirm(
+        &self,
+        file: &Path,
+        reload: Duration,
+        lb: &ImportedLb,
+        status: Option<&StatusClient>,
+        changes: &[(NodeName, LbState, Option<u32>)],
+    ) -> Result<(), ModjkError> {
+        let mut routes = Vec::new();
+        let written_at;
+        {
+            let _guard = self.write_lock.lock().await;
+            let text = read(file)?;
+            let mut rules =
+                RuleActivations::read(&text, &self.lb).ok_or_else(|| ModjkError::File {
+                    path: file.to_path_buf(),
+                    message: format!(
+                        "no mount rule maps to `{}`; add e.g. `/app/*={}`",
+                        self.lb, self.lb
+                    ),
+                })?;
+            for (node, state, weight) in changes {
+                let m = lb
+                    .members
+                    .iter()
+                    .find(|m| m.name == node.0)
+                    .ok_or_else(|| not_a_member(node, &self.lb))?;
+                if let Some(w) = weight {
+                    match status {
+                        Some(client) => client.set_lbfactor(&self.lb, &m.name, *w).await?,
+                        None => return Err(weight_unsupported()),
+                    }
+                }
+                rules.set(&m.name, activation(*state), m.activation);
+                routes.push((m.route.clone(), *state));
+            }
+            let new = rules
+                .apply(&text, &self.lb)
+                .expect("the lb has a mount rule");
+            if new != text {
+                write_atomic(file, &new)?;
+            }
+            if let Some(client) = status {
+                for (node, state, _) in changes {
+                    if *state == LbState::Active {
+                        client.reset(&self.lb, node.as_str()).await?;
+                    }
+                }
+            }
+            written_at = Instant::now();
+        }
+        routes.sort_by_key(|(_, state)| *state != LbState::Active);
+        for (route, state) in routes {
+            self.confirm(
+                file,
+                &route,
+                state,
+                written_at + reload + Duration::from_secs(1),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Probes new sessions through Apache until the change to `route` shows, counting only probes
+    /// sent once every child is due to have re-read the file (`due`): for `Active` one new
+    /// session lands on it; otherwise `confirm_requests` consecutive new sessions all avoid it.
     async fn confirm(
         &self,
         file: &Path,
@@ -354,15 +389,18 @@ impl ModjkBalancer {
         let mut avoided = 0u32;
         let mut last = String::from("no probe answered");
         while Instant::now() < deadline {
+            // Only a probe sent once every child is due to re-read the file counts: a child
+            // re-checks the file before it maps its next request.
+            let after_due = Instant::now() >= due;
             match self.probe_route(probe).await {
                 Ok(Some(seen)) => {
                     let on_route = seen == route;
-                    if state == LbState::Active && on_route {
+                    if state == LbState::Active && on_route && after_due {
                         return Ok(());
                     }
                     if on_route {
                         avoided = 0;
-                    } else if Instant::now() >= due {
+                    } else if after_due {
                         avoided += 1;
                         if state != LbState::Active && avoided >= self.confirm_requests {
                             return Ok(());
