@@ -146,11 +146,30 @@ verify = "500ms"
     }
 }
 
+/// Sticky users through Apache until at least `per_node` of them started on each Tomcat: mod_jk
+/// sends every new session to a member that just came back until its counts catch up.
+async fn users_on_both(site: &Site, per_node: usize) -> (StickyLoad, Vec<usize>) {
+    let mut load = StickyLoad::start(&site.apache.url("/app/count"), 6, LoadOptions::default());
+    let mut all: Vec<usize> = (0..6).collect();
+    load.wait_progress(&all, 3, Duration::from_secs(30)).await;
+    for _ in 0..20 {
+        let now = load.snapshot();
+        if ["tomcat1", "tomcat2"]
+            .iter()
+            .all(|route| now.users_started_on(route).len() >= per_node)
+        {
+            break;
+        }
+        let added = load.add_users(2);
+        load.wait_progress(&added, 3, Duration::from_secs(30)).await;
+        all.extend(added);
+    }
+    (load, all)
+}
+
 /// A rolling deploy of `war` under sticky load; returns the load's report.
 async fn rolling_under_load(site: &Site, config: &Path, war: &str) -> LoadReport {
-    let load = StickyLoad::start(&site.apache.url("/app/count"), 12, LoadOptions::default());
-    let all: Vec<usize> = (0..12).collect();
-    load.wait_progress(&all, 5, Duration::from_secs(30)).await;
+    let (load, all) = users_on_both(site, 3).await;
     let out = site.deploy(config, war);
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(
