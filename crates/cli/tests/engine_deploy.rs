@@ -8,13 +8,6 @@ use std::process::{Command, Output, Stdio};
 
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A proxy plus a `[services.shop]` whose nodes run nonstop-hello, in one temp dir.
 struct Shop {

@@ -9,13 +9,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A real nginx master in the foreground with two upstreams, `shop` and `roll`, each on its own
 /// port and include file; every path is inside its temp dir.

@@ -8,8 +8,9 @@
 //! What it does not do is restart a crashed app: that is the job of a `systemd` runtime.
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,50 +53,19 @@ impl Runtime for ProcessRuntime {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| PortError::new("the start command is empty"))?;
-        if let Some(dir) = spec.log.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                PortError::new(format!(
-                    "cannot create log directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log)
-            .map_err(|e| PortError::new(format!("cannot open log {}: {e}", spec.log.display())))?;
-        let _ = writeln!(
-            log,
-            "--- nonstop: starting {} {} on port {}: {argv:?}",
-            spec.node, spec.version, spec.port
-        );
-        let stderr = log
-            .try_clone()
-            .map_err(|e| PortError::new(format!("cannot share the log file: {e}")))?;
         let mut command = Command::new(program);
         command
             .args(args)
             .envs(self.env.iter().cloned())
             .envs(spec.env.iter())
-            .current_dir(&spec.release_dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr);
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent. A new session
-        // keeps the app out of the terminal's signals (Ctrl-C, hang-up) so it outlives the CLI.
-        unsafe {
-            command.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
-        }
-        let mut child = command
-            .spawn()
+            .current_dir(&spec.release_dir);
+        let header = format!(
+            "--- nonstop: starting {} {} on port {}: {argv:?}",
+            spec.node, spec.version, spec.port
+        );
+        let started = spawn_detached(&mut command, &spec.log, &header)
             .map_err(|e| PortError::new(format!("cannot start `{program}`: {e}")))?;
-        let pid = child.id() as i32;
-        let start_ticks = start_ticks(pid).unwrap_or(0);
-        // Reap the child if it dies while this process still lives; afterwards init does.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
+        let (pid, start_ticks) = (started.pid, started.start_ticks);
         Ok(Instance {
             node: spec.node.clone(),
             version: spec.version.clone(),
@@ -113,6 +83,56 @@ impl Runtime for ProcessRuntime {
     fn is_running(&self, instance: &Instance) -> bool {
         is_running(instance)
     }
+}
+
+/// A child started by [`spawn_detached`].
+pub struct Detached {
+    pub pid: i32,
+    /// Kernel start time of `pid` (0 if it could not be read).
+    pub start_ticks: u64,
+    /// Length of the log before this start, so its own output can be read from there.
+    pub log_offset: u64,
+}
+
+/// Starts `command` in a session of its own, stdin closed, stdout and stderr appended to `log`
+/// after a `header` line; a thread reaps it if it dies while this process lives.
+pub fn spawn_detached(
+    command: &mut Command,
+    log: &Path,
+    header: &str,
+) -> std::io::Result<Detached> {
+    let at_log =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("log {}: {e}", log.display()));
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(at_log)?;
+    }
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(at_log)?;
+    let log_offset = out.seek(SeekFrom::End(0)).unwrap_or(0);
+    let _ = writeln!(out, "{header}");
+    let err = out.try_clone().map_err(at_log)?;
+    command.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent. A new session
+    // keeps the app out of the terminal's signals (Ctrl-C, hang-up) so it outlives the CLI, and
+    // lets `stop` signal its whole group.
+    unsafe {
+        command.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+    }
+    let mut child = command.spawn()?;
+    let pid = child.id() as i32;
+    let start_ticks = start_ticks(pid).unwrap_or(0);
+    // Reap the child if it dies while this process still lives; afterwards init does.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(Detached {
+        pid,
+        start_ticks,
+        log_offset,
+    })
 }
 
 /// True while the instance's pid exists, is not a zombie, and is the process we started.

@@ -2,11 +2,9 @@
 //! one), restarts that Tomcat as a supervised `catalina.sh run` child, and waits for the app.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::process::CommandExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nonstop_http_client as http;
@@ -185,27 +183,6 @@ impl TomcatRuntime {
                 message: format!("cannot create: {e}"),
             })?;
         }
-        if let Some(dir) = spec.log.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log)
-            .map_err(|e| TomcatError::File {
-                path: spec.log.clone(),
-                message: format!("cannot open the log: {e}"),
-            })?;
-        let offset = log.seek(SeekFrom::End(0)).unwrap_or(0);
-        let _ = writeln!(
-            log,
-            "--- nonstop: starting Tomcat {} with {} {}",
-            spec.node, self.config.context, spec.version
-        );
-        let stderr = log.try_clone().map_err(|e| TomcatError::File {
-            path: spec.log.clone(),
-            message: format!("cannot share the log: {e}"),
-        })?;
         let mut opts = self.config.java_opts.clone();
         opts.push(format!("-Dnonstop.http.port={}", spec.port));
         opts.push(format!("-Dnonstop.version={}", spec.version));
@@ -217,24 +194,15 @@ impl TomcatRuntime {
             .env("CATALINA_TMPDIR", base.join("temp"))
             .env("CATALINA_OPTS", opts.join(" "))
             .envs(spec.env.iter())
-            .current_dir(base)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr);
-        // SAFETY: setsid is async-signal-safe and touches no parent memory; its own session keeps
-        // Tomcat out of the terminal's signals and lets stop() signal its whole group.
-        unsafe {
-            command.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| TomcatError::Config(format!("cannot run catalina.sh: {e}")))?;
-        let pid = child.id() as i32;
+            .current_dir(base);
+        let header = format!(
+            "--- nonstop: starting Tomcat {} with {} {}",
+            spec.node, self.config.context, spec.version
+        );
         // catalina.sh `run` execs the JVM, so this pid is Tomcat itself.
-        let start_ticks = nonstop_runtime_process::start_ticks(pid).unwrap_or(0);
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
+        let started = nonstop_runtime_process::spawn_detached(&mut command, &spec.log, &header)
+            .map_err(|e| TomcatError::Config(format!("cannot run catalina.sh: {e}")))?;
+        let (pid, start_ticks, offset) = (started.pid, started.start_ticks, started.log_offset);
         Ok((
             Instance {
                 node: spec.node.clone(),
