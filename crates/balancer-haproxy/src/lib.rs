@@ -20,6 +20,12 @@ pub struct HaproxyConfig {
     /// `stats socket PATH mode 600 level admin` in HAProxy's `global` section.
     pub socket: PathBuf,
     pub backend: String,
+    /// HAProxy's `server-state-file`: after every change nonstop writes `show servers state`
+    /// there (atomically), so a reload keeps drains, maintenance, weights and addresses. Needs
+    /// `load-server-state-from-file global` in `defaults`; without it a reload puts every server
+    /// back to what haproxy.cfg says.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,7 @@ impl From<HaproxyError> for PortError {
 pub struct HaproxyBalancer {
     api: RuntimeApi,
     backend: String,
+    state_file: Option<PathBuf>,
 }
 
 impl HaproxyBalancer {
@@ -56,6 +63,7 @@ impl HaproxyBalancer {
         Ok(HaproxyBalancer {
             api: RuntimeApi::new(config.socket),
             backend: config.backend,
+            state_file: config.state_file,
         })
     }
 
@@ -101,6 +109,30 @@ impl HaproxyBalancer {
         self.api
             .set(&format!("set server {server} state {word}"))
             .await
+    }
+
+    /// Writes every backend's server state to `state_file` (the format HAProxy loads at start).
+    async fn save_state(&self) -> Result<(), HaproxyError> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let answer = self.api.command("show servers state").await?;
+        let file_err = |e: std::io::Error| {
+            HaproxyError::Invalid(format!(
+                "cannot write the server state file {}: {e}",
+                path.display()
+            ))
+        };
+        let tmp = path.with_extension("nonstop-tmp");
+        tokio::fs::write(&tmp, answer).await.map_err(file_err)?;
+        tokio::fs::rename(&tmp, path).await.map_err(file_err)
+    }
+
+    /// Runs `change`, then records the resulting state, also after a change that failed halfway.
+    async fn recorded<T>(&self, change: impl Future<Output = PortResult<T>>) -> PortResult<T> {
+        let result = change.await;
+        self.save_state().await?;
+        result
     }
 
     async fn apply_weight(&self, node: &NodeName, weight: u32) -> Result<(), HaproxyError> {
@@ -152,8 +184,28 @@ impl Balancer for HaproxyBalancer {
             .collect())
     }
 
-    /// Points a declared server at `addr` (an IP literal and port), in maintenance first.
     async fn register(&self, node: &NodeName, addr: &str) -> PortResult<()> {
+        self.recorded(self.register_addr(node, addr)).await
+    }
+
+    async fn set_state(&self, node: &NodeName, state: LbState) -> PortResult<()> {
+        self.recorded(async { self.apply_state(node, state).await.map_err(Into::into) })
+            .await
+    }
+
+    async fn set_weight(&self, node: &NodeName, weight: u32) -> PortResult<()> {
+        self.recorded(async { self.apply_weight(node, weight).await.map_err(Into::into) })
+            .await
+    }
+
+    async fn switch(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> PortResult<()> {
+        self.recorded(self.switch_in_order(changes)).await
+    }
+}
+
+impl HaproxyBalancer {
+    /// Points a declared server at `addr` (an IP literal and port), in maintenance first.
+    async fn register_addr(&self, node: &NodeName, addr: &str) -> PortResult<()> {
         let target: SocketAddr = addr.parse().map_err(|_| {
             HaproxyError::Invalid(format!(
                 "member address `{addr}` must be IP:PORT (such as 127.0.0.1:8081): \
@@ -185,17 +237,12 @@ impl Balancer for HaproxyBalancer {
         }
     }
 
-    async fn set_state(&self, node: &NodeName, state: LbState) -> PortResult<()> {
-        self.apply_state(node, state).await.map_err(Into::into)
-    }
-
-    async fn set_weight(&self, node: &NodeName, weight: u32) -> PortResult<()> {
-        self.apply_weight(node, weight).await.map_err(Into::into)
-    }
-
     /// HAProxy has no multi-server transaction: every node is checked first, then the changes
     /// run one by one in `switch_order`, so a typo changes nothing and no step empties the backend.
-    async fn switch(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> PortResult<()> {
+    async fn switch_in_order(
+        &self,
+        changes: &[(NodeName, LbState, Option<u32>)],
+    ) -> PortResult<()> {
         let names: Vec<String> = self.states().await?.into_iter().map(|s| s.name).collect();
         for (node, _, _) in changes {
             if !names.iter().any(|n| n == node.as_str()) {

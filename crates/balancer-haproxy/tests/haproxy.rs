@@ -64,6 +64,7 @@ impl Haproxy {
         HaproxyBalancer::new(HaproxyConfig {
             socket: self.dir.path().join("admin.sock"),
             backend: backend.into(),
+            state_file: None,
         })
         .unwrap()
     }

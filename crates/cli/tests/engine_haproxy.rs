@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-
 /// HAProxy in master-worker mode in the foreground, backend `shop` with one server per node.
 struct Haproxy {
     child: std::process::Child,
@@ -24,7 +23,8 @@ impl Haproxy {
         let port = free_port();
         let mut cfg = format!(
             "global\n  maxconn 1024\n  stats socket {d}/admin.sock mode 600 level admin\n\
-             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
+               server-state-file {d}/servers.state\n\
+             defaults\n  mode http\n  load-server-state-from-file global\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
              frontend fe\n  bind 127.0.0.1:{port}\n  default_backend shop\n\
              backend shop\n  balance roundrobin\n  option httpchk GET /health\n  http-check expect status 200\n"
         );
@@ -54,6 +54,34 @@ impl Haproxy {
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The pid of the worker answering the Runtime API.
+    fn worker_pid(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut socket =
+            std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock")).ok()?;
+        socket.write_all(b"show info\n").ok()?;
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).ok()?;
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid: "))
+            .map(str::to_string)
+    }
+
+    /// Reloads HAProxy (SIGUSR2 to the master) and waits for the new worker.
+    async fn reload(&self) {
+        let before = self.worker_pid();
+        let _ = Command::new("kill")
+            .args(["-USR2", &self.child.id().to_string()])
+            .status();
+        wait_until("a new HAProxy worker answers", DEADLINE, || {
+            let now = self.worker_pid();
+            let before = before.clone();
+            async move { now.is_some() && now != before }
+        })
+        .await;
     }
 }
 
@@ -100,7 +128,7 @@ async fn rolling_deploy_behind_haproxy_drains_by_scur() {
         r#"
 [services.shop]
 strategy = "rolling"
-balancer = {{ kind = "haproxy", socket = "{socket}", backend = "shop" }}
+balancer = {{ kind = "haproxy", socket = "{socket}", backend = "shop", state_file = "{state}" }}
 runtime = {{ kind = "process", start = ["{hello}", "--port", "{{port}}", "--version", "{{version}}", "--node", "{{node}}"], stop_grace = "5s" }}
 releases = {{ dir = "{base}", keep = 3 }}
 health = {{ path = "/health", expect_body = "UP", interval = "50ms", deadline = "10s", successes = 2 }}
@@ -108,6 +136,7 @@ drain = {{ timeout = "20s" }}
 verify = "300ms"
 "#,
         socket = haproxy.dir.path().join("admin.sock").display(),
+        state = haproxy.dir.path().join("servers.state").display(),
         hello = hello_bin().display(),
         base = work.path().join("shop").display(),
     );
@@ -202,5 +231,32 @@ verify = "300ms"
     assert!(
         waited.iter().all(|ms| *ms < 20_000),
         "no drain ran into its 20 s timeout: {waited:?}"
+    );
+
+    // A reload keeps what nonstop set (haproxy.cfg declares both servers `disabled`): the
+    // driver wrote `show servers state` to HAProxy's server-state-file after every change.
+    haproxy.reload().await;
+    let status = Command::new(nonstop_bin())
+        .args(["status", "shop", "--json", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    for node in status["nodes"].as_array().unwrap() {
+        assert_eq!(node["balancer"], "active", "after a reload: {node}");
+    }
+    let client = client();
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let reply = send(&client, "GET", &haproxy.url("/"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        answered.insert(reply.node().to_string());
+    }
+    assert_eq!(
+        answered.len(),
+        2,
+        "both nodes serve after the reload: {answered:?}"
     );
 }
