@@ -8,7 +8,6 @@ use std::process::{Command, Output, Stdio};
 
 use support::*;
 
-
 /// A proxy plus a `[services.shop]` whose nodes run nonstop-hello, in one temp dir.
 struct Shop {
     proxy: Proxy,

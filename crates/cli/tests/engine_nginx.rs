@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use support::*;
 
-
 /// A real nginx master in the foreground with two upstreams, `shop` and `roll`, each on its own
 /// port and include file; every path is inside its temp dir.
 struct Nginx {
