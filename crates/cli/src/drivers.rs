@@ -57,8 +57,25 @@ enum RuntimeSettings {
 /// Checks every service's driver settings, with the file and line of a mistake.
 pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
     for (name, svc) in &config.services {
-        balancer_settings(name, svc, config, source)?;
-        runtime_settings(name, svc, source)?;
+        // Hooks are checked whole (program, placeholders) here, not first at deploy time.
+        if let BalancerSettings::Command(c) = balancer_settings(name, svc, config, source)? {
+            CommandBalancer::new(c).map_err(|e| {
+                source.error_at(
+                    svc.balancer.table.span.clone(),
+                    format!("service `{name}`: {e}"),
+                    None,
+                )
+            })?;
+        }
+        if let RuntimeSettings::Command(c) = runtime_settings(name, svc, source)? {
+            CommandRuntime::new(c, []).map_err(|e| {
+                source.error_at(
+                    svc.runtime.table.span.clone(),
+                    format!("service `{name}`: {e}"),
+                    None,
+                )
+            })?;
+        }
     }
     Ok(())
 }
@@ -255,5 +272,50 @@ impl Runtime for AnyRuntime {
     }
     fn is_running(&self, instance: &Instance) -> bool {
         each_runtime!(self, r => r.is_running(instance))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_text(text: &str) -> Result<(), ConfigError> {
+        let source = Source {
+            path: "nonstop.toml".into(),
+            text: text.to_string(),
+        };
+        let config = Config::parse(&source)?;
+        check(&config, &source)
+    }
+
+    const SERVICE: &str = r#"
+[services.shop]
+strategy = "rolling"
+balancer = { kind = "command", enable = ["l4", "up", "{node}"], drain = ["l4", "drain", "{node}"], disable = ["l4", "down", "{node}"], status = ["l4", "status"] }
+runtime = { kind = "process", start = ["app", "--port", "{port}"] }
+releases = { dir = "/tmp/shop" }
+
+[[services.shop.nodes]]
+name = "a"
+port = 8081
+"#;
+
+    #[test]
+    fn hooks_and_driver_fields_are_checked_with_their_line() {
+        check_text(SERVICE).unwrap();
+        let err =
+            check_text(&SERVICE.replace("\"up\", \"{node}\"", "\"up\", \"{nod}\"")).unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        assert!(err.message.contains("{nod}"), "{err}");
+        let err = check_text(&SERVICE.replace("status = [", "stauts = [")).unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        assert!(err.message.contains("stauts"), "{err}");
+        let tomcat = SERVICE.replace(
+            "runtime = { kind = \"process\", start = [\"app\", \"--port\", \"{port}\"] }",
+            "runtime = { kind = \"tomcat\", context = \"app\", bases = { b = \"/srv/b\" } }",
+        );
+        let err = check_text(&tomcat).unwrap_err();
+        assert!(err.message.contains("node `a` has no Tomcat"), "{err}");
+        assert_eq!(err.line, 9, "points at the node: {err}");
     }
 }
