@@ -217,7 +217,7 @@ impl Fixture {
             .stop(&instance, Duration::from_secs(20))
             .await
             .unwrap();
-        assert!(!self.runtime.is_running(&instance));
+        assert!(!self.runtime.is_running(&instance).await);
         // SIGTERM ran Tomcat's shutdown hook: the connectors were stopped, not killed.
         let log = std::fs::read_to_string(&instance.log).unwrap();
         let last_start = log.rfind("--- nonstop: starting Tomcat").unwrap_or(0);

@@ -20,7 +20,7 @@ enum Command {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Check { file } => match Config::load(&file).and_then(|(config, source)| {
-            crate::drivers::check(&config, &source).map(|()| (config, source))
+            nonstop_drivers::check(&config, &source).map(|()| (config, source))
         }) {
             Ok((config, _)) => {
                 let backends: usize = config.pools.values().map(|p| p.backends.len()).sum();

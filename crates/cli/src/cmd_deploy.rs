@@ -8,15 +8,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nonstop_config::Config;
 use nonstop_config::service::Strategy;
 use nonstop_engine::{DeployError, DeployRequest, Engine, Event, EventKind};
 use nonstop_ports::{Balancer, NodeName, Probe, Runtime, Version};
-use nonstop_probe_http::HttpProbe;
 
-use crate::drivers::{AnyBalancer, AnyRuntime};
-
-pub type ServiceEngine = Engine<AnyBalancer, AnyRuntime, HttpProbe>;
+pub use nonstop_drivers::open_engine as engine;
 pub type Emit = Box<dyn Fn(&Event)>;
 
 #[derive(clap::Args, Clone)]
@@ -26,6 +22,24 @@ pub struct Common {
     /// Print machine-readable JSON lines instead of a progress display.
     #[arg(long)]
     pub json: bool,
+    /// The console's state directory, for services whose nodes run on [hosts]: its fleet
+    /// credentials reach their agents.
+    #[arg(long, env = "NONSTOP_FLEET", value_name = "CONSOLE_STATE_DIR")]
+    pub fleet: Option<PathBuf>,
+}
+
+impl Common {
+    pub fn engine(
+        &self,
+        service: &str,
+        emit: Box<dyn Fn(&Event)>,
+    ) -> Result<nonstop_drivers::ServiceEngine, DeployError> {
+        let fleet = match &self.fleet {
+            Some(dir) => Some(nonstop_drivers::Fleet::open(dir).map_err(DeployError::Refused)?),
+            None => None,
+        };
+        nonstop_drivers::open_fleet_engine(&self.config.path, service, emit, fleet.as_ref())
+    }
 }
 
 #[derive(clap::Args)]
@@ -82,40 +96,6 @@ pub struct LogsArgs {
     pub lines: usize,
     #[command(flatten)]
     pub config: crate::args::ConfigFile,
-}
-
-/// Builds the engine for `service` from the config file, with the drivers it names.
-pub fn engine(
-    config_path: &Path,
-    service: &str,
-    emit: Box<dyn Fn(&Event)>,
-) -> Result<ServiceEngine, DeployError> {
-    let (config, source) =
-        Config::load(config_path).map_err(|e| DeployError::Refused(e.to_string()))?;
-    crate::drivers::check(&config, &source).map_err(|e| DeployError::Refused(e.to_string()))?;
-    let Some(svc) = config.services.get(service) else {
-        let known: Vec<&str> = config.services.keys().map(String::as_str).collect();
-        return Err(DeployError::Refused(format!(
-            "{}: there is no [services.{service}]{}",
-            config_path.display(),
-            if known.is_empty() {
-                String::new()
-            } else {
-                format!("; services here: {}", known.join(", "))
-            }
-        )));
-    };
-    let (balancer, runtime) =
-        crate::drivers::build(service, svc, &config, &source).map_err(DeployError::Refused)?;
-    let probe = HttpProbe {
-        host: "127.0.0.1".into(),
-        path: svc.health.path.get_ref().clone(),
-        expect_status: svc.health.expect_status,
-        expect_body: svc.health.expect_body.clone(),
-        timeout: svc.health.timeout.0,
-    };
-    let base = nonstop_engine::service_base(svc, config_path);
-    Engine::new(service, svc.clone(), base, balancer, runtime, probe, emit)
 }
 
 /// Renders engine events: JSON lines, a spinner on a terminal, or plain timestamped lines.
@@ -265,7 +245,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let result = (|| {
         let env = parse_env(&args.env)?;
         let version = args.version.clone().map(Version);
-        let mut engine = engine(&args.common.config.path, &args.service, emit)?;
+        let mut engine = args.common.engine(&args.service, emit)?;
         if args.plan {
             let version = match &version {
                 Some(v) => v.clone(),
@@ -316,25 +296,28 @@ pub fn rollback(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let json = args.common.json;
     let (renderer, emit) = Renderer::new(json);
     let rt = runtime()?;
-    let result = engine(&args.common.config.path, &args.service, emit).and_then(|mut engine| {
-        rt.block_on(async {
-            let _hangup = ignore_hangup();
-            let finished = tokio::select! {
-                result = engine.rollback() => Some(result),
-                () = interrupted() => None,
-            };
-            match finished {
-                Some(result) => result,
-                None => Err(engine.abandon("was interrupted by a signal").await),
-            }
-        })
-    });
+    let result = args
+        .common
+        .engine(&args.service, emit)
+        .and_then(|mut engine| {
+            rt.block_on(async {
+                let _hangup = ignore_hangup();
+                let finished = tokio::select! {
+                    result = engine.rollback() => Some(result),
+                    () = interrupted() => None,
+                };
+                match finished {
+                    Some(result) => result,
+                    None => Err(engine.abandon("was interrupted by a signal").await),
+                }
+            })
+        });
     Ok(conclude(json, &renderer, result))
 }
 
 pub fn status(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
-    let engine = match engine(&args.common.config.path, &args.service, Box::new(|_| {})) {
+    let engine = match args.common.engine(&args.service, Box::new(|_| {})) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{e}");
@@ -408,10 +391,13 @@ async fn status_report<B: Balancer, R: Runtime, P: Probe>(
     for node in &engine.config.nodes {
         let name = NodeName(node.name.get_ref().clone());
         let record = instances.get(&name);
-        let alive = record.is_some_and(|r| engine.runtime.is_running(&r.instance));
+        let alive = match record {
+            Some(r) => engine.runtime.is_running(&r.instance).await,
+            None => false,
+        };
         let member = members.get(&name);
         let health = if alive {
-            match engine.probe.check(*node.port.get_ref()).await {
+            match engine.probe.check(node.ip(), *node.port.get_ref()).await {
                 Ok(()) => "up".to_string(),
                 Err(e) => format!("down: {e}"),
             }
@@ -460,7 +446,7 @@ async fn status_report<B: Balancer, R: Runtime, P: Probe>(
 }
 
 pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let engine = match engine(&args.common.config.path, &args.service, Box::new(|_| {})) {
+    let engine = match args.common.engine(&args.service, Box::new(|_| {})) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{e}");

@@ -219,7 +219,7 @@ mod tests {
         };
         let config =
             nonstop_config::Config::parse(&source).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        crate::drivers::check(&config, &source).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        nonstop_drivers::check(&config, &source).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let shop = &config.services["shop"];
         let names: Vec<&str> = shop
             .nodes

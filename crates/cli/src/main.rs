@@ -2,13 +2,13 @@
 //! Each subcommand lives in its own module; this file only parses and dispatches.
 
 mod args;
+mod cmd_agent;
 mod cmd_config;
 mod cmd_demo;
 mod cmd_deploy;
 mod cmd_import;
 mod cmd_lb;
 mod cmd_proxy;
-mod drivers;
 mod logging;
 
 use std::process::ExitCode;
@@ -46,6 +46,8 @@ enum Command {
     Logs(cmd_deploy::LogsArgs),
     /// Generate a service config from what a balancer already runs (mod_jk workers.properties).
     Import(cmd_import::Args),
+    /// The per-host agent a console drives over mutual TLS; `agent join` enrols it.
+    Agent(cmd_agent::Args),
     /// Quickstart: proxy + sample app, a zero-downtime deploy under load, then a bad one rolled back.
     Demo(cmd_demo::Args),
 }
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => cmd_deploy::logs(args),
         Command::Import(args) => cmd_import::run(args),
         Command::Demo(args) => cmd_demo::run(args),
+        Command::Agent(args) => cmd_agent::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 pub mod driver;
 mod error;
+pub mod hosts;
 pub mod proxy;
 pub mod service;
 mod units;
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 pub use driver::{BalancerKind, DriverTable, RuntimeKind, RuntimeShared};
 pub use error::ConfigError;
+pub use hosts::HostConfig;
 pub use proxy::{
     AdminEndpoint, AdminState, BackendConfig, Balance, EjectConfig, HealthCheck, LogFormat,
     PoolConfig, ProxyConfig, RouteConfig, Sticky, Timeouts,
@@ -31,6 +33,9 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Machines with an agent, for services whose nodes run elsewhere than here.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostConfig>,
 }
 
 /// Where a configuration came from, kept so that later errors can still point at a line.
@@ -70,8 +75,11 @@ impl Config {
             let span = e.span().unwrap_or(0..0);
             source.error_at(span, e.message().trim().to_string(), None)
         })?;
+        for (name, host) in &config.hosts {
+            host.validate(name, source)?;
+        }
         for (name, service) in &mut config.services {
-            service.resolve(name, source)?;
+            service.resolve(name, &config.hosts, source)?;
         }
         config.validate(source)?;
         Ok(config)

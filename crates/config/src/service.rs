@@ -1,13 +1,14 @@
 //! The `[services.*]` sections: what the deploy engine deploys, where, and how.
 //! Everything the engine would otherwise trip over at deploy time is checked here, with file:line.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::driver::{BalancerKind, DriverTable, RUNTIME_SHARED_KEYS, RuntimeKind, RuntimeShared};
-use crate::{AdminEndpoint, Config, ConfigError, HumanDuration, Source};
+use crate::{AdminEndpoint, Config, ConfigError, HostConfig, HumanDuration, Source};
 
 /// Placeholders an argv template may use.
 pub const PLACEHOLDERS: &[&str] = &["artifact", "release_dir", "version", "port", "node"];
@@ -97,6 +98,7 @@ impl std::fmt::Display for Strategy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BalancerConfig {
     pub table: DriverTable<BalancerKind>,
+    pub shared: BalancerShared,
     /// Set after loading when `kind = "builtin"`.
     pub builtin: Option<BuiltinSettings>,
 }
@@ -105,6 +107,7 @@ impl<'de> Deserialize<'de> for BalancerConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(BalancerConfig {
             table: DriverTable::deserialize(d)?,
+            shared: BalancerShared::default(),
             builtin: None,
         })
     }
@@ -114,6 +117,31 @@ impl BalancerConfig {
     pub fn kind(&self) -> BalancerKind {
         self.table.kind
     }
+}
+
+/// Keys every balancer table may hold besides its driver's own settings.
+pub const BALANCER_SHARED_KEYS: &[&str] = &["host"];
+
+/// The settings every balancer shares, read from the same table as the driver's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct BalancerShared {
+    /// The `[hosts.NAME]` the balancer runs on, driven through that host's agent; none: here.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+}
+
+fn unknown_host(service: &str, host: &Spanned<String>, source: &Source) -> ConfigError {
+    source.error_at(
+        host.span(),
+        format!(
+            "service `{service}` names host `{}`, which this file does not define",
+            host.get_ref()
+        ),
+        Some(format!(
+            "add `[hosts.{}]` with `agent = \"IP:PORT\"`",
+            host.get_ref()
+        )),
+    )
 }
 
 /// `kind = "builtin"`: a pool of nonstop's own proxy, changed through its admin API.
@@ -282,11 +310,26 @@ impl Default for CanaryConfig {
 pub struct NodeConfig {
     pub name: Spanned<String>,
     pub port: Spanned<u16>,
+    /// The `[hosts.NAME]` whose agent runs this node; none: this machine.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// The IP the node listens on, resolved from its host on load.
+    #[serde(skip)]
+    pub address: Option<String>,
 }
 
 impl NodeConfig {
+    /// The IP the balancer and the health gate reach this node at.
+    pub fn ip(&self) -> &str {
+        self.address.as_deref().unwrap_or("127.0.0.1")
+    }
+
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port.get_ref())
+        format!("{}:{}", self.ip(), self.port.get_ref())
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_ref().map(|h| h.get_ref().as_str())
     }
 }
 
@@ -316,7 +359,13 @@ impl ServiceConfig {
 
     /// Reads the settings of the drivers this crate knows (builtin, process) and the runtime's
     /// shared settings, with their spans; other drivers read theirs with `DriverTable::settings`.
-    pub(crate) fn resolve(&mut self, name: &str, source: &Source) -> Result<(), ConfigError> {
+    pub(crate) fn resolve(
+        &mut self,
+        name: &str,
+        hosts: &BTreeMap<String, HostConfig>,
+        source: &Source,
+    ) -> Result<(), ConfigError> {
+        self.resolve_hosts(name, hosts, source)?;
         let path = ["services", name, "runtime"];
         self.runtime.shared = self
             .runtime
@@ -326,11 +375,66 @@ impl ServiceConfig {
         if self.runtime.kind() == RuntimeKind::Process {
             self.runtime.process = Some(self.runtime.table.settings(source, &path, driver_only)?);
         }
+        let path = ["services", name, "balancer"];
+        self.balancer.shared = self
+            .balancer
+            .table
+            .settings(source, &path, |k| BALANCER_SHARED_KEYS.contains(&k))?;
+        if let Some(host) = &self.balancer.shared.host
+            && !hosts.contains_key(host.get_ref())
+        {
+            return Err(unknown_host(name, host, source));
+        }
         if self.balancer.kind() == BalancerKind::Builtin {
-            let path = ["services", name, "balancer"];
-            self.balancer.builtin = Some(self.balancer.table.settings(source, &path, |_| true)?);
+            self.balancer.builtin = Some(
+                self.balancer
+                    .table
+                    .settings(source, &path, |k| !BALANCER_SHARED_KEYS.contains(&k))?,
+            );
         }
         Ok(())
+    }
+
+    /// Gives each node the address of its host; a service runs all on hosts or all here.
+    fn resolve_hosts(
+        &mut self,
+        name: &str,
+        hosts: &BTreeMap<String, HostConfig>,
+        source: &Source,
+    ) -> Result<(), ConfigError> {
+        let placed = self.nodes.iter().filter(|n| n.host.is_some()).count();
+        if placed != 0 && placed != self.nodes.len() {
+            let here = self
+                .nodes
+                .iter()
+                .find(|n| n.host.is_none())
+                .expect("some node has no host");
+            return Err(source.error_at(
+                here.name.span(),
+                format!(
+                    "service `{name}`: node `{}` has no `host` while other nodes do",
+                    here.name.get_ref()
+                ),
+                Some(
+                    "give every node a `host`; for this machine, run an agent here and name it in [hosts]"
+                        .into(),
+                ),
+            ));
+        }
+        for node in &mut self.nodes {
+            if let Some(host) = &node.host {
+                let Some(config) = hosts.get(host.get_ref()) else {
+                    return Err(unknown_host(name, host, source));
+                };
+                node.address = Some(config.address());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this service's nodes run on agents' hosts.
+    pub fn on_hosts(&self) -> bool {
+        self.nodes.iter().any(|n| n.host.is_some())
     }
 
     fn validate_builtin(
@@ -463,11 +567,12 @@ impl ServiceConfig {
                 ));
             }
             let port = *node.port.get_ref();
-            if port == 0 || !ports.insert(port) {
+            // Nodes on different hosts may share a port; on one host they cannot.
+            if port == 0 || !ports.insert((node.host().map(str::to_string), port)) {
                 return Err(here(
                     node.port.span(),
                     format!(
-                        "service `{name}`: port {port} of node `{node_name}` is zero or taken by another node"
+                        "service `{name}`: port {port} of node `{node_name}` is zero or taken by another node on its host"
                     ),
                     "give each node its own fixed port",
                 ));

@@ -177,6 +177,13 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             .collect()
     }
 
+    /// The IP the balancer and the health gate reach `node` at.
+    fn ip_of(&self, node: &NodeName) -> String {
+        self.config
+            .node(node.as_str())
+            .map_or_else(|| "127.0.0.1".to_string(), |n| n.ip().to_string())
+    }
+
     fn port_of(&self, node: &NodeName) -> u16 {
         self.config
             .node(node.as_str())
@@ -194,19 +201,19 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     /// Instances the store knows that are still alive, by node.
-    fn live_instances(&self) -> Result<BTreeMap<NodeName, Instance>, DeployError> {
-        Ok(self
-            .store
-            .instances()?
-            .into_iter()
-            .filter(|r| self.runtime.is_running(&r.instance))
-            .map(|r| (r.instance.node.clone(), r.instance))
-            .collect())
+    async fn live_instances(&self) -> Result<BTreeMap<NodeName, Instance>, DeployError> {
+        let mut live = BTreeMap::new();
+        for record in self.store.instances()? {
+            if self.runtime.is_running(&record.instance).await {
+                live.insert(record.instance.node.clone(), record.instance);
+            }
+        }
+        Ok(live)
     }
 
     async fn snapshot(&self) -> Result<Snapshot, DeployError> {
         let members = self.members().await?;
-        let instances = self.live_instances()?;
+        let instances = self.live_instances().await?;
         let (current, previous) = self.store.releases()?;
         Ok(Snapshot {
             current,
@@ -444,7 +451,12 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 )?;
                 let (current, previous) = self.store.releases()?;
                 let mut protect: Vec<Version> = current.into_iter().chain(previous).collect();
-                protect.extend(self.live_instances()?.into_values().map(|i| i.version));
+                protect.extend(
+                    self.live_instances()
+                        .await?
+                        .into_values()
+                        .map(|i| i.version),
+                );
                 for gone in
                     releases::prune(&self.base, *self.config.releases.keep.get_ref(), &protect)
                 {
@@ -511,8 +523,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     /// Refuses to start on a port something else already listens on: its health would lie.
+    /// On an agent's host the agent checks this itself.
     fn port_free(&self, port: u16) -> bool {
-        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        self.config.on_hosts() || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
     }
 
     async fn start_instance(&self, release: &Release, node: &NodeName) -> Result<Instance, String> {
@@ -573,13 +586,14 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 health.deadline
             ),
         );
+        let ip = self.ip_of(&instance.node);
         let started = Instant::now();
         let mut passes = 0;
         let mut tries = 0u32;
         let mut last = String::from("no answer yet");
         let mut shown = Instant::now();
         loop {
-            if !self.runtime.is_running(instance) {
+            if !self.runtime.is_running(instance).await {
                 return Err(format!(
                     "{} {} exited during its health gate (log: {})",
                     instance.node,
@@ -588,7 +602,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 ));
             }
             tries += 1;
-            match self.probe.check(instance.port).await {
+            match self.probe.check(&ip, instance.port).await {
                 Ok(()) => {
                     passes += 1;
                     if passes >= needed {
@@ -700,7 +714,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         let until = Instant::now() + verify;
         loop {
             for instance in instances {
-                if !self.runtime.is_running(instance) {
+                if !self.runtime.is_running(instance).await {
                     return Err(format!(
                         "{} {} died after taking traffic (log: {})",
                         instance.node,
@@ -718,7 +732,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     async fn register(&self, node: &NodeName) -> Result<(), String> {
-        let addr = format!("127.0.0.1:{}", self.port_of(node));
+        let addr = format!("{}:{}", self.ip_of(node), self.port_of(node));
         self.balancer
             .register(node, &addr)
             .await
@@ -727,7 +741,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
 
     /// Starts `release` on `node` (reusing a live instance of it), then health-gates it.
     async fn bring_up(&self, release: &Release, node: &NodeName) -> Result<Instance, String> {
-        let existing = self.live_instances().map_err(|e| e.to_string())?;
+        let existing = self.live_instances().await.map_err(|e| e.to_string())?;
         if let Some(instance) = existing.get(node) {
             if instance.version == release.version {
                 self.step(
@@ -761,7 +775,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         snapshot: &Snapshot,
         canary: bool,
     ) -> Result<(Vec<NodeName>, f64), String> {
-        let live_instances = self.live_instances().map_err(|e| e.to_string())?;
+        let live_instances = self.live_instances().await.map_err(|e| e.to_string())?;
         let live: Vec<NodeName> = snapshot
             .nodes
             .iter()
@@ -913,7 +927,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         let mut shown = Instant::now();
         while Instant::now() < until {
             for instance in started {
-                if !self.runtime.is_running(instance) {
+                if !self.runtime.is_running(instance).await {
                     return Err(format!(
                         "canary {} {} died during its watch window (log: {})",
                         instance.node,
@@ -1034,7 +1048,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
 
     /// Brings the service back to `snapshot`: old instances serve, new ones are drained and stopped.
     pub async fn restore(&self, snapshot: &Snapshot) -> Result<(), DeployError> {
-        let live = self.live_instances()?;
+        let live = self.live_instances().await?;
         let members = self.members().await?;
         let mut changes = Vec::new();
         let mut to_stop = Vec::new();

@@ -20,7 +20,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 Default::default()
             }
         };
-        let live_instances = self.live_instances().unwrap_or_default();
+        let live_instances = self.live_instances().await.unwrap_or_default();
         let nodes: Vec<(NodeName, u16)> = self.nodes();
         let health = &self.config.health;
         let gate = |node: &NodeName, port: u16| {

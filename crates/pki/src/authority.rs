@@ -8,7 +8,7 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
-use crate::{PkiError, check_name};
+use crate::{CONSOLE_NAME, PkiError, check_name};
 
 /// A certificate chain and its private key, both PEM.
 #[derive(Clone)]
@@ -102,6 +102,9 @@ impl Authority {
     /// names, extensions and CA flags asked for in it are ignored.
     pub fn sign_agent(&self, csr_pem: &str, agent: &str) -> Result<String, PkiError> {
         check_name(agent)?;
+        if agent == CONSOLE_NAME {
+            return Err(PkiError::Reserved(agent.to_string()));
+        }
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = CertificateParams::new(vec![agent.to_string()])?;
         params.distinguished_name.push(DnType::CommonName, agent);
@@ -110,6 +113,39 @@ impl Authority {
             ExtendedKeyUsagePurpose::ServerAuth,
         ];
         Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+}
+
+impl Authority {
+    /// The console's own client identity towards agents (`console.pem` + `console.key` in
+    /// `dir`, key 0600), created on first use. Agents accept requests only from this name.
+    pub fn console_identity(&self, dir: &Path) -> Result<Identity, PkiError> {
+        let (cert_path, key_path) = (dir.join("console.pem"), dir.join("console.key"));
+        let file_err = |path: &Path, e: std::io::Error| PkiError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        if key_path.exists() {
+            return Ok(Identity {
+                cert_pem: std::fs::read_to_string(&cert_path)
+                    .map_err(|e| file_err(&cert_path, e))?,
+                key_pem: std::fs::read_to_string(&key_path).map_err(|e| file_err(&key_path, e))?,
+            });
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![CONSOLE_NAME.to_string()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, CONSOLE_NAME);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert_pem = params.signed_by(&key, &self.issuer)?.pem();
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        write_private(&key_path, &key.serialize_pem()).map_err(|e| file_err(&key_path, e))?;
+        std::fs::write(&cert_path, &cert_pem).map_err(|e| file_err(&cert_path, e))?;
+        Ok(Identity {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 

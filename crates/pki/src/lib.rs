@@ -6,7 +6,7 @@ mod tls;
 mod tokens;
 
 pub use authority::{AgentRequest, Authority, Identity};
-pub use tls::{client_config, peer_name, server_config};
+pub use tls::{ca_fingerprint, client_config, peer_name, pinned_client_config, server_config};
 pub use tokens::{JoinTokens, TokenError};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +22,12 @@ pub enum PkiError {
     Tls(String),
     #[error("`{0}` is not a valid agent name (letters, digits, `-`, `.`; at most 63)")]
     BadName(String),
+    #[error("`{0}` is the console's own name; choose another for an agent")]
+    Reserved(String),
 }
+
+/// The name in the console's client certificate: the only peer an agent takes orders from.
+pub const CONSOLE_NAME: &str = "nonstop-console";
 
 /// Names agents and the console go by: DNS-label-like, so they fit a certificate's SAN.
 pub fn check_name(name: &str) -> Result<(), PkiError> {

@@ -70,3 +70,108 @@ pub fn peer_name(cert: &CertificateDer<'_>) -> Option<String> {
         _ => None,
     })
 }
+
+/// The SHA-256 of the first certificate in `ca_pem` (DER), hex: what a join command pins.
+pub fn ca_fingerprint(ca_pem: &str) -> Result<String, PkiError> {
+    let cert = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .next()
+        .ok_or_else(|| PkiError::Tls("no certificate in the CA file".into()))?
+        .map_err(|e| PkiError::Tls(format!("CA certificate: {e}")))?;
+    Ok(hex_sha256(cert.as_ref()))
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A client for an agent's first call, before it has the CA: it trusts a server only if the
+/// chain it sends contains the CA whose fingerprint the operator was given with the join token,
+/// and the server's certificate verifies against that CA. A stolen token is useless to a
+/// man in the middle, who cannot present that CA.
+pub fn pinned_client_config(fingerprint: &str) -> Result<ClientConfig, PkiError> {
+    let verifier = PinnedCa {
+        fingerprint: fingerprint.to_ascii_lowercase(),
+        provider: provider(),
+    };
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| hex_sha256(c.as_ref()) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server does not present the CA the join command pins".into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?
+        .verify_server_cert(end_entity, &[], server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

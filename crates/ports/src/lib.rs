@@ -180,11 +180,12 @@ pub trait Runtime: Send + Sync {
         instance: &Instance,
         grace: Duration,
     ) -> impl Future<Output = PortResult<()>> + Send;
-    fn is_running(&self, instance: &Instance) -> bool;
+    fn is_running(&self, instance: &Instance) -> impl Future<Output = bool> + Send;
 }
 
-/// One health check try against an instance's own port.
+/// One health check try against an instance's own address.
 pub trait Probe: Send + Sync {
-    /// `Ok` when healthy; `Err` says what was seen instead.
-    fn check(&self, port: u16) -> impl Future<Output = Result<(), String>> + Send;
+    /// `Ok` when healthy; `Err` says what was seen instead. `host` is where the node runs
+    /// (`127.0.0.1`, or a remote host's address).
+    fn check(&self, host: &str, port: u16) -> impl Future<Output = Result<(), String>> + Send;
 }

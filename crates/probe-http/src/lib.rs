@@ -11,7 +11,6 @@ use nonstop_ports::Probe;
 
 #[derive(Debug, Clone)]
 pub struct HttpProbe {
-    pub host: String,
     pub path: String,
     pub expect_status: u16,
     pub expect_body: Option<String>,
@@ -19,8 +18,8 @@ pub struct HttpProbe {
 }
 
 impl HttpProbe {
-    async fn try_once(&self, port: u16) -> Result<(), String> {
-        let addr = format!("{}:{port}", self.host);
+    async fn try_once(&self, host: &str, port: u16) -> Result<(), String> {
+        let addr = format!("{host}:{port}");
         let stream = tokio::net::TcpStream::connect(&addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -63,8 +62,8 @@ impl HttpProbe {
 }
 
 impl Probe for HttpProbe {
-    async fn check(&self, port: u16) -> Result<(), String> {
-        match tokio::time::timeout(self.timeout, self.try_once(port)).await {
+    async fn check(&self, host: &str, port: u16) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, self.try_once(host, port)).await {
             Ok(result) => result,
             Err(_) => Err(format!(
                 "GET {} timed out after {:?}",
@@ -94,7 +93,6 @@ mod tests {
 
     fn probe(body: Option<&str>) -> HttpProbe {
         HttpProbe {
-            host: "127.0.0.1".into(),
             path: "/health".into(),
             expect_status: 200,
             expect_body: body.map(str::to_string),
@@ -106,9 +104,9 @@ mod tests {
     async fn judges_status_and_body() {
         let up = serve("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nUP").await;
         let down = serve("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nDOWN").await;
-        assert_eq!(probe(Some("UP")).check(up).await, Ok(()));
-        assert!(probe(Some("READY")).check(up).await.is_err());
-        let err = probe(None).check(down).await.unwrap_err();
+        assert_eq!(probe(Some("UP")).check("127.0.0.1", up).await, Ok(()));
+        assert!(probe(Some("READY")).check("127.0.0.1", up).await.is_err());
+        let err = probe(None).check("127.0.0.1", down).await.unwrap_err();
         assert!(err.contains("503"), "{err}");
     }
 
@@ -118,12 +116,12 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        assert!(probe(None).check(closed).await.is_err());
+        assert!(probe(None).check("127.0.0.1", closed).await.is_err());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let silent = listener.local_addr().unwrap().port();
         let mut quick = probe(None);
         quick.timeout = Duration::from_millis(200);
-        let err = quick.check(silent).await.unwrap_err();
+        let err = quick.check("127.0.0.1", silent).await.unwrap_err();
         assert!(err.contains("timed out"), "{err}");
     }
 }

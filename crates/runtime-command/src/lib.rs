@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nonstop_ports::template::{check_hooks, fill};
 use nonstop_ports::{Instance, InstanceSpec, PortError, PortResult, Runtime};
@@ -171,8 +171,8 @@ impl Runtime for CommandRuntime {
         .await
     }
 
-    /// Runs the `status` hook (bounded by the timeout): a blocking call, as the trait's is.
-    fn is_running(&self, instance: &Instance) -> bool {
+    /// Runs the `status` hook, bounded by the timeout; exit 0 means running.
+    async fn is_running(&self, instance: &Instance) -> bool {
         let values = instance_values(instance);
         let argv: Vec<String> = self
             .config
@@ -180,28 +180,21 @@ impl Runtime for CommandRuntime {
             .iter()
             .map(|a| fill(a, &values))
             .collect();
-        let Ok(mut child) = std::process::Command::new(&argv[0])
+        let Ok(mut child) = tokio::process::Command::new(&argv[0])
             .args(&argv[1..])
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .kill_on_drop(true)
             .spawn()
         else {
             return false;
         };
-        let until = Instant::now() + self.timeout;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return status.success(),
-                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return false;
-                }
-            }
-        }
+        matches!(
+            tokio::time::timeout(self.timeout, child.wait()).await,
+            Ok(Ok(status)) if status.success()
+        )
     }
 }
 
@@ -269,14 +262,14 @@ mod tests {
             std::fs::read_to_string(dir.path().join("installed-n1")).unwrap(),
             "v2"
         );
-        assert!(rt.is_running(&instance));
+        assert!(rt.is_running(&instance).await);
         assert!(
             std::fs::read_to_string(&instance.log)
                 .unwrap()
                 .contains("started")
         );
         rt.stop(&instance, Duration::from_secs(1)).await.unwrap();
-        assert!(!rt.is_running(&instance));
+        assert!(!rt.is_running(&instance).await);
     }
 
     #[tokio::test]

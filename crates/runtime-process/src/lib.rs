@@ -80,7 +80,7 @@ impl Runtime for ProcessRuntime {
         stop(instance, grace).await
     }
 
-    fn is_running(&self, instance: &Instance) -> bool {
+    async fn is_running(&self, instance: &Instance) -> bool {
         is_running(instance)
     }
 }
@@ -245,7 +245,7 @@ mod tests {
         );
         let instance = runtime.start(&spec(dir.path())).await.unwrap();
         assert!(instance.start_ticks > 0);
-        assert!(runtime.is_running(&instance));
+        assert!(runtime.is_running(&instance).await);
         let sid = rustix::process::getsid(Pid::from_raw(instance.pid)).unwrap();
         assert_eq!(
             sid.as_raw_nonzero().get(),
@@ -256,7 +256,7 @@ mod tests {
             .stop(&instance, Duration::from_secs(5))
             .await
             .unwrap();
-        assert!(!runtime.is_running(&instance));
+        assert!(!runtime.is_running(&instance).await);
         let log = std::fs::read_to_string(dir.path().join("logs/blue.log")).unwrap();
         assert!(log.contains("starting blue 7"), "{log}");
     }
@@ -267,7 +267,7 @@ mod tests {
         let runtime = ProcessRuntime::new(vec!["true".into()], []);
         let instance = runtime.start(&spec(dir.path())).await.unwrap();
         let until = Instant::now() + Duration::from_secs(5);
-        while runtime.is_running(&instance) {
+        while runtime.is_running(&instance).await {
             assert!(Instant::now() < until, "exit not noticed");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -275,7 +275,7 @@ mod tests {
         impostor.pid = std::process::id() as i32;
         impostor.start_ticks = start_ticks(impostor.pid).unwrap() + 1;
         assert!(
-            !runtime.is_running(&impostor),
+            !runtime.is_running(&impostor).await,
             "other start time, other process"
         );
     }

@@ -284,7 +284,7 @@ impl Runtime for TomcatRuntime {
         nonstop_runtime_process::stop(instance, grace).await
     }
 
-    fn is_running(&self, instance: &Instance) -> bool {
+    async fn is_running(&self, instance: &Instance) -> bool {
         nonstop_runtime_process::is_running(instance)
     }
 }

@@ -1,23 +1,81 @@
 //! The composition root for drivers: turns a service's `balancer` and `runtime` tables into the
 //! concrete driver, so the engine stays generic over the `Balancer` and `Runtime` traits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nonstop_admin_client::{AdminClient, Endpoint};
+pub use nonstop_agent_client::Fleet;
+use nonstop_agent_client::{RemoteBalancer, RemoteRuntime};
 use nonstop_balancer_builtin::BuiltinBalancer;
 use nonstop_balancer_command::{CommandBalancer, CommandConfig};
 use nonstop_balancer_haproxy::{HaproxyBalancer, HaproxyConfig};
 use nonstop_balancer_modjk::{ModjkBalancer, ModjkConfig};
 use nonstop_balancer_nginx::{NginxBalancer, NginxConfig};
 use nonstop_config::driver::RUNTIME_SHARED_KEYS;
+use nonstop_config::service::BALANCER_SHARED_KEYS;
 use nonstop_config::{BalancerKind, Config, ConfigError, RuntimeKind, ServiceConfig, Source};
+use nonstop_engine::{DeployError, Engine, Event};
 use nonstop_ports::{
     Balancer, Instance, InstanceSpec, LbState, Member, NodeName, PortResult, Runtime,
 };
+use nonstop_probe_http::HttpProbe;
 use nonstop_runtime_command::{CommandRuntime, CommandRuntimeConfig};
 use nonstop_runtime_process::ProcessRuntime;
 use nonstop_runtime_tomcat::{TomcatConfig, TomcatRuntime};
+
+/// The engine of one service with the drivers its config names.
+pub type ServiceEngine = Engine<AnyBalancer, AnyRuntime, HttpProbe>;
+
+/// Builds the engine for `service` from the config file, with the drivers it names.
+pub fn open_engine(
+    config_path: &Path,
+    service: &str,
+    emit: Box<dyn Fn(&Event)>,
+) -> Result<ServiceEngine, DeployError> {
+    open_fleet_engine(config_path, service, emit, None)
+}
+
+/// [`open_engine`] for an orchestrator holding fleet credentials: nodes and balancers on
+/// `[hosts]` are driven through their agents.
+pub fn open_fleet_engine(
+    config_path: &Path,
+    service: &str,
+    emit: Box<dyn Fn(&Event)>,
+    fleet: Option<&Fleet>,
+) -> Result<ServiceEngine, DeployError> {
+    let (config, source) =
+        Config::load(config_path).map_err(|e| DeployError::Refused(e.to_string()))?;
+    check(&config, &source).map_err(|e| DeployError::Refused(e.to_string()))?;
+    let Some(svc) = config.services.get(service) else {
+        let known: Vec<&str> = config.services.keys().map(String::as_str).collect();
+        return Err(DeployError::Refused(format!(
+            "{}: there is no [services.{service}]{}",
+            config_path.display(),
+            if known.is_empty() {
+                String::new()
+            } else {
+                format!("; services here: {}", known.join(", "))
+            }
+        )));
+    };
+    let (balancer, runtime) = build_for(
+        service,
+        svc,
+        &config,
+        &source,
+        Placement::Orchestrator(fleet),
+    )
+    .map_err(DeployError::Refused)?;
+    let probe = HttpProbe {
+        path: svc.health.path.get_ref().clone(),
+        expect_status: svc.health.expect_status,
+        expect_body: svc.health.expect_body.clone(),
+        timeout: svc.health.timeout.0,
+    };
+    let base = nonstop_engine::service_base(svc, config_path);
+    Engine::new(service, svc.clone(), base, balancer, runtime, probe, emit)
+}
 
 /// Whichever balancer a service's config names.
 pub enum AnyBalancer {
@@ -26,6 +84,8 @@ pub enum AnyBalancer {
     Haproxy(HaproxyBalancer),
     Modjk(ModjkBalancer),
     Command(CommandBalancer),
+    /// On another host, through its agent.
+    Remote(RemoteBalancer),
 }
 
 /// Whichever runtime a service's config names.
@@ -33,6 +93,8 @@ pub enum AnyRuntime {
     Process(ProcessRuntime),
     Tomcat(TomcatRuntime),
     Command(CommandRuntime),
+    /// On the nodes' hosts, through their agents.
+    Remote(RemoteRuntime),
 }
 
 /// The typed settings of a service's drivers, read and checked but not yet connected.
@@ -80,13 +142,81 @@ pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Builds the balancer and runtime of service `name`.
+/// Where the drivers are built, relative to the service's `[hosts]`.
+#[derive(Clone, Copy)]
+pub enum Placement<'a> {
+    /// The CLI or the console: nodes and a balancer on `[hosts]` are reached through their
+    /// agents, with these credentials.
+    Orchestrator(Option<&'a Fleet>),
+    /// An agent: what it is asked to do runs on its own host.
+    Agent,
+}
+
+/// Builds the balancer and runtime of service `name` for an orchestrator without fleet
+/// credentials (a service on `[hosts]` is refused with what to do).
 pub fn build(
     name: &str,
     svc: &ServiceConfig,
     config: &Config,
     source: &Source,
 ) -> Result<(AnyBalancer, AnyRuntime), String> {
+    build_for(name, svc, config, source, Placement::Orchestrator(None))
+}
+
+fn fleet_for<'a>(name: &str, placement: Placement<'a>) -> Result<&'a Fleet, String> {
+    match placement {
+        Placement::Orchestrator(Some(fleet)) => Ok(fleet),
+        _ => Err(format!(
+            "service `{name}` runs on [hosts]: drive it through the console, or with the console's fleet credentials (`--fleet CONSOLE_STATE_DIR`)"
+        )),
+    }
+}
+
+pub fn build_for(
+    name: &str,
+    svc: &ServiceConfig,
+    config: &Config,
+    source: &Source,
+    placement: Placement<'_>,
+) -> Result<(AnyBalancer, AnyRuntime), String> {
+    let remote = matches!(placement, Placement::Orchestrator(_));
+    let balancer = match &svc.balancer.shared.host {
+        Some(host) if remote => {
+            let fleet = fleet_for(name, placement)?;
+            let host_config = &config.hosts[host.get_ref()];
+            AnyBalancer::Remote(RemoteBalancer::new(
+                name,
+                fleet.agent(host.get_ref(), host_config),
+            ))
+        }
+        _ => local_balancer(name, svc, config, source)?,
+    };
+    let runtime = if remote && svc.on_hosts() {
+        let fleet = fleet_for(name, placement)?;
+        let agents = svc
+            .nodes
+            .iter()
+            .map(|n| {
+                let host = n.host().expect("all nodes have hosts");
+                (
+                    NodeName(n.name.get_ref().clone()),
+                    fleet.agent(host, &config.hosts[host]),
+                )
+            })
+            .collect();
+        AnyRuntime::Remote(RemoteRuntime::new(name, agents))
+    } else {
+        local_runtime(name, svc, source)?
+    };
+    Ok((balancer, runtime))
+}
+
+fn local_balancer(
+    name: &str,
+    svc: &ServiceConfig,
+    config: &Config,
+    source: &Source,
+) -> Result<AnyBalancer, String> {
     let balancer = match balancer_settings(name, svc, config, source).map_err(|e| e.to_string())? {
         BalancerSettings::Builtin {
             endpoint,
@@ -122,6 +252,10 @@ pub fn build(
             AnyBalancer::Modjk(ModjkBalancer::new(c).map_err(|e| e.to_string())?)
         }
     };
+    Ok(balancer)
+}
+
+fn local_runtime(name: &str, svc: &ServiceConfig, source: &Source) -> Result<AnyRuntime, String> {
     let runtime = match runtime_settings(name, svc, source).map_err(|e| e.to_string())? {
         RuntimeSettings::Process => AnyRuntime::Process(ProcessRuntime::new(
             svc.runtime.argv(),
@@ -134,7 +268,7 @@ pub fn build(
             AnyRuntime::Command(CommandRuntime::new(c, svc.runtime.shared.env.clone())?)
         }
     };
-    Ok((balancer, runtime))
+    Ok(runtime)
 }
 
 fn balancer_settings(
@@ -145,6 +279,7 @@ fn balancer_settings(
 ) -> Result<BalancerSettings, ConfigError> {
     let table = &svc.balancer.table;
     let path = ["services", name, "balancer"];
+    let not_shared = |k: &str| !BALANCER_SHARED_KEYS.contains(&k);
     let settings = match svc.balancer.kind() {
         BalancerKind::Builtin => {
             let builtin = svc
@@ -168,13 +303,13 @@ fn balancer_settings(
                 pool: builtin.pool.get_ref().clone(),
             }
         }
-        BalancerKind::Nginx => BalancerSettings::Nginx(table.settings(source, &path, |_| true)?),
+        BalancerKind::Nginx => BalancerSettings::Nginx(table.settings(source, &path, not_shared)?),
         BalancerKind::Haproxy => {
-            BalancerSettings::Haproxy(table.settings(source, &path, |_| true)?)
+            BalancerSettings::Haproxy(table.settings(source, &path, not_shared)?)
         }
-        BalancerKind::Modjk => BalancerSettings::Modjk(table.settings(source, &path, |_| true)?),
+        BalancerKind::Modjk => BalancerSettings::Modjk(table.settings(source, &path, not_shared)?),
         BalancerKind::Command => {
-            BalancerSettings::Command(table.settings(source, &path, |_| true)?)
+            BalancerSettings::Command(table.settings(source, &path, not_shared)?)
         }
     };
     Ok(settings)
@@ -231,6 +366,7 @@ macro_rules! each_balancer {
             AnyBalancer::Haproxy($b) => $call,
             AnyBalancer::Modjk($b) => $call,
             AnyBalancer::Command($b) => $call,
+            AnyBalancer::Remote($b) => $call,
         }
     };
 }
@@ -241,6 +377,7 @@ macro_rules! each_runtime {
             AnyRuntime::Process($r) => $call,
             AnyRuntime::Tomcat($r) => $call,
             AnyRuntime::Command($r) => $call,
+            AnyRuntime::Remote($r) => $call,
         }
     };
 }
@@ -270,8 +407,8 @@ impl Runtime for AnyRuntime {
     async fn stop(&self, instance: &Instance, grace: Duration) -> PortResult<()> {
         each_runtime!(self, r => r.stop(instance, grace).await)
     }
-    fn is_running(&self, instance: &Instance) -> bool {
-        each_runtime!(self, r => r.is_running(instance))
+    async fn is_running(&self, instance: &Instance) -> bool {
+        each_runtime!(self, r => r.is_running(instance).await)
     }
 }
 

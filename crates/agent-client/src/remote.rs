@@ -1,0 +1,182 @@
+//! The `Runtime` and `Balancer` ports of remote hosts: each call becomes a typed request to the
+//! agent of the node's (or the balancer's) host; a lost agent is a failed step, which rolls back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nonstop_ports::{
+    Balancer, Instance, InstanceSpec, LbState, Member, NodeName, PortError, PortResult, Runtime,
+};
+
+use crate::protocol::{self, routes};
+use crate::{AgentClient, path};
+
+/// Runs a service's nodes on their hosts' agents.
+pub struct RemoteRuntime {
+    service: String,
+    agents: BTreeMap<NodeName, AgentClient>,
+    /// (agent, version) pairs already uploaded by this process.
+    uploaded: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl RemoteRuntime {
+    pub fn new(service: &str, agents: BTreeMap<NodeName, AgentClient>) -> RemoteRuntime {
+        RemoteRuntime {
+            service: service.to_string(),
+            agents,
+            uploaded: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn agent(&self, node: &NodeName) -> PortResult<&AgentClient> {
+        self.agents
+            .get(node)
+            .ok_or_else(|| PortError::new(format!("node {node} has no host in the config")))
+    }
+
+    fn node_path(&self, route: &str, node: &NodeName) -> String {
+        path(
+            route,
+            &[("service", &self.service), ("node", node.as_str())],
+        )
+    }
+
+    fn reference(instance: &Instance) -> protocol::InstanceRef {
+        protocol::InstanceRef {
+            version: instance.version.clone(),
+            pid: instance.pid,
+            start_ticks: instance.start_ticks,
+        }
+    }
+}
+
+impl Runtime for RemoteRuntime {
+    async fn start(&self, spec: &InstanceSpec) -> PortResult<Instance> {
+        let agent = self.agent(&spec.node)?;
+        if !spec.env.is_empty() {
+            return Err(PortError::new(format!(
+                "a release's own environment (--env) is not sent to agents; set `env` in the runtime table of the config on {}",
+                agent.name()
+            )));
+        }
+        let key = (agent.name().to_string(), spec.version.to_string());
+        let known = self.uploaded.lock().expect("not poisoned").contains(&key);
+        if !known {
+            agent
+                .upload(&self.service, spec.version.as_str(), &spec.artifact)
+                .await?;
+            self.uploaded.lock().expect("not poisoned").insert(key);
+        }
+        let request = protocol::StartRequest {
+            version: spec.version.clone(),
+        };
+        Ok(agent
+            .post(&self.node_path(routes::START, &spec.node), &request)
+            .await?)
+    }
+
+    async fn stop(&self, instance: &Instance, grace: Duration) -> PortResult<()> {
+        let agent = self.agent(&instance.node)?;
+        let request = protocol::StopRequest {
+            instance: Self::reference(instance),
+            grace_ms: grace.as_millis() as u64,
+        };
+        let _: serde_json::Value = agent
+            .post(&self.node_path(routes::STOP, &instance.node), &request)
+            .await?;
+        Ok(())
+    }
+
+    /// An agent that cannot be asked counts as "not running": the engine then rolls back
+    /// rather than trusting an instance it cannot see.
+    async fn is_running(&self, instance: &Instance) -> bool {
+        let Ok(agent) = self.agent(&instance.node) else {
+            return false;
+        };
+        agent
+            .post::<_, protocol::Status>(
+                &self.node_path(routes::STATUS, &instance.node),
+                &Self::reference(instance),
+            )
+            .await
+            .is_ok_and(|s| s.running)
+    }
+}
+
+/// A balancer on another host (nginx, HAProxy, Apache, a built-in proxy), driven by its agent.
+pub struct RemoteBalancer {
+    service: String,
+    agent: AgentClient,
+}
+
+impl RemoteBalancer {
+    pub fn new(service: &str, agent: AgentClient) -> RemoteBalancer {
+        RemoteBalancer {
+            service: service.to_string(),
+            agent,
+        }
+    }
+
+    fn route(&self, route: &str) -> String {
+        path(route, &[("service", &self.service)])
+    }
+}
+
+impl Balancer for RemoteBalancer {
+    async fn members(&self) -> PortResult<Vec<Member>> {
+        Ok(self.agent.get(&self.route(routes::MEMBERS)).await?)
+    }
+
+    /// The agent computes the node's address from its own config; `_addr` is not sent.
+    async fn register(&self, node: &NodeName, _addr: &str) -> PortResult<()> {
+        let request = protocol::RegisterRequest { node: node.clone() };
+        let _: serde_json::Value = self
+            .agent
+            .post(&self.route(routes::REGISTER), &request)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_state(&self, node: &NodeName, state: LbState) -> PortResult<()> {
+        let request = protocol::StateRequest {
+            node: node.clone(),
+            state,
+        };
+        let _: serde_json::Value = self
+            .agent
+            .post(&self.route(routes::STATE), &request)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_weight(&self, node: &NodeName, weight: u32) -> PortResult<()> {
+        let request = protocol::WeightRequest {
+            node: node.clone(),
+            weight,
+        };
+        let _: serde_json::Value = self
+            .agent
+            .post(&self.route(routes::WEIGHT), &request)
+            .await?;
+        Ok(())
+    }
+
+    async fn switch(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> PortResult<()> {
+        let request = protocol::SwitchRequest {
+            changes: changes
+                .iter()
+                .map(|(node, state, weight)| protocol::SwitchChange {
+                    node: node.clone(),
+                    state: *state,
+                    weight: *weight,
+                })
+                .collect(),
+        };
+        let _: serde_json::Value = self
+            .agent
+            .post(&self.route(routes::SWITCH), &request)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,536 @@
+//! The agent's API: typed operations on the services this host is configured for. Each handler
+//! checks that the service and node are placed here before anything touches disk or a process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use nonstop_agent_client::protocol::{self, HostInstance, routes};
+use nonstop_ports::{Balancer, Instance, InstanceSpec, LbState, Member, NodeName, Runtime};
+use serde::Deserialize;
+use sha2::Digest;
+use tokio::io::AsyncWriteExt;
+
+use crate::host::{Host, LocalService};
+
+pub struct AgentState {
+    pub host: Host,
+    /// Largest artifact accepted, in bytes.
+    pub max_artifact: u64,
+}
+
+type Shared = Arc<AgentState>;
+
+/// An error answer: status and one sentence, as JSON.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(status, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(protocol::ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn port_error(e: nonstop_ports::PortError) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, e.message)
+}
+
+pub fn router(state: Shared) -> axum::Router {
+    use axum::routing::{get, post, put};
+    axum::Router::new()
+        .route(routes::INSTANCES, get(instances))
+        .route(routes::RELEASE, put(upload))
+        .route(routes::START, post(start))
+        .route(routes::STOP, post(stop))
+        .route(routes::STATUS, post(status))
+        .route(routes::LOGS, get(logs))
+        .route(routes::MEMBERS, get(members))
+        .route(routes::REGISTER, post(register))
+        .route(routes::STATE, post(set_state))
+        .route(routes::WEIGHT, post(set_weight))
+        .route(routes::SWITCH, post(switch))
+        // Uploads stream with their own limit; everything else is a small JSON body.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such operation") })
+        .with_state(state)
+}
+
+fn service<'a>(state: &'a AgentState, name: &str) -> Result<&'a LocalService> {
+    state.host.services.get(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("service `{name}` has nothing on host `{}`", state.host.name),
+        )
+    })
+}
+
+/// The service's runtime on this host, and the node if it is placed here.
+fn node<'a>(
+    state: &'a AgentState,
+    service_name: &str,
+    node: &str,
+) -> Result<(&'a LocalService, &'a nonstop_drivers::AnyRuntime, NodeName)> {
+    let svc = service(state, service_name)?;
+    let runtime = svc.runtime.as_ref();
+    match (runtime, svc.node_here(&state.host.name, node)) {
+        (Some(runtime), Some(_)) => Ok((svc, runtime, LocalService::node_name(node))),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "node `{node}` of `{service_name}` is not placed on host `{}`",
+                state.host.name
+            ),
+        )),
+    }
+}
+
+fn balancer<'a>(state: &'a AgentState, name: &str) -> Result<&'a nonstop_drivers::AnyBalancer> {
+    service(state, name)?.balancer.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the balancer of `{name}` does not run on host `{}`",
+                state.host.name
+            ),
+        )
+    })
+}
+
+async fn instances(State(state): State<Shared>) -> Result<Json<Vec<HostInstance>>> {
+    let mut out = Vec::new();
+    for svc in state.host.services.values() {
+        let Some(runtime) = &svc.runtime else {
+            continue;
+        };
+        let records = svc
+            .store
+            .lock()
+            .await
+            .instances()
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        for record in records {
+            out.push(HostInstance {
+                service: svc.name.clone(),
+                running: runtime.is_running(&record.instance).await,
+                instance: record.instance,
+            });
+        }
+    }
+    Ok(Json(out))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("missing header {name}")))
+}
+
+/// Receives an artifact: streamed to a scratch file with its size bounded and its SHA-256
+/// checked, then installed as a release; nothing is kept when anything is off.
+async fn upload(
+    State(state): State<Shared>,
+    Path((service_name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<protocol::Uploaded>> {
+    let svc = service(&state, &service_name)?;
+    if svc.runtime.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no node of `{service_name}` runs on host `{}`",
+                state.host.name
+            ),
+        ));
+    }
+    nonstop_engine::releases::check_version(&version)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let expected = header(&headers, protocol::SHA256_HEADER)?.to_ascii_lowercase();
+    let name = header(&headers, protocol::ARTIFACT_NAME_HEADER)?.to_string();
+    protocol::check_artifact_name(&name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    if let Some(length) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > state.max_artifact
+    {
+        return Err(too_large(state.max_artifact));
+    }
+    let scratch = svc
+        .base
+        .join("incoming")
+        .join(format!("{version}-{}", std::process::id()));
+    let _ = tokio::fs::remove_dir_all(&scratch).await;
+    tokio::fs::create_dir_all(&scratch)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let file_path = scratch.join(&name);
+    let received = receive(body, &file_path, state.max_artifact, &expected).await;
+    let installed = match received {
+        Ok(()) => {
+            let base = svc.base.clone();
+            let version = nonstop_ports::Version(version.clone());
+            let path = file_path.clone();
+            tokio::task::spawn_blocking(move || {
+                nonstop_engine::releases::install(&base, &path, Some(version), Default::default())
+            })
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+            .and_then(|r| r.map_err(|e| ApiError::new(StatusCode::CONFLICT, e)))
+        }
+        Err(e) => Err(e),
+    };
+    let _ = tokio::fs::remove_dir_all(&scratch).await;
+    let release = installed?;
+    tracing::info!(service = %service_name, version = %release.version, "release received");
+    Ok(Json(protocol::Uploaded {
+        version: release.version,
+        checksum: release.checksum,
+    }))
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the artifact is larger than this agent's limit of {limit} bytes (--max-artifact)"),
+    )
+}
+
+async fn receive(body: Body, path: &std::path::Path, limit: u64, expected: &str) -> Result<()> {
+    let io = |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("upload cut short: {e}"))
+        })?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(too_large(limit));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.sync_all().await.map_err(io)?;
+    let actual: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if actual != expected {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("checksum mismatch: received {actual}, the sender announced {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+async fn start(
+    State(state): State<Shared>,
+    Path((service_name, node_name)): Path<(String, String)>,
+    Json(request): Json<protocol::StartRequest>,
+) -> Result<Json<Instance>> {
+    let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
+    let config = svc
+        .node_here(&state.host.name, &node_name)
+        .expect("checked by node()");
+    let release = nonstop_engine::releases::load(&svc.base, &request.version).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("release {} was not uploaded to this host", request.version),
+        )
+    })?;
+    let store = svc.store.lock().await;
+    if let Ok(Some(record)) = store.instance(&node)
+        && runtime.is_running(&record.instance).await
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "node {node} already runs {} (pid {}); stop it first",
+                record.instance.version, record.instance.pid
+            ),
+        ));
+    }
+    let port = *config.port.get_ref();
+    if std::net::TcpListener::bind((config.ip(), port)).is_err() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "port {port} of {node} on {} is taken by a process nonstop did not start; stop it or change the port",
+                state.host.name
+            ),
+        ));
+    }
+    let spec = InstanceSpec {
+        node: node.clone(),
+        port,
+        version: release.version.clone(),
+        release_dir: release.dir.clone(),
+        artifact: release.artifact(),
+        env: Default::default(),
+        log: release.log(node.as_str()),
+    };
+    let instance = runtime.start(&spec).await.map_err(port_error)?;
+    store
+        .put_instance(&instance)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    tracing::info!(service = %service_name, node = %node, version = %instance.version, pid = instance.pid, "started");
+    Ok(Json(instance))
+}
+
+/// Whether our record for the node is the instance the caller names.
+fn matches(record: &Instance, wanted: &protocol::InstanceRef) -> bool {
+    record.pid == wanted.pid
+        && record.start_ticks == wanted.start_ticks
+        && record.version == wanted.version
+}
+
+async fn stop(
+    State(state): State<Shared>,
+    Path((service_name, node_name)): Path<(String, String)>,
+    Json(request): Json<protocol::StopRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
+    let store = svc.store.lock().await;
+    let record = store
+        .instance(&node)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let Some(record) = record else {
+        return Ok(Json(serde_json::json!({ "stopped": false })));
+    };
+    if !matches(&record.instance, &request.instance) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "node {node} runs {} (pid {}), not the instance asked for; nothing stopped",
+                record.instance.version, record.instance.pid
+            ),
+        ));
+    }
+    let grace = Duration::from_millis(request.grace_ms.min(600_000));
+    runtime
+        .stop(&record.instance, grace)
+        .await
+        .map_err(port_error)?;
+    store
+        .remove_instance(&node)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    tracing::info!(service = %service_name, node = %node, "stopped");
+    Ok(Json(serde_json::json!({ "stopped": true })))
+}
+
+async fn status(
+    State(state): State<Shared>,
+    Path((service_name, node_name)): Path<(String, String)>,
+    Json(wanted): Json<protocol::InstanceRef>,
+) -> Result<Json<protocol::Status>> {
+    let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
+    let record = svc
+        .store
+        .lock()
+        .await
+        .instance(&node)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let running = match record {
+        Some(r) if matches(&r.instance, &wanted) => runtime.is_running(&r.instance).await,
+        _ => false,
+    };
+    Ok(Json(protocol::Status { running }))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default = "default_lines")]
+    lines: usize,
+    #[serde(default)]
+    follow: bool,
+}
+
+fn default_lines() -> usize {
+    100
+}
+
+/// The node's current log: its last lines, then, when following, what is appended to it.
+async fn logs(
+    State(state): State<Shared>,
+    Path((service_name, node_name)): Path<(String, String)>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response> {
+    let (svc, _, node) = node(&state, &service_name, &node_name)?;
+    let record = svc
+        .store
+        .lock()
+        .await
+        .instance(&node)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no instance of {node} on this host"),
+            )
+        })?;
+    let path = record.instance.log;
+    let text = tokio::fs::read(&path)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("log: {e}")))?;
+    let mut offset = text.len() as u64;
+    let tail = tail_lines(&text, query.lines.min(10_000)).to_vec();
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<std::result::Result<bytes::Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        if tx.send(Ok(bytes::Bytes::from(tail))).await.is_err() || !query.follow {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if tx.is_closed() {
+                return;
+            }
+            let Ok(text) = tokio::fs::read(&path).await else {
+                return;
+            };
+            let len = text.len() as u64;
+            if len < offset {
+                offset = 0; // the file was truncated or replaced
+            }
+            if len > offset {
+                let fresh = bytes::Bytes::copy_from_slice(&text[offset as usize..]);
+                offset = len;
+                if tx.send(Ok(fresh)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Ok((
+        [("content-type", "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn tail_lines(text: &[u8], lines: usize) -> &[u8] {
+    let mut seen = 0;
+    let end = text
+        .len()
+        .saturating_sub(usize::from(text.ends_with(b"\n")));
+    for i in (0..end).rev() {
+        if text[i] == b'\n' {
+            seen += 1;
+            if seen == lines {
+                return &text[i + 1..];
+            }
+        }
+    }
+    if lines == 0 { &[] } else { text }
+}
+
+async fn members(
+    State(state): State<Shared>,
+    Path(service_name): Path<String>,
+) -> Result<Json<Vec<Member>>> {
+    let balancer = balancer(&state, &service_name)?;
+    Ok(Json(balancer.members().await.map_err(port_error)?))
+}
+
+fn balanced_node(state: &AgentState, service_name: &str, node: &NodeName) -> Result<String> {
+    let svc = service(state, service_name)?;
+    svc.config
+        .node(node.as_str())
+        .map(|n| n.addr())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("`{service_name}` has no node `{node}`"),
+            )
+        })
+}
+
+async fn register(
+    State(state): State<Shared>,
+    Path(service_name): Path<String>,
+    Json(request): Json<protocol::RegisterRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let balancer = balancer(&state, &service_name)?;
+    let addr = balanced_node(&state, &service_name, &request.node)?;
+    balancer
+        .register(&request.node, &addr)
+        .await
+        .map_err(port_error)?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn set_state(
+    State(state): State<Shared>,
+    Path(service_name): Path<String>,
+    Json(request): Json<protocol::StateRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let balancer = balancer(&state, &service_name)?;
+    balanced_node(&state, &service_name, &request.node)?;
+    balancer
+        .set_state(&request.node, request.state)
+        .await
+        .map_err(port_error)?;
+    tracing::info!(service = %service_name, node = %request.node, state = %request.state, "balancer state");
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn set_weight(
+    State(state): State<Shared>,
+    Path(service_name): Path<String>,
+    Json(request): Json<protocol::WeightRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let balancer = balancer(&state, &service_name)?;
+    balanced_node(&state, &service_name, &request.node)?;
+    balancer
+        .set_weight(&request.node, request.weight)
+        .await
+        .map_err(port_error)?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn switch(
+    State(state): State<Shared>,
+    Path(service_name): Path<String>,
+    Json(request): Json<protocol::SwitchRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let balancer = balancer(&state, &service_name)?;
+    let mut changes: Vec<(NodeName, LbState, Option<u32>)> = Vec::new();
+    for change in request.changes {
+        balanced_node(&state, &service_name, &change.node)?;
+        changes.push((change.node, change.state, change.weight));
+    }
+    balancer.switch(&changes).await.map_err(port_error)?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_lines;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(tail_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(tail_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(tail_lines(b"a\nb\n", 0), b"");
+    }
+}

@@ -1,0 +1,308 @@
+//! Several hosts on one machine: three network namespaces joined by veth pairs, an agent and two
+//! app instances in each, the built-in proxy in front, and rolling deploys driven from here
+//! through the agents over mutual TLS, under a continuous request stream.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nonstop_agent::Credentials;
+use nonstop_testkit::netns::NetnsVeth;
+use support::{EngineInstances, Load, Proc, Proxy, hello_bin, nonstop_bin, wait_until};
+use tokio::io::AsyncBufReadExt;
+
+const HOSTS: [&str; 3] = ["web1", "web2", "web3"];
+const AGENT_PORT: u16 = 7443;
+
+/// The console side's fleet credentials and one enrolled identity per host, as
+/// `nonstop agent join` leaves them (the join itself over HTTPS is tested with the console).
+fn enrol(console_state: &Path, agent_state: &Path, name: &str) {
+    nonstop_drivers::Fleet::open(console_state).unwrap();
+    let pki = console_state.join("pki");
+    let authority = nonstop_pki::Authority::open(&pki, "nonstop console").unwrap();
+    let request = nonstop_pki::AgentRequest::new(name).unwrap();
+    Credentials {
+        name: name.to_string(),
+        identity: nonstop_pki::Identity {
+            cert_pem: authority.sign_agent(&request.csr_pem, name).unwrap(),
+            key_pem: request.key_pem,
+        },
+        ca_pem: authority.cert_pem.clone(),
+    }
+    .save(agent_state)
+    .unwrap();
+}
+
+struct Host {
+    ns: NetnsVeth,
+    state: PathBuf,
+    agent: Option<Proc>,
+}
+
+impl Host {
+    fn agent_addr(&self) -> String {
+        format!("{}:{AGENT_PORT}", self.ns.ns_addr)
+    }
+
+    async fn start_agent(&mut self, config: &Path) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .arg(nonstop_bin())
+            .args(["agent", "run", "--config"])
+            .arg(config)
+            .arg("--state")
+            .arg(&self.state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.agent = Some(Proc { child });
+        let addr = self.agent_addr();
+        wait_until(&format!("agent on {addr}"), Duration::from_secs(15), || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+        })
+        .await;
+    }
+}
+
+fn service_toml(name: &str, balancer: &str, base: &Path, nodes: &[(&str, &str, u16)]) -> String {
+    let mut text = format!(
+        r#"
+[services.{name}]
+strategy = "rolling"
+{balancer}
+runtime = {{ kind = "process", start = ["{hello}", "--listen", "0.0.0.0:{{port}}", "--version", "{{version}}", "--node", "{{node}}"], stop_grace = "5s" }}
+releases = {{ dir = "{base}" }}
+health = {{ path = "/health", expect_body = "UP", interval = "50ms", deadline = "10s", successes = 2 }}
+drain = {{ timeout = "5s" }}
+verify = "200ms"
+"#,
+        hello = hello_bin().display(),
+        base = base.display()
+    );
+    for (node, host, port) in nodes {
+        text.push_str(&format!(
+            "\n[[services.{name}.nodes]]\nname = \"{node}\"\nhost = \"{host}\"\nport = {port}\n"
+        ));
+    }
+    text
+}
+
+async fn deploy(
+    config: &Path,
+    fleet: &Path,
+    service: &str,
+    version: &str,
+    artifact: &Path,
+) -> std::process::Output {
+    tokio::process::Command::new(nonstop_bin())
+        .args(["deploy", service])
+        .arg(artifact)
+        .args(["--version", version, "--config"])
+        .arg(config)
+        .arg("--fleet")
+        .arg(fleet)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_deploy_across_three_hosts_and_an_agent_killed_mid_deploy() {
+    let tag = std::process::id() % 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let _instances = EngineInstances {
+        base: dir.path().to_path_buf(),
+    };
+    let console_state = dir.path().join("console");
+    let mut hosts: Vec<Host> = HOSTS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let ns = NetnsVeth::create_free(&format!("{tag}{i}"))
+                .unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));
+            let state = dir.path().join(format!("agent-{name}"));
+            enrol(&console_state, &state, name);
+            Host {
+                ns,
+                state,
+                agent: None,
+            }
+        })
+        .collect();
+    let mut hosts_toml = String::new();
+    for (name, host) in HOSTS.iter().zip(&hosts) {
+        hosts_toml.push_str(&format!(
+            "[hosts.{name}]\nagent = \"{}\"\n\n",
+            host.agent_addr()
+        ));
+    }
+    let nodes = [
+        ("a1", "web1", 8081),
+        ("a2", "web1", 8082),
+        ("b1", "web2", 8081),
+        ("b2", "web2", 8082),
+        ("c1", "web3", 8081),
+        ("c2", "web3", 8082),
+    ];
+    let rest = format!(
+        "[pools.shop]\n\n{hosts_toml}{}",
+        service_toml(
+            "shop",
+            "balancer = { kind = \"builtin\", pool = \"shop\" }",
+            &dir.path().join("console-releases"),
+            &nodes
+        )
+    );
+    let proxy = Proxy::start("", &rest);
+    let config = proxy.config_path();
+    for host in &mut hosts {
+        host.start_agent(&config).await;
+    }
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let artifact = |v: &str| {
+        let path = artifacts.join(format!("shop-{v}.bin"));
+        std::fs::write(&path, format!("release {v}\n")).unwrap();
+        path
+    };
+
+    let out = deploy(&config, &console_state, "shop", "v1", &artifact("v1")).await;
+    assert!(
+        out.status.success(),
+        "first deploy: {}",
+        support::text(&out)
+    );
+
+    // A rolling deploy over all three hosts under load: nothing may fail.
+    let load = Load::start(proxy.url("/"), 4, 200_000);
+    let out = deploy(&config, &console_state, "shop", "v2", &artifact("v2")).await;
+    let report = load.stop().await;
+    assert!(out.status.success(), "v2: {}", support::text(&out));
+    assert_eq!(
+        report.failed,
+        0,
+        "{:?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
+    assert!(
+        report.sent > 200,
+        "too little traffic to prove anything: {}",
+        report.sent
+    );
+    eprintln!(
+        "rolling v1→v2 over 3 hosts: {} requests, {} failed, by version {:?}",
+        report.sent, report.failed, report.by_version
+    );
+    let load = Load::start(proxy.url("/"), 2, 300);
+    let sent = load.sent.clone();
+    wait_until(
+        "300 requests after the deploy",
+        Duration::from_secs(20),
+        || {
+            let sent = sent.clone();
+            async move { sent.load(std::sync::atomic::Ordering::Relaxed) >= 300 }
+        },
+    )
+    .await;
+    let after = load.stop().await;
+    assert_eq!(
+        after.by_version.keys().collect::<Vec<_>>(),
+        ["v2"],
+        "{after:?}"
+    );
+    assert_eq!(after.by_node.len(), 6, "every node serves: {after:?}");
+
+    // Kill web2's agent as the deploy reaches its first node there.
+    let load = Load::start(proxy.url("/"), 4, 200_000);
+    let mut child = tokio::process::Command::new(nonstop_bin())
+        .args(["deploy", "shop"])
+        .arg(artifact("v3"))
+        .args(["--version", "v3", "--json", "--config"])
+        .arg(&config)
+        .arg("--fleet")
+        .arg(&console_state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut killed = false;
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the deploy kept talking")
+    {
+        seen.push(line.clone());
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if !killed
+            && event["kind"] == "step"
+            && event["message"].as_str().unwrap_or("").contains("b1")
+        {
+            hosts[1].agent.as_mut().unwrap().kill();
+            killed = true;
+        }
+    }
+    let status = child.wait().await.unwrap();
+    let report = load.stop().await;
+    assert!(killed, "the deploy never reached b1: {seen:#?}");
+    assert!(
+        !status.success(),
+        "the deploy cannot succeed without web2: {seen:#?}"
+    );
+    assert_eq!(
+        report.failed,
+        0,
+        "the service kept serving: {:?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
+    let last = seen.last().unwrap();
+    assert!(
+        last.contains("web2"),
+        "the end says which agent failed: {last}"
+    );
+    let history = Command::new(nonstop_bin())
+        .args(["history", "shop", "--config"])
+        .arg(&config)
+        .arg("--fleet")
+        .arg(&console_state)
+        .output()
+        .unwrap();
+    let history_text = support::text(&history);
+    assert!(history_text.contains("v3"), "{history_text}");
+    eprintln!(
+        "agent killed mid-deploy: exit {:?}; {} requests, 0 failed\n{last}",
+        status.code(),
+        report.sent
+    );
+
+    // Restarted, web2's agent re-reports what runs there; the next deploy goes through.
+    hosts[1].start_agent(&config).await;
+    let fleet = nonstop_drivers::Fleet::open(&console_state).unwrap();
+    let (parsed, _) = nonstop_config::Config::load(&config).unwrap();
+    let web2 = fleet.agent("web2", &parsed.hosts["web2"]);
+    let running = web2.instances().await.unwrap();
+    let nodes_running: Vec<String> = running
+        .iter()
+        .filter(|i| i.running)
+        .map(|i| i.instance.node.to_string())
+        .collect();
+    assert!(nodes_running.contains(&"b2".to_string()), "{running:?}");
+    let load = Load::start(proxy.url("/"), 4, 200_000);
+    let out = deploy(&config, &console_state, "shop", "v4", &artifact("v4")).await;
+    let report = load.stop().await;
+    assert!(
+        out.status.success(),
+        "v4 after the agent came back: {}",
+        support::text(&out)
+    );
+    assert_eq!(
+        report.failed,
+        0,
+        "{:?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
+}
