@@ -24,7 +24,8 @@ use serde::de::DeserializeOwned;
 
 pub use remote::{RemoteBalancer, RemoteRuntime};
 
-type Body = BoxBody<Bytes, std::io::Error>;
+/// A request body: small JSON, or an artifact streamed from disk.
+pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// How long a call may take before the agent counts as unreachable; uploads get longer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -330,13 +331,13 @@ fn encode_segment(value: &str) -> String {
     out
 }
 
-fn empty() -> Body {
+pub fn empty() -> Body {
     Full::new(Bytes::new())
         .map_err(|never| match never {})
         .boxed()
 }
 
-fn full(bytes: Vec<u8>) -> Body {
+pub fn full(bytes: Vec<u8>) -> Body {
     Full::new(Bytes::from(bytes))
         .map_err(|never| match never {})
         .boxed()

@@ -306,3 +306,126 @@ async fn rolling_deploy_across_three_hosts_and_an_agent_killed_mid_deploy() {
         &report.failures[..report.failures.len().min(5)]
     );
 }
+
+/// HAProxy in front of two app instances on the same host (the per-host balancer of many
+/// Tomcat setups), all in a namespace: the deploy drives HAProxy through that host's agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_deploy_behind_haproxy_driven_through_its_hosts_agent() {
+    let tag = std::process::id() % 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let _instances = EngineInstances {
+        base: dir.path().to_path_buf(),
+    };
+    let console_state = dir.path().join("console");
+    let ns = NetnsVeth::create_free(&format!("{tag}h"))
+        .unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));
+    let state = dir.path().join("agent-edge");
+    enrol(&console_state, &state, "edge");
+    let mut host = Host {
+        ns,
+        state,
+        agent: None,
+    };
+    let ip = host.ns.ns_addr;
+    let haproxy_dir = dir.path().join("haproxy");
+    std::fs::create_dir_all(&haproxy_dir).unwrap();
+    let h = haproxy_dir.display();
+    std::fs::write(
+        haproxy_dir.join("haproxy.cfg"),
+        format!(
+            "global\n  maxconn 1024\n  stats socket {h}/admin.sock mode 600 level admin\n  server-state-file {h}/servers.state\n\
+             defaults\n  mode http\n  load-server-state-from-file global\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend fe\n  bind {ip}:8080\n  default_backend shop\n\
+             backend shop\n  balance roundrobin\n  option httpchk GET /health\n  http-check expect status 200\n\
+               server n1 {ip}:8081 check inter 500ms disabled\n  server n2 {ip}:8082 check inter 500ms disabled\n"
+        ),
+    )
+    .unwrap();
+    let haproxy = Command::new("ip")
+        .args(["netns", "exec", &host.ns.name, "haproxy", "-W", "-db", "-f"])
+        .arg(haproxy_dir.join("haproxy.cfg"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start haproxy (apt-get install haproxy)");
+    let _haproxy = Proc { child: haproxy };
+    let config = dir.path().join("nonstop.toml");
+    let balancer = format!(
+        "balancer = {{ kind = \"haproxy\", host = \"edge\", socket = \"{h}/admin.sock\", backend = \"shop\", state_file = \"{h}/servers.state\" }}"
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[hosts.edge]\nagent = \"{}\"\n{}",
+            host.agent_addr(),
+            service_toml(
+                "shop",
+                &balancer,
+                &dir.path().join("console-releases"),
+                &[("n1", "edge", 8081), ("n2", "edge", 8082)]
+            )
+        ),
+    )
+    .unwrap();
+    host.start_agent(&config).await;
+    let socket = haproxy_dir.join("admin.sock");
+    wait_until(
+        "haproxy opens its stats socket",
+        Duration::from_secs(15),
+        || {
+            let socket = socket.clone();
+            async move { std::os::unix::net::UnixStream::connect(&socket).is_ok() }
+        },
+    )
+    .await;
+    let artifact = |v: &str| {
+        let path = dir.path().join(format!("shop-{v}.bin"));
+        std::fs::write(&path, format!("release {v}\n")).unwrap();
+        path
+    };
+    let out = deploy(&config, &console_state, "shop", "v1", &artifact("v1")).await;
+    assert!(
+        out.status.success(),
+        "first deploy: {}",
+        support::text(&out)
+    );
+    let url = format!("http://{ip}:8080/");
+    wait_until(
+        "both nodes answer through haproxy",
+        Duration::from_secs(15),
+        || {
+            let url = url.clone();
+            async move {
+                let client = support::client();
+                let mut nodes = std::collections::BTreeSet::new();
+                for _ in 0..8 {
+                    if let Ok(reply) = support::send(&client, "GET", &url, &[], "").await {
+                        nodes.insert(reply.node().to_string());
+                    }
+                }
+                nodes.len() == 2
+            }
+        },
+    )
+    .await;
+    let load = Load::start(url, 4, 200_000);
+    let out = deploy(&config, &console_state, "shop", "v2", &artifact("v2")).await;
+    let report = load.stop().await;
+    assert!(out.status.success(), "v2: {}", support::text(&out));
+    assert_eq!(
+        report.failed,
+        0,
+        "{:?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
+    assert!(
+        report.by_version.contains_key("v2"),
+        "{:?}",
+        report.by_version
+    );
+    eprintln!(
+        "haproxy on host edge, rolling v1→v2 through its agent: {} requests, {} failed, by version {:?}",
+        report.sent, report.failed, report.by_version
+    );
+}

@@ -85,6 +85,9 @@ impl NetnsVeth {
     /// [`NetnsVeth::create`] on the first `10.213.<x>.0/30` (from `x = pid % 250 + 1` on) that no
     /// interface of the host uses yet.
     pub fn create_free(tag: &str) -> Result<NetnsVeth, String> {
+        // Tests of one process start from the same `x`: pick and create one at a time.
+        static PICKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _picking = PICKING.lock().unwrap_or_else(|e| e.into_inner());
         let out = Command::new("ip")
             .args(["-o", "-4", "addr", "show"])
             .output()
