@@ -116,13 +116,7 @@ pub struct ErrorBody {
 
 /// A plain file name: what an uploaded artifact may be called.
 pub fn check_artifact_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
-    if ok {
+    if nonstop_ports::is_plain_name(name, 128) {
         Ok(())
     } else {
         Err(format!(

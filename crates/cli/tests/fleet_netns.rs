@@ -110,6 +110,33 @@ async fn deploy(
         .unwrap()
 }
 
+/// Deploys `version` while a request stream runs through `url`; the deploy must succeed and no
+/// request may fail.
+async fn deploy_under_load(
+    config: &Path,
+    fleet: &Path,
+    version: &str,
+    artifact: &Path,
+    url: String,
+) -> support::LoadReport {
+    let load = Load::start(url, 4, 200_000);
+    let out = deploy(config, fleet, "shop", version, artifact).await;
+    let report = load.stop().await;
+    assert!(out.status.success(), "{version}: {}", support::text(&out));
+    assert_eq!(
+        report.failed,
+        0,
+        "{:?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
+    assert!(
+        report.by_version.contains_key(version),
+        "{:?}",
+        report.by_version
+    );
+    report
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_deploy_across_three_hosts_and_an_agent_killed_mid_deploy() {
     let tag = std::process::id() % 100_000;
@@ -178,16 +205,14 @@ async fn rolling_deploy_across_three_hosts_and_an_agent_killed_mid_deploy() {
     );
 
     // A rolling deploy over all three hosts under load: nothing may fail.
-    let load = Load::start(proxy.url("/"), 4, 200_000);
-    let out = deploy(&config, &console_state, "shop", "v2", &artifact("v2")).await;
-    let report = load.stop().await;
-    assert!(out.status.success(), "v2: {}", support::text(&out));
-    assert_eq!(
-        report.failed,
-        0,
-        "{:?}",
-        &report.failures[..report.failures.len().min(5)]
-    );
+    let report = deploy_under_load(
+        &config,
+        &console_state,
+        "v2",
+        &artifact("v2"),
+        proxy.url("/"),
+    )
+    .await;
     assert!(
         report.sent > 200,
         "too little traffic to prove anything: {}",
@@ -264,17 +289,30 @@ async fn rolling_deploy_across_three_hosts_and_an_agent_killed_mid_deploy() {
         last.contains("web2"),
         "the end says which agent failed: {last}"
     );
-    let history = Command::new(nonstop_bin())
-        .args(["history", "shop", "--config"])
+    // The journal of that deploy says what was done and which agent could not be reached.
+    let deploy_id = seen
+        .iter()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["deploy"].as_i64())
+        .expect("events carry the deploy id");
+    let journal = Command::new(nonstop_bin())
+        .args([
+            "history",
+            "shop",
+            "--deploy",
+            &deploy_id.to_string(),
+            "--config",
+        ])
         .arg(&config)
         .arg("--fleet")
         .arg(&console_state)
         .output()
         .unwrap();
-    let history_text = support::text(&history);
-    assert!(history_text.contains("v3"), "{history_text}");
+    let journal = support::text(&journal);
+    assert!(journal.contains("v3"), "{journal}");
+    assert!(journal.contains("agent web2"), "{journal}");
+    assert!(journal.contains("rollback"), "{journal}");
     eprintln!(
-        "agent killed mid-deploy: exit {:?}; {} requests, 0 failed\n{last}",
+        "agent killed mid-deploy: exit {:?}; {} requests, 0 failed\n{journal}",
         status.code(),
         report.sent
     );
@@ -291,20 +329,14 @@ async fn rolling_deploy_across_three_hosts_and_an_agent_killed_mid_deploy() {
         .map(|i| i.instance.node.to_string())
         .collect();
     assert!(nodes_running.contains(&"b2".to_string()), "{running:?}");
-    let load = Load::start(proxy.url("/"), 4, 200_000);
-    let out = deploy(&config, &console_state, "shop", "v4", &artifact("v4")).await;
-    let report = load.stop().await;
-    assert!(
-        out.status.success(),
-        "v4 after the agent came back: {}",
-        support::text(&out)
-    );
-    assert_eq!(
-        report.failed,
-        0,
-        "{:?}",
-        &report.failures[..report.failures.len().min(5)]
-    );
+    deploy_under_load(
+        &config,
+        &console_state,
+        "v4",
+        &artifact("v4"),
+        proxy.url("/"),
+    )
+    .await;
 }
 
 /// HAProxy in front of two app instances on the same host (the per-host balancer of many
@@ -409,21 +441,7 @@ async fn rolling_deploy_behind_haproxy_driven_through_its_hosts_agent() {
         },
     )
     .await;
-    let load = Load::start(url, 4, 200_000);
-    let out = deploy(&config, &console_state, "shop", "v2", &artifact("v2")).await;
-    let report = load.stop().await;
-    assert!(out.status.success(), "v2: {}", support::text(&out));
-    assert_eq!(
-        report.failed,
-        0,
-        "{:?}",
-        &report.failures[..report.failures.len().min(5)]
-    );
-    assert!(
-        report.by_version.contains_key("v2"),
-        "{:?}",
-        report.by_version
-    );
+    let report = deploy_under_load(&config, &console_state, "v2", &artifact("v2"), url).await;
     eprintln!(
         "haproxy on host edge, rolling v1→v2 through its agent: {} requests, {} failed, by version {:?}",
         report.sent, report.failed, report.by_version

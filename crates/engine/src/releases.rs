@@ -38,13 +38,7 @@ pub fn releases_dir(base: &Path) -> PathBuf {
 
 /// A version is a directory name: keep it to a safe alphabet.
 pub fn check_version(version: &str) -> Result<(), String> {
-    let ok = !version.is_empty()
-        && version.len() <= 64
-        && !version.starts_with('.')
-        && version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
-    if ok {
+    if nonstop_ports::is_plain_name(version, 64) {
         Ok(())
     } else {
         Err(format!(

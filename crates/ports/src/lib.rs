@@ -42,6 +42,17 @@ macro_rules! string_type {
 string_type!(NodeName);
 string_type!(Version);
 
+/// Whether `name` is safe as one path component: 1 to `max` of letters, digits, `.`, `_`, `-`
+/// and `+`, not starting with `.` (so never `..`, a hidden file or a separator).
+pub fn is_plain_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+}
+
 /// What the balancer sends to a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
