@@ -269,7 +269,8 @@ async fn start(
         ));
     }
     let port = *config.port.get_ref();
-    if std::net::TcpListener::bind((config.ip(), port)).is_err() {
+    let grace = svc.config.runtime.shared.stop_grace.0;
+    if !nonstop_engine::wait_port_free(config.ip(), port, grace).await {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(

@@ -522,15 +522,10 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         result
     }
 
-    /// Refuses to start on a port something else already listens on: its health would lie.
-    /// On an agent's host the agent checks this itself.
-    fn port_free(&self, port: u16) -> bool {
-        self.config.on_hosts() || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-    }
-
     async fn start_instance(&self, release: &Release, node: &NodeName) -> Result<Instance, String> {
         let port = self.port_of(node);
-        if !self.port_free(port) {
+        let grace = self.config.runtime.shared.stop_grace.0;
+        if !self.config.on_hosts() && !wait_port_free("127.0.0.1", port, grace).await {
             return Err(format!(
                 "port {port} of {node} is taken by a process nonstop did not start; stop it or change the port"
             ));
@@ -1214,6 +1209,22 @@ pub fn judge(
         }
     }
     Ok(())
+}
+
+/// Whether `ip:port` can be bound, waiting up to `grace` for it: an instance just stopped may
+/// still be exiting (a stop hook that only signals it). A port something else holds would make
+/// a health check lie, so a start refuses it (on a remote host, the agent checks).
+pub async fn wait_port_free(ip: &str, port: u16, grace: Duration) -> bool {
+    let since = Instant::now();
+    loop {
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return true;
+        }
+        if since.elapsed() >= grace {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Where a service's store lives: next to its releases.
