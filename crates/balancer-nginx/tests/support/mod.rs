@@ -3,12 +3,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -16,126 +13,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+// Each test file uses some of these.
+#[allow(unused_imports)]
+pub use nonstop_testkit::hello::{Hello, hello_bin};
+#[allow(unused_imports)]
+pub use nonstop_testkit::process::Proc;
+#[allow(unused_imports)]
+pub use nonstop_testkit::{free_port, wait_until};
+
 pub const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Polls `condition` until it holds or `deadline` passes; panics with `what` on timeout.
-pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + deadline;
-    while !condition().await {
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `target/debug` (or release), from the test binary's own path.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-/// The sample app's binary, built on first use if this run did not build it already.
-pub fn hello_bin() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let path = target_dir().join("nonstop-hello");
-            if !path.exists() {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let mut build = Command::new(cargo);
-                build.args(["build", "-p", "nonstop-hello"]);
-                if target_dir().ends_with("release") {
-                    build.arg("--release");
-                }
-                assert!(
-                    build.status().unwrap().success(),
-                    "building nonstop-hello failed"
-                );
-            }
-            path
-        })
-        .clone()
-}
-
-/// A child we started, killed (by its own pid) when dropped.
-pub struct Proc {
-    pub child: Child,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Panics if the process has already exited: the test's server died.
-    pub fn assert_running(&mut self, what: &str) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("{what} exited: {status}");
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One instance of the sample app.
-pub struct Hello {
-    pub proc: Proc,
-    pub port: u16,
-}
-
-impl Hello {
-    pub fn start(node: &str, version: &str) -> Hello {
-        let mut child = Command::new(hello_bin())
-            .args(["--port", "0", "--version", version, "--node", node])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nonstop-hello");
-        let stdout = child.stdout.take().unwrap();
-        let proc = Proc { child };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !sent && line.contains("listening on ") {
-                    let _ = tx.send(line);
-                    sent = true;
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(15))
-            .expect("nonstop-hello printed no `listening on`");
-        let addr = line.split_whitespace().nth(2).expect("listening on ADDR");
-        let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-        Hello { proc, port }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-/// A port that was free a moment ago, for servers that cannot report the one they bound.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,171 +17,17 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use nonstop_admin_client::{AdminClient, Endpoint};
 
+// Each test file uses some of these.
+#[allow(unused_imports)]
+pub use nonstop_testkit::hello::{Hello, hello_bin};
+#[allow(unused_imports)]
+pub use nonstop_testkit::process::{Proc, read_line_matching};
+pub use nonstop_testkit::wait_until;
+
 pub const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Polls `condition` until it holds or `deadline` passes; panics with `what` on timeout.
-pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + deadline;
-    while !condition().await {
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn target_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_nonstop"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 pub fn nonstop_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nonstop"))
-}
-
-/// The sample app's binary, built on first use if this test run did not build it already.
-pub fn hello_bin() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let path = target_dir().join("nonstop-hello");
-            if !path.exists() {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let mut build = Command::new(cargo);
-                build.args(["build", "-p", "nonstop-hello"]);
-                if target_dir().ends_with("release") {
-                    build.arg("--release");
-                }
-                assert!(
-                    build.status().unwrap().success(),
-                    "building nonstop-hello failed"
-                );
-            }
-            path
-        })
-        .clone()
-}
-
-/// A child process that is killed (by its pid, which we started) when dropped.
-pub struct Proc {
-    pub child: Child,
-}
-
-impl Proc {
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
-        let until = Instant::now() + deadline;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < until,
-                "process {} did not exit within {deadline:?}",
-                self.pid()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One instance of the sample app.
-pub struct Hello {
-    pub proc: Proc,
-    pub port: u16,
-    pub node: String,
-}
-
-impl Hello {
-    pub fn start(node: &str, version: &str) -> Hello {
-        Self::start_with(node, version, &[])
-    }
-
-    pub fn start_with(node: &str, version: &str, extra: &[&str]) -> Hello {
-        Self::start_on(0, node, version, extra)
-    }
-
-    pub fn start_on(port: u16, node: &str, version: &str, extra: &[&str]) -> Hello {
-        let mut child = Command::new(hello_bin())
-            .args([
-                "--port",
-                &port.to_string(),
-                "--version",
-                version,
-                "--node",
-                node,
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nonstop-hello");
-        let stdout = child.stdout.take().unwrap();
-        let proc = Proc { child };
-        let line = read_line_matching(stdout, "listening on ", Duration::from_secs(15));
-        let addr = line.split_whitespace().nth(2).expect("listening on ADDR");
-        let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-        Hello {
-            proc,
-            port,
-            node: node.to_string(),
-        }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-/// Reads lines from a child's pipe on a thread until one contains `needle`; keeps draining after.
-fn read_line_matching(
-    pipe: impl std::io::Read + Send + 'static,
-    needle: &str,
-    deadline: Duration,
-) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let needle = needle.to_string();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if !sent && line.contains(&needle) {
-                let _ = tx.send(line);
-                sent = true;
-            }
-        }
-    });
-    rx.recv_timeout(deadline)
-        .unwrap_or_else(|_| panic!("no line containing `{}` within {deadline:?}", "listening"))
 }
 
 /// A running `nonstop proxy` with its own config directory.

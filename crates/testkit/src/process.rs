@@ -1,0 +1,82 @@
+//! Child processes a test starts: killed by their own pid when dropped, signalled and awaited
+//! with deadlines, and their output watched for a line that says they are ready.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A child process that is killed (by its pid, which the test started) when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`, …) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the child") {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "process {} did not exit within {deadline:?}",
+                self.pid()
+            );
+            std::thread::sleep(crate::POLL);
+        }
+    }
+
+    /// Panics if the process has already exited: the test's server died.
+    pub fn assert_running(&mut self, what: &str) {
+        if let Some(status) = self.child.try_wait().expect("wait for the child") {
+            panic!("{what} exited: {status}");
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads lines from a child's pipe on a thread until one contains `needle` (and keeps draining
+/// the pipe after, so the child never blocks on it).
+pub fn read_line_matching(
+    pipe: impl std::io::Read + Send + 'static,
+    needle: &str,
+    deadline: Duration,
+) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = needle.to_string();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if !sent && line.contains(&wanted) {
+                let _ = tx.send(line);
+                sent = true;
+            }
+        }
+    });
+    rx.recv_timeout(deadline)
+        .unwrap_or_else(|_| panic!("no line containing `{needle}` within {deadline:?}"))
+}
