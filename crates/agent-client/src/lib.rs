@@ -1,6 +1,7 @@
 //! The console's side of `nonstop agent`: a mutual-TLS client per host (`Fleet`, `AgentClient`)
 //! and the `Runtime`/`Balancer` ports of a remote host (`RemoteRuntime`, `RemoteBalancer`).
 
+mod console;
 pub mod protocol;
 mod remote;
 
@@ -22,6 +23,7 @@ use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use console::{ConsoleClient, multipart_with_file};
 pub use remote::{RemoteBalancer, RemoteRuntime};
 
 /// A request body: small JSON, or an artifact streamed from disk.

@@ -2,13 +2,10 @@
 //! leaves the host (only a CSR does) and the console is trusted only if it shows the pinned CA.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
+use nonstop_agent_client::ConsoleClient;
 use nonstop_pki::{AgentRequest, Identity};
-use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Credentials;
@@ -37,17 +34,6 @@ pub async fn join(
     name: &str,
     state: &Path,
 ) -> Result<(), String> {
-    let authority = url
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("`{url}` is not an https:// URL"))?
-        .trim_end_matches('/');
-    let (host, port) = authority
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{url}` has no port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("`{url}` has a bad port"))?;
     let request = AgentRequest::new(name).map_err(|e| e.to_string())?;
     let body = serde_json::to_vec(&JoinRequest {
         name,
@@ -55,36 +41,15 @@ pub async fn join(
         csr_pem: &request.csr_pem,
     })
     .expect("plain data");
-    let tls = nonstop_pki::pinned_client_config(ca_sha256).map_err(|e| e.to_string())?;
-    let server_name = ServerName::try_from(host.to_string())
-        .map_err(|e| format!("`{host}` is not a usable server name: {e}"))?;
-    let tcp = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let http_request = hyper::Request::post(JOIN_PATH)
-        .header("host", authority)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(http_request)
-        .await
-        .map_err(|e| format!("{url}{JOIN_PATH}: {e}"))?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let console = ConsoleClient::new(url, ca_sha256)?;
+    let (status, bytes) = console
+        .request(
+            Method::POST,
+            JOIN_PATH,
+            &[("content-type", "application/json".into())],
+            nonstop_agent_client::full(body),
+        )
+        .await?;
     if !status.is_success() {
         return Err(format!(
             "the console refused the join ({status}): {}",

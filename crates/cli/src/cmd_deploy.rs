@@ -60,6 +60,8 @@ pub struct DeployArgs {
     #[arg(long)]
     pub plan: bool,
     #[command(flatten)]
+    pub remote: crate::cmd_remote::ConsoleArgs,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -240,6 +242,16 @@ fn conclude<T: serde::Serialize>(
 
 pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let json = args.common.json;
+    if args.remote.console.is_some() {
+        return crate::cmd_remote::deploy(
+            &args.remote,
+            &args.service,
+            &args.artifact,
+            args.version.as_deref(),
+            args.strategy.map(|s| s.as_str()),
+            json,
+        );
+    }
     let (renderer, emit) = Renderer::new(json);
     let rt = runtime()?;
     let result = (|| {

@@ -4,11 +4,13 @@
 mod args;
 mod cmd_agent;
 mod cmd_config;
+mod cmd_console;
 mod cmd_demo;
 mod cmd_deploy;
 mod cmd_import;
 mod cmd_lb;
 mod cmd_proxy;
+mod cmd_remote;
 mod logging;
 
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ enum Command {
     Import(cmd_import::Args),
     /// The per-host agent a console drives over mutual TLS; `agent join` enrols it.
     Agent(cmd_agent::Args),
+    /// The web console and JSON API (HTTPS): services, deploys, logs, users, TOTP, roles, audit.
+    Console(cmd_console::Args),
     /// Quickstart: proxy + sample app, a zero-downtime deploy under load, then a bad one rolled back.
     Demo(cmd_demo::Args),
 }
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Import(args) => cmd_import::run(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Agent(args) => cmd_agent::run(args),
+        Command::Console(args) => cmd_console::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,282 @@
+//! Signing in and one's own account: login (password + TOTP, with the accounts' lockout), the
+//! first run's one-time secret, logout, changing one's password and enrolling TOTP.
+
+use axum::Extension;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::header::{RETRY_AFTER, SET_COOKIE};
+use http::{HeaderValue, StatusCode};
+use nonstop_accounts::{BOOTSTRAP_ADMIN, LoginOutcome, User, now_ms};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{AuditNote, Caller, Who, clear_cookie, session_cookie};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::state::App;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    user: String,
+    password: String,
+    #[serde(default)]
+    totp: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupRequest {
+    secret: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    /// Required unless the account must set a new password (first run, one-time secret).
+    #[serde(default)]
+    current: Option<String>,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRequest {
+    code: String,
+}
+
+/// A claimed user name as it may appear in the audit log: short, printable.
+fn claimed(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+fn with_note(mut response: Response, note: AuditNote) -> Response {
+    response.extensions_mut().insert(note);
+    response
+}
+
+/// Password + TOTP code; sets the session cookie and answers with the CSRF token.
+pub async fn login(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(request): ApiJson<LoginRequest>,
+) -> Response {
+    let note = AuditNote {
+        actor: Some(claimed(&request.user)),
+        ..Default::default()
+    };
+    let peer = caller.peer.clone();
+    let LoginRequest {
+        user,
+        password,
+        totp,
+    } = request;
+    let outcome = app
+        .accounts(move |a| {
+            let code = totp.as_deref().map(str::trim).filter(|c| !c.is_empty());
+            a.verify_login(&user, &password, code, &peer, now_ms())
+        })
+        .await;
+    let response = match outcome {
+        Ok(LoginOutcome::Ok(user)) => start_session(&app, user, &caller.peer).await,
+        Ok(LoginOutcome::WrongCredentials) => Err(ApiError::unauthorized(
+            "wrong user name, password or TOTP code",
+        )),
+        Ok(LoginOutcome::TotpRequired) => Ok((
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({
+                "error": "enter the 6-digit code from your authenticator app",
+                "totp_required": true,
+            })),
+        )
+            .into_response()),
+        Ok(LoginOutcome::Locked { until_ms }) => Ok(locked(until_ms)),
+        Err(e) => Err(e),
+    };
+    with_note(response.unwrap_or_else(IntoResponse::into_response), note)
+}
+
+fn locked(until_ms: i64) -> Response {
+    let seconds = ((until_ms - now_ms()).max(0) + 999) / 1000;
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many failed logins for this user or address; try again in {seconds} s"),
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(RETRY_AFTER, value);
+    }
+    response
+}
+
+/// A new session for `user`: the cookie, and the CSRF token for the page's script.
+async fn start_session(app: &App, user: User, peer: &str) -> ApiResult<Response> {
+    let (name, peer) = (user.name.clone(), peer.to_string());
+    let (session, lifetime_ms) = app
+        .accounts(move |a| {
+            let session = a.create_session(&name, &peer, now_ms())?;
+            Ok((session, a.policy().session_lifetime_ms))
+        })
+        .await?;
+    let mut response = axum::Json(json!({
+        "user": user.name,
+        "role": user.role,
+        "setup_pending": user.setup_pending(),
+        "must_change_password": user.must_change_password,
+        "must_enrol_totp": user.must_enrol_totp,
+        "csrf": session.csrf,
+    }))
+    .into_response();
+    response.headers_mut().insert(
+        SET_COOKIE,
+        session_cookie(session.token(), lifetime_ms / 1000),
+    );
+    Ok(response)
+}
+
+/// First run: the one-time secret printed at start-up logs in as the admin, who then has to
+/// set a password and enrol TOTP (the session is good for nothing else until then).
+pub async fn setup(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(request): ApiJson<SetupRequest>,
+) -> Response {
+    let note = AuditNote {
+        actor: Some(BOOTSTRAP_ADMIN.to_string()),
+        ..AuditNote::detail("one-time secret")
+    };
+    let peer = caller.peer.clone();
+    let outcome = app
+        .accounts(move |a| {
+            a.verify_login(
+                BOOTSTRAP_ADMIN,
+                request.secret.trim(),
+                None,
+                &peer,
+                now_ms(),
+            )
+        })
+        .await;
+    let response = match outcome {
+        Ok(LoginOutcome::Ok(user)) if user.setup_pending() => {
+            start_session(&app, user, &caller.peer).await
+        }
+        Ok(LoginOutcome::Locked { until_ms }) => Ok(locked(until_ms)),
+        Ok(LoginOutcome::Ok(_)) | Ok(LoginOutcome::TotpRequired) => Err(ApiError::bad_request(
+            "the console is already set up: log in at /login",
+        )),
+        Ok(LoginOutcome::WrongCredentials) => Err(ApiError::unauthorized(
+            "that is not the one-time secret (it is printed when the console starts without users; restart the console for a new one)",
+        )),
+        Err(e) => Err(e),
+    };
+    with_note(response.unwrap_or_else(IntoResponse::into_response), note)
+}
+
+fn session_user(caller: &Caller) -> ApiResult<User> {
+    caller
+        .user()
+        .cloned()
+        .ok_or_else(|| ApiError::forbidden("this is for a person logged in to the console"))
+}
+
+/// Who is logged in, their role and grants, and the CSRF token for the page's script.
+pub async fn me(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    let Who::User { session, .. } = &caller.who else {
+        return Err(ApiError::forbidden("no session"));
+    };
+    let user = session.user.clone();
+    let name = user.name.clone();
+    let grants = app.accounts(move |a| a.grants(&name)).await?;
+    let grants: Vec<_> = grants
+        .into_iter()
+        .map(|(service, role)| json!({"service": service, "role": role}))
+        .collect();
+    Ok(axum::Json(json!({
+        "user": user.name,
+        "role": user.role,
+        "setup_pending": user.setup_pending(),
+        "must_change_password": user.must_change_password,
+        "must_enrol_totp": user.must_enrol_totp,
+        "grants": grants,
+        "csrf": session.csrf,
+        "expires_ms": session.expires_ms,
+    }))
+    .into_response())
+}
+
+pub async fn logout(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    let Who::User { token, .. } = &caller.who else {
+        return Err(ApiError::forbidden("no session"));
+    };
+    let token = token.clone();
+    app.accounts(move |a| a.revoke_session(&token)).await?;
+    let mut response = axum::Json(json!({"ok": true})).into_response();
+    response.headers_mut().insert(SET_COOKIE, clear_cookie());
+    Ok(response)
+}
+
+/// Sets a new password: with the current one, or without when the account must change it.
+pub async fn password(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(request): ApiJson<PasswordRequest>,
+) -> ApiResult<Response> {
+    let user = session_user(&caller)?;
+    let name = user.name.clone();
+    let must = user.must_change_password;
+    app.accounts(move |a| {
+        if !must {
+            let current = request.current.unwrap_or_default();
+            if !a.verify_password(&name, &current)? {
+                return Ok(Err(ApiError::forbidden("the current password is wrong")));
+            }
+        }
+        a.set_password(&name, &request.password)?;
+        Ok(Ok(()))
+    })
+    .await??;
+    Ok(axum::Json(json!({"ok": true})).into_response())
+}
+
+/// Starts TOTP enrolment for an account that has none yet: the secret and its QR code.
+pub async fn totp_begin(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    let user = session_user(&caller)?;
+    if !user.must_enrol_totp {
+        return Err(ApiError::bad_request(
+            "TOTP is already set up for this account; an admin can reset the account if the device is lost",
+        ));
+    }
+    if user.must_change_password {
+        return Err(ApiError::bad_request("set a password first"));
+    }
+    let name = user.name.clone();
+    let enrolment = app.accounts(move |a| a.begin_totp_enrolment(&name)).await?;
+    Ok(axum::Json(json!({
+        "secret": enrolment.secret_base32,
+        "otpauth_url": enrolment.otpauth_url,
+        "qr_png_base64": enrolment.qr_png_base64,
+    }))
+    .into_response())
+}
+
+/// Confirms TOTP enrolment with a code from the app; the account is then complete.
+pub async fn totp_confirm(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(request): ApiJson<CodeRequest>,
+) -> ApiResult<Response> {
+    let user = session_user(&caller)?;
+    let name = user.name.clone();
+    app.accounts(move |a| a.confirm_totp(&name, request.code.trim(), now_ms()))
+        .await?;
+    Ok(axum::Json(json!({"ok": true})).into_response())
+}

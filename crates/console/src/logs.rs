@@ -1,0 +1,173 @@
+//! Live log of one node's instance as server-sent events: the last lines, then each new line,
+//! switching to the new instance's log file when a deploy replaces it (the store says which).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::Stream;
+use nonstop_ports::NodeName;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::error::{ApiError, ApiResult};
+use crate::services::with_store;
+use crate::state::App;
+
+const POLL: Duration = Duration::from_millis(250);
+/// How often the store is asked whether the node runs another instance (another log file).
+const RECHECK: Duration = Duration::from_secs(1);
+const MAX_READ: usize = 256 * 1024;
+const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Deserialize)]
+pub struct LogQuery {
+    /// Lines of history to send first (default 100, at most 1000).
+    lines: Option<usize>,
+}
+
+/// Where a log stream is.
+struct Tail {
+    base: PathBuf,
+    service: String,
+    node: String,
+    file: Option<PathBuf>,
+    offset: u64,
+    partial: Vec<u8>,
+    queue: VecDeque<SseEvent>,
+    checked: Option<Instant>,
+    history: usize,
+}
+
+impl Tail {
+    /// The log file the store records for the node now.
+    async fn current_file(&self) -> Option<PathBuf> {
+        let node = NodeName(self.node.clone());
+        with_store(self.base.clone(), &self.service, move |s| s.instance(&node))
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.instance.log)
+    }
+
+    async fn poll(&mut self) {
+        if self.checked.is_none_or(|t| t.elapsed() >= RECHECK) {
+            self.checked = Some(Instant::now());
+            let file = self.current_file().await;
+            if file != self.file {
+                if let Some(path) = &file {
+                    self.queue.push_back(
+                        SseEvent::default()
+                            .event("file")
+                            .data(path.display().to_string()),
+                    );
+                    self.offset = tail_offset(path, self.history).await;
+                    self.history = 0;
+                }
+                self.file = file;
+                self.partial.clear();
+            }
+        }
+        let Some(path) = &self.file else {
+            return;
+        };
+        let Ok(mut file) = tokio::fs::File::open(path).await else {
+            return;
+        };
+        let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            // Truncated or replaced: start again from its beginning.
+            self.offset = 0;
+            self.partial.clear();
+        }
+        if file.seek(SeekFrom::Start(self.offset)).await.is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        let Ok(read) = (&mut file)
+            .take(MAX_READ as u64)
+            .read_to_end(&mut buf)
+            .await
+        else {
+            return;
+        };
+        self.offset += read as u64;
+        self.partial.extend_from_slice(&buf);
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            self.push_line(&line[..line.len() - 1]);
+        }
+        if self.partial.len() > MAX_LINE {
+            let line = std::mem::take(&mut self.partial);
+            self.push_line(&line);
+        }
+    }
+
+    fn push_line(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        self.queue
+            .push_back(SseEvent::default().event("line").data(text));
+    }
+}
+
+/// Byte offset where the last `lines` lines of `path` begin.
+async fn tail_offset(path: &std::path::Path, lines: usize) -> u64 {
+    let Ok(bytes) = tokio::fs::read(path).await else {
+        return 0;
+    };
+    if lines == 0 {
+        return bytes.len() as u64;
+    }
+    let mut seen = 0;
+    for (i, b) in bytes.iter().enumerate().rev() {
+        if *b == b'\n' && i + 1 != bytes.len() {
+            seen += 1;
+            if seen == lines {
+                return (i + 1) as u64;
+            }
+        }
+    }
+    0
+}
+
+/// Follows the log of `node`: `file` events name the file, `line` events carry its lines.
+pub async fn follow(
+    State(app): State<App>,
+    Path((service, node)): Path<(String, String)>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let parts = app.drivers.parts(&service)?;
+    if parts.config.node(&node).is_none() {
+        return Err(ApiError::not_found(format!(
+            "service `{service}` has no node `{node}`"
+        )));
+    }
+    let tail = Tail {
+        base: parts.base,
+        service,
+        node,
+        file: None,
+        offset: 0,
+        partial: Vec::new(),
+        queue: VecDeque::new(),
+        checked: None,
+        history: query.lines.unwrap_or(100).min(1000),
+    };
+    let stream = futures_util::stream::unfold(tail, |mut tail| async move {
+        loop {
+            if let Some(event) = tail.queue.pop_front() {
+                return Some((Ok(event), tail));
+            }
+            tail.poll().await;
+            if tail.queue.is_empty() {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
