@@ -304,6 +304,7 @@ fn run(app: &App, job: &Arc<Job>, work: Work) -> Result<DeployReport, DeployErro
         &job.service,
         Box::new(move |event: &Event| emitter.engine_event(event)),
     )?;
+    engine.act_for(&format!("{} via console", job.actor));
     rt.block_on(async {
         match work {
             Work::Deploy(request) => engine.deploy(request).await,

@@ -43,6 +43,17 @@ impl Drivers {
             .map_err(|e| ApiError::internal(format!("config: {e}")))
     }
 
+    /// The agent of `[hosts.NAME]`, through the console's fleet credentials.
+    pub fn agent(&self, host: &str) -> ApiResult<nonstop_agent_client::AgentClient> {
+        let config = self.load()?;
+        let (Some(fleet), Some(host_config)) = (&self.fleet, config.hosts.get(host)) else {
+            return Err(ApiError::internal(format!(
+                "host `{host}` is not reachable from this console"
+            )));
+        };
+        Ok(fleet.agent(host, host_config))
+    }
+
     /// The service's deploy engine (not `Send`: use it on the thread that opened it).
     pub fn engine(
         &self,

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use nonstop_ports::NodeName;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -108,10 +109,7 @@ impl Tail {
     }
 
     fn push_line(&mut self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
-        self.queue
-            .push_back(SseEvent::default().event("line").data(text));
+        self.queue.push_back(line_event(line));
     }
 }
 
@@ -135,17 +133,31 @@ async fn tail_offset(path: &std::path::Path, lines: usize) -> u64 {
     0
 }
 
-/// Follows the log of `node`: `file` events name the file, `line` events carry its lines.
+type Events = futures_util::stream::BoxStream<'static, Result<SseEvent, Infallible>>;
+
+/// Follows the log of `node`: `file` events name the file, `line` events carry its lines. A node
+/// on another host is followed through its agent, which streams its own record's log.
 pub async fn follow(
     State(app): State<App>,
     Path((service, node)): Path<(String, String)>,
     Query(query): Query<LogQuery>,
-) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+) -> ApiResult<Response> {
     let parts = app.drivers.parts(&service)?;
-    if parts.config.node(&node).is_none() {
+    let Some(node_config) = parts.config.node(&node) else {
         return Err(ApiError::not_found(format!(
             "service `{service}` has no node `{node}`"
         )));
+    };
+    let history = query.lines.unwrap_or(100).min(1000);
+    if let Some(host) = node_config.host() {
+        let agent = app.drivers.agent(host)?;
+        let response = agent
+            .logs(&service, &node, history, true)
+            .await
+            .map_err(|e| ApiError::new(axum::http::StatusCode::BAD_GATEWAY, e.to_string()))?;
+        return Ok(Sse::new(remote_lines(host, response))
+            .keep_alive(KeepAlive::default())
+            .into_response());
     }
     let tail = Tail {
         base: parts.base,
@@ -156,12 +168,12 @@ pub async fn follow(
         partial: Vec::new(),
         queue: VecDeque::new(),
         checked: None,
-        history: query.lines.unwrap_or(100).min(1000),
+        history,
     };
     let stream = futures_util::stream::unfold(tail, |mut tail| async move {
         loop {
             if let Some(event) = tail.queue.pop_front() {
-                return Some((Ok(event), tail));
+                return Some((Ok::<_, Infallible>(event), tail));
             }
             tail.poll().await;
             if tail.queue.is_empty() {
@@ -169,5 +181,45 @@ pub async fn follow(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// An agent's log stream as `line` events (after one `file` event naming the host).
+fn remote_lines(host: &str, response: hyper::Response<hyper::body::Incoming>) -> Events {
+    use http_body_util::BodyExt;
+    let first = SseEvent::default()
+        .event("file")
+        .data(format!("{host}: the node's current log"));
+    let chunks = response.into_body().into_data_stream();
+    let lines = futures_util::stream::unfold(
+        (chunks, Vec::<u8>::new(), VecDeque::<SseEvent>::new()),
+        |(mut chunks, mut partial, mut queue)| async move {
+            loop {
+                if let Some(event) = queue.pop_front() {
+                    return Some((Ok(event), (chunks, partial, queue)));
+                }
+                let chunk = chunks.next().await?.ok()?;
+                partial.extend_from_slice(&chunk);
+                while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=end).collect();
+                    queue.push_back(line_event(&line[..line.len() - 1]));
+                }
+                if partial.len() > MAX_LINE {
+                    queue.push_back(line_event(&std::mem::take(&mut partial)));
+                }
+            }
+        },
+    );
+    futures_util::stream::once(async move { Ok(first) })
+        .chain(lines)
+        .boxed()
+}
+
+fn line_event(line: &[u8]) -> SseEvent {
+    let text = String::from_utf8_lossy(line);
+    SseEvent::default()
+        .event("line")
+        .data(text.trim_end_matches('\r'))
 }

@@ -148,6 +148,12 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         })
     }
 
+    /// Names who this engine deploys for (history, lock messages), e.g. a console's user,
+    /// instead of this process's `user@host`.
+    pub fn act_for(&mut self, who: &str) {
+        self.holder.name = who.to_string();
+    }
+
     fn event(&self, kind: EventKind, node: Option<&NodeName>, message: impl Into<String>) {
         (self.emit)(&Event {
             at_ms: nonstop_store::now_ms(),

@@ -101,6 +101,15 @@ impl NetnsVeth {
         NetnsVeth::create(tag, x)
     }
 
+    /// Routes everything from inside the namespace to the host's end of the veth, so the
+    /// namespace reaches every address of the host (no forwarding between namespaces needed).
+    pub fn route_via_host(&self) -> Result<(), String> {
+        let host = self.host_addr.to_string();
+        ip(&[
+            "netns", "exec", &self.name, "ip", "route", "add", "default", "via", &host,
+        ])
+    }
+
     /// Runs `argv` inside the namespace (`ip netns exec <name> argv...`).
     pub fn exec(&self, argv: &[&str]) -> std::io::Result<Output> {
         Command::new("ip")

@@ -128,6 +128,9 @@ impl Drop for TestConsole {
 pub struct Setup {
     pub upload_limit: usize,
     pub artifacts: bool,
+    pub listen: SocketAddr,
+    /// The config file's text (`{dir}` is the console's temp dir); default [`write_config`]'s.
+    pub config: Option<String>,
 }
 
 impl Default for Setup {
@@ -135,6 +138,8 @@ impl Default for Setup {
         Setup {
             upload_limit: 64 * 1024 * 1024,
             artifacts: true,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            config: None,
         }
     }
 }
@@ -143,13 +148,21 @@ impl TestConsole {
     pub async fn start(setup: Setup) -> TestConsole {
         let dir = tempfile::tempdir().unwrap();
         let (_, hello) = binaries();
-        let config = write_config(dir.path(), &hello);
+        let config = match &setup.config {
+            Some(text) => {
+                let path = dir.path().join("nonstop.toml");
+                let text = text.replace("{dir}", &dir.path().display().to_string());
+                std::fs::write(&path, text).unwrap();
+                path
+            }
+            None => write_config(dir.path(), &hello),
+        };
         let artifacts = dir.path().join("drop");
         std::fs::create_dir_all(&artifacts).unwrap();
         let state = dir.path().join("state");
         let console = Console::bind(ConsoleOptions {
             config,
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: setup.listen,
             state: state.clone(),
             artifacts: setup.artifacts.then_some(artifacts),
             trusted_proxies: vec![],
