@@ -1,6 +1,6 @@
 //! The console in a real browser: starts `nonstop proxy` and `nonstop console` as processes, then
 //! runs tests/browser/console.mjs (playwright-core + Debian Chromium), which saves screenshots
-//! to docs/screenshots/. Needs `node`, `npm` and `/usr/bin/chromium`; fails without them.
+//! (to docs/screenshots/ with `NONSTOP_SCREENSHOTS=docs/screenshots`). Needs `node`, `npm` and `/usr/bin/chromium`; fails without them.
 
 mod support;
 
@@ -95,7 +95,18 @@ async fn the_console_in_headless_chromium() {
         .unwrap();
     let secret = bootstrap_secret(&mut console);
     let _console = Killed(console);
-    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots");
+    // The docs' screenshots are refreshed on request only, so a test run leaves the tree clean:
+    // `NONSTOP_SCREENSHOTS=docs/screenshots cargo test -p nonstop-console --test browser`.
+    let screenshots = match std::env::var_os("NONSTOP_SCREENSHOTS") {
+        Some(dir) => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(dir),
+        None => {
+            let shots = dir.path().join("screenshots");
+            std::fs::create_dir_all(&shots).unwrap();
+            shots
+        }
+    };
     let node = tokio::process::Command::new("node")
         .arg("console.mjs")
         .current_dir(browser_dir())
