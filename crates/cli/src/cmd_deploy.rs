@@ -185,20 +185,6 @@ fn ignore_hangup() -> Option<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
 }
 
-/// Ctrl-C or SIGTERM: the deploy stops at its next step and rolls back what it did.
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, DeployError> {
     pairs
         .iter()
@@ -292,7 +278,8 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             let _hangup = ignore_hangup();
             let finished = tokio::select! {
                 result = engine.deploy(request) => Some(result),
-                () = interrupted() => None,
+                // Ctrl-C or SIGTERM: the deploy stops at its next step and rolls back.
+                () = crate::signals::interrupted() => None,
             };
             match finished {
                 Some(result) => result,
@@ -316,7 +303,8 @@ pub fn rollback(args: ServiceArgs) -> anyhow::Result<ExitCode> {
                 let _hangup = ignore_hangup();
                 let finished = tokio::select! {
                     result = engine.rollback() => Some(result),
-                    () = interrupted() => None,
+                    // Ctrl-C or SIGTERM: the deploy stops at its next step and rolls back.
+                () = crate::signals::interrupted() => None,
                 };
                 match finished {
                     Some(result) => result,

@@ -12,6 +12,7 @@ mod cmd_lb;
 mod cmd_proxy;
 mod cmd_remote;
 mod logging;
+mod signals;
 
 use std::process::ExitCode;
 

@@ -47,42 +47,49 @@ fn download(body: Vec<u8>, content_type: &'static str, file: &'static str) -> Re
 }
 
 /// The audit log as CSV (formula-looking cells neutralised), all records unless limited.
-pub async fn audit_csv(
-    State(app): State<App>,
-    Query(query): Query<AuditQuery>,
-) -> ApiResult<Response> {
-    let filter = query.filter(0);
-    let body = app
-        .accounts(move |a| {
-            let mut out = Vec::new();
-            a.export_audit_csv(&filter, &mut out)?;
-            Ok(out)
-        })
-        .await?;
-    Ok(download(
-        body,
-        "text/csv; charset=utf-8",
-        "attachment; filename=\"nonstop-audit.csv\"",
-    ))
+pub async fn audit_csv(state: State<App>, query: Query<AuditQuery>) -> ApiResult<Response> {
+    export(state, query, Export::Csv).await
 }
 
-pub async fn audit_json(
+/// The audit log as one JSON array, all records unless limited.
+pub async fn audit_json(state: State<App>, query: Query<AuditQuery>) -> ApiResult<Response> {
+    export(state, query, Export::Json).await
+}
+
+#[derive(Clone, Copy)]
+enum Export {
+    Csv,
+    Json,
+}
+
+async fn export(
     State(app): State<App>,
     Query(query): Query<AuditQuery>,
+    format: Export,
 ) -> ApiResult<Response> {
     let filter = query.filter(0);
     let body = app
         .accounts(move |a| {
             let mut out = Vec::new();
-            a.export_audit_json(&filter, &mut out)?;
+            match format {
+                Export::Csv => a.export_audit_csv(&filter, &mut out)?,
+                Export::Json => a.export_audit_json(&filter, &mut out)?,
+            };
             Ok(out)
         })
         .await?;
-    Ok(download(
-        body,
-        "application/json",
-        "attachment; filename=\"nonstop-audit.json\"",
-    ))
+    Ok(match format {
+        Export::Csv => download(
+            body,
+            "text/csv; charset=utf-8",
+            "attachment; filename=\"nonstop-audit.csv\"",
+        ),
+        Export::Json => download(
+            body,
+            "application/json",
+            "attachment; filename=\"nonstop-audit.json\"",
+        ),
+    })
 }
 
 /// Users with their grants and tokens (never a token's secret).
