@@ -12,7 +12,7 @@ use support::*;
 struct Shop {
     proxy: Proxy,
     base: PathBuf,
-    _instances: EngineInstances,
+    _instances: KillUnder,
 }
 
 impl Shop {
@@ -74,7 +74,7 @@ drain = {{ timeout = "5s" }}
         let proxy = Proxy::start_in(dir);
         Shop {
             proxy,
-            _instances: EngineInstances { base: base.clone() },
+            _instances: KillUnder(base.clone()),
             base,
         }
     }
@@ -354,9 +354,7 @@ async fn rolling_deploy_through_command_runtime_hooks_fails_nothing() {
         r#"runtime = {{ kind = "command", start = ["{s}", "start", "{{node}}", "{{port}}", "{{version}}"], stop = ["{s}", "stop", "{{node}}"], status = ["{s}", "status", "{{node}}"], timeout = "10s" }}"#
     );
     let shop = Shop::start("rolling", &["n1", "n2"], &runtime);
-    let _hooked = EngineInstances {
-        base: hooks.path().to_path_buf(),
-    };
+    let _hooked = KillUnder(hooks.path().to_path_buf());
     assert_exit(&shop.deploy("1", &[]), 0);
     let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
     load.wait_for_requests(50).await;

@@ -146,9 +146,7 @@ verify = "300ms"
         ));
     }
     write(&config_path, &config);
-    let _instances = EngineInstances {
-        base: work.path().to_path_buf(),
-    };
+    let _instances = KillUnder(work.path().to_path_buf());
 
     let out = deploy(&config_path, "1", &[]);
     assert!(out.status.success(), "first deploy: {}", text(&out));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nonstop_testkit::apache::{Apache, ApacheOptions, JkMember};
 use nonstop_testkit::client::{LoadOptions, LoadReport, StickyLoad};
 use nonstop_testkit::tomcat::{TomcatBase, Variant, build_war, java_opts};
-use support::{EngineInstances, nonstop_bin, text, write};
+use support::{KillUnder, nonstop_bin, text, write};
 
 const SECRET: &str = "ajp-secret-for-tests";
 
@@ -224,9 +224,7 @@ fn check(what: &str, report: &LoadReport, war: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wars_roll_through_mod_jk_with_sticky_sessions_and_a_failing_war_rolls_back() {
     let site = Site::start().await;
-    let _instances = EngineInstances {
-        base: site.work.path().to_path_buf(),
-    };
+    let _instances = KillUnder(site.work.path().to_path_buf());
     let config = site.config(&site.uriworkermap());
     let out = site.deploy(&config, "v1");
     assert!(out.status.success(), "first deploy: {}", text(&out));

@@ -211,9 +211,7 @@ async fn blue_green_and_rolling_behind_nginx_and_a_rejected_edit_changes_nothing
     let work = tempfile::tempdir().unwrap();
     let config_path: PathBuf = work.path().join("nonstop.toml");
     write(&config_path, &config(&nginx, work.path()));
-    let _instances = EngineInstances {
-        base: work.path().to_path_buf(),
-    };
+    let _instances = KillUnder(work.path().to_path_buf());
     let (shop, roll) = (nginx.url(nginx.shop_port), nginx.url(nginx.roll_port));
 
     for service in ["shop", "roll"] {

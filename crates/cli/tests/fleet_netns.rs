@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nonstop_agent::Credentials;
 use nonstop_testkit::netns::NetnsVeth;
-use support::{EngineInstances, Load, Proc, Proxy, hello_bin, nonstop_bin, wait_until};
+use support::{KillUnder, Load, Proc, Proxy, hello_bin, nonstop_bin, wait_until};
 use tokio::io::AsyncBufReadExt;
 
 const HOSTS: [&str; 3] = ["web1", "web2", "web3"];
@@ -141,9 +141,7 @@ async fn deploy_under_load(
 async fn rolling_deploy_across_three_hosts_and_an_agent_killed_mid_deploy() {
     let tag = std::process::id() % 100_000;
     let dir = tempfile::tempdir().unwrap();
-    let _instances = EngineInstances {
-        base: dir.path().to_path_buf(),
-    };
+    let _instances = KillUnder(dir.path().to_path_buf());
     let console_state = dir.path().join("console");
     let mut hosts: Vec<Host> = HOSTS
         .iter()
@@ -345,9 +343,7 @@ async fn rolling_deploy_across_three_hosts_and_an_agent_killed_mid_deploy() {
 async fn rolling_deploy_behind_haproxy_driven_through_its_hosts_agent() {
     let tag = std::process::id() % 100_000;
     let dir = tempfile::tempdir().unwrap();
-    let _instances = EngineInstances {
-        base: dir.path().to_path_buf(),
-    };
+    let _instances = KillUnder(dir.path().to_path_buf());
     let console_state = dir.path().join("console");
     let ns = NetnsVeth::create_free(&format!("{tag}h"))
         .unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use nonstop_testkit::client::{LoadOptions, StickyLoad};
 use nonstop_testkit::netns::NetnsVeth;
-use nonstop_testkit::process::Proc;
+use nonstop_testkit::process::{KillUnder, Proc};
 use serde_json::json;
-use support::{Instances, Setup, TestConsole, binaries, start_proxy, wait_until};
+use support::{Setup, TestConsole, binaries, start_proxy, wait_until};
 
 const HOSTS: [&str; 3] = ["web1", "web2", "web3"];
 
@@ -106,7 +106,7 @@ async fn console_enrols_agents_and_rolls_across_three_hosts_under_load() {
         ..Setup::default()
     })
     .await;
-    let _instances = Instances(console.dir.path().to_path_buf());
+    let _instances = KillUnder(console.dir.path().to_path_buf());
     let _proxy = start_proxy(&console.config()).await;
     let admin = console.admin().await;
 

@@ -80,3 +80,29 @@ pub fn read_line_matching(
     rx.recv_timeout(deadline)
         .unwrap_or_else(|_| panic!("no line containing `{needle}` within {deadline:?}"))
 }
+
+/// Kills, when dropped, every process whose working directory lies under `.0`: what a deploy
+/// (or an agent) started for a test — warm standbys and rolled-back instances included, and in
+/// other namespaces too — is found by its release directory, not by a pid the test never saw.
+pub struct KillUnder(pub std::path::PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // A deleted directory reads as "<path> (deleted)": still under the prefix.
+            let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
+            if cwd.starts_with(&self.0)
+                && pid != std::process::id() as i32
+                && let Some(pid) = rustix::process::Pid::from_raw(pid)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}

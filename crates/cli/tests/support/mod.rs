@@ -21,7 +21,7 @@ use nonstop_admin_client::{AdminClient, Endpoint};
 #[allow(unused_imports)]
 pub use nonstop_testkit::hello::{Hello, hello_bin};
 #[allow(unused_imports)]
-pub use nonstop_testkit::process::{Proc, read_line_matching};
+pub use nonstop_testkit::process::{KillUnder, Proc, read_line_matching};
 pub use nonstop_testkit::wait_until;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -374,32 +374,6 @@ pub fn nonstop_on_config(args: &[&str], config: &str) -> (bool, String) {
 
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
-}
-
-/// Kills, when dropped, every process the engine started for a service — warm standbys and
-/// rolled-back ones included — found by their working directory, a release under `base`.
-pub struct EngineInstances {
-    /// The service's `releases.dir`.
-    pub base: PathBuf,
-}
-
-impl Drop for EngineInstances {
-    fn drop(&mut self) {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in dir.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
-            if cwd.starts_with(&self.base) && pid != std::process::id() {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-        }
-    }
 }
 
 /// A finished command's exit code, stdout and stderr, for assertion messages.
