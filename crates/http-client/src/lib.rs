@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::Request as HyperRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -28,6 +28,8 @@ pub enum HttpError {
     BadHeader(String),
     #[error("cannot reach {addr}: {message}")]
     Io { addr: String, message: String },
+    #[error("cannot read {path}: {message}")]
+    File { path: String, message: String },
     #[error("{addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
 }
@@ -121,24 +123,88 @@ pub async fn send(
     request: &Request<'_>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    let addr = url.authority();
-    match tokio::time::timeout(timeout, exchange(url, &addr, request)).await {
+    let body = Full::new(Bytes::copy_from_slice(request.body));
+    within(
+        url,
+        timeout,
+        exchange(url, request.method, &request.headers, body),
+    )
+    .await
+}
+
+/// Sends the file at `path` as the body of a `method` request (e.g. a WAR to Tomcat's manager
+/// with `PUT`), streamed in 64 KiB chunks with its length as `Content-Length`; reads the whole
+/// answer. The whole exchange, upload included, must fit in `timeout`.
+pub async fn send_file(
+    url: &Url,
+    method: &str,
+    headers: &[(&str, String)],
+    path: &std::path::Path,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    let file_error = |e: std::io::Error| HttpError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let file = tokio::fs::File::open(path).await.map_err(file_error)?;
+    let length = file.metadata().await.map_err(file_error)?.len();
+    let chunks = futures_util::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 64 * 1024];
+        match file.read(&mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok(hyper::body::Frame::data(Bytes::from(chunk))), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    let mut headers = headers.to_vec();
+    headers.push(("content-length", length.to_string()));
+    within(
+        url,
+        timeout,
+        exchange(url, method, &headers, StreamBody::new(chunks)),
+    )
+    .await
+}
+
+async fn within(
+    url: &Url,
+    timeout: Duration,
+    exchange: impl std::future::Future<Output = Result<Response, HttpError>>,
+) -> Result<Response, HttpError> {
+    match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(HttpError::Timeout { addr, timeout }),
+        Err(_) => Err(HttpError::Timeout {
+            addr: url.authority(),
+            timeout,
+        }),
     }
 }
 
-async fn exchange(url: &Url, addr: &str, request: &Request<'_>) -> Result<Response, HttpError> {
+async fn exchange<B>(
+    url: &Url,
+    method: &str,
+    headers: &[(&str, String)],
+    body: B,
+) -> Result<Response, HttpError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let addr = url.authority();
     let io = |e: &dyn std::fmt::Display| HttpError::Io {
-        addr: addr.to_string(),
+        addr: addr.clone(),
         message: e.to_string(),
     };
     let mut builder = HyperRequest::builder()
-        .method(request.method)
+        .method(method)
         .uri(&url.path)
-        .header(hyper::header::HOST, addr)
+        .header(hyper::header::HOST, &addr)
         .header(hyper::header::USER_AGENT, "nonstop");
-    for (name, value) in &request.headers {
+    for (name, value) in headers {
         // hyper refuses line breaks too; checked here to say which header was wrong.
         if value.contains(['\r', '\n']) {
             return Err(HttpError::BadHeader(format!("{name} holds a line break")));
@@ -146,9 +212,9 @@ async fn exchange(url: &Url, addr: &str, request: &Request<'_>) -> Result<Respon
         builder = builder.header(*name, value.as_str());
     }
     let hyper_request = builder
-        .body(Full::new(Bytes::copy_from_slice(request.body)))
+        .body(body)
         .map_err(|e| HttpError::BadHeader(e.to_string()))?;
-    let stream = TcpStream::connect(addr).await.map_err(|e| io(&e))?;
+    let stream = TcpStream::connect(&addr).await.map_err(|e| io(&e))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| io(&e))?;

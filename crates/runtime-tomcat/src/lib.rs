@@ -1,5 +1,15 @@
-//! The Tomcat runtime: installs a WAR into a Tomcat instance's CATALINA_BASE (keeping the previous
-//! one), restarts that Tomcat as a supervised `catalina.sh run` child, and waits for the app.
+//! The Tomcat runtime, one Tomcat (CATALINA_BASE) per node, in one of two ways:
+//!
+//! - `deploy = "restart"` (the default): installs the WAR into `webapps/` (keeping the previous
+//!   one), restarts that Tomcat as a supervised `catalina.sh run` child, and waits for the app;
+//! - `deploy = "manager"`: the Tomcat keeps running (started once with `catalina.sh run` if it is
+//!   not) and the WAR is deployed through its Manager text API ([`manager`]), either in place
+//!   (`update=true`) or beside the running one as a Tomcat parallel deployment
+//!   (`parallel = true`: `CONTEXT##VERSION`, new sessions go to the newest version, existing
+//!   sessions stay on theirs until the old version is undeployed).
+
+mod managed;
+pub mod manager;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -10,6 +20,9 @@ use std::time::{Duration, Instant};
 use nonstop_http_client as http;
 use nonstop_ports::{Instance, InstanceSpec, NodeName, PortError, PortResult, Runtime};
 use serde::Deserialize;
+
+use managed::check_password_file;
+use manager::Listed;
 
 /// Log lines with which Tomcat reports that the context did not start, or that a connector
 /// (say the AJP one the balancer talks to) could not bind: Tomcat then keeps running and the
@@ -43,6 +56,128 @@ pub struct TomcatConfig {
     pub startup_timeout: String,
 }
 
+/// How a WAR gets into a running Tomcat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployMode {
+    /// Copy the WAR into `webapps/` and restart that Tomcat.
+    #[default]
+    Restart,
+    /// Deploy through the Manager text API; the Tomcat keeps running.
+    Manager,
+}
+
+/// The settings of `deploy = "manager"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// The manager's text API; `{port}` is the node's port. Default
+    /// `http://127.0.0.1:{port}/manager/text`.
+    pub url: String,
+    /// Per-node URLs that replace `url`.
+    pub urls: BTreeMap<String, String>,
+    /// A user with the role `manager-script`.
+    pub user: String,
+    /// A file holding that user's password (one line); never readable by everyone.
+    pub password_file: PathBuf,
+    /// Tomcat parallel deployment: `CONTEXT##VERSION` beside the running version.
+    pub parallel: bool,
+}
+
+/// Default [`ManagerConfig::url`].
+pub const DEFAULT_MANAGER_URL: &str = "http://127.0.0.1:{port}/manager/text";
+
+/// Everything `runtime = { kind = "tomcat", ... }` may hold: [`TomcatConfig`]'s keys plus the
+/// deploy mode and the manager's settings. (A type of its own so code that builds a
+/// [`TomcatConfig`] for the restart mode keeps compiling; serde cannot flatten a
+/// `deny_unknown_fields` struct, hence the repeated keys.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TomcatSettings {
+    #[serde(default = "default_home")]
+    pub catalina_home: PathBuf,
+    pub bases: BTreeMap<String, PathBuf>,
+    pub context: String,
+    #[serde(default)]
+    pub health_path: Option<String>,
+    #[serde(default)]
+    pub java_opts: Vec<String>,
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout: String,
+    #[serde(default)]
+    pub deploy: DeployMode,
+    #[serde(default)]
+    pub manager_url: Option<String>,
+    #[serde(default)]
+    pub manager_urls: BTreeMap<String, String>,
+    #[serde(default)]
+    pub manager_user: Option<String>,
+    #[serde(default)]
+    pub manager_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub parallel: bool,
+}
+
+impl TomcatSettings {
+    /// The restart-mode config and, with `deploy = "manager"`, the manager's.
+    pub fn split(self) -> Result<(TomcatConfig, Option<ManagerConfig>), TomcatError> {
+        let config = TomcatConfig {
+            catalina_home: self.catalina_home,
+            bases: self.bases,
+            context: self.context,
+            health_path: self.health_path,
+            java_opts: self.java_opts,
+            startup_timeout: self.startup_timeout,
+        };
+        match self.deploy {
+            DeployMode::Restart => {
+                let stray = [
+                    ("manager_url", self.manager_url.is_some()),
+                    ("manager_urls", !self.manager_urls.is_empty()),
+                    ("manager_user", self.manager_user.is_some()),
+                    (
+                        "manager_password_file",
+                        self.manager_password_file.is_some(),
+                    ),
+                    ("parallel", self.parallel),
+                ];
+                if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+                    return Err(TomcatError::Config(format!(
+                        "`{key}` is only used with deploy = \"manager\" (this runtime restarts Tomcat)"
+                    )));
+                }
+                Ok((config, None))
+            }
+            DeployMode::Manager => {
+                let user = self.manager_user.ok_or_else(|| {
+                    TomcatError::Config(
+                        "deploy = \"manager\" needs manager_user (a user with the role manager-script)"
+                            .into(),
+                    )
+                })?;
+                let password_file = self.manager_password_file.ok_or_else(|| {
+                    TomcatError::Config(
+                        "deploy = \"manager\" needs manager_password_file (a file holding the password; \
+                         never the password itself in the config)"
+                            .into(),
+                    )
+                })?;
+                Ok((
+                    config,
+                    Some(ManagerConfig {
+                        url: self
+                            .manager_url
+                            .unwrap_or_else(|| DEFAULT_MANAGER_URL.to_string()),
+                        urls: self.manager_urls,
+                        user,
+                        password_file,
+                        parallel: self.parallel,
+                    }),
+                ))
+            }
+        }
+    }
+}
+
 fn default_home() -> PathBuf {
     PathBuf::from("/usr/share/tomcat10")
 }
@@ -56,6 +191,10 @@ pub enum TomcatError {
     Config(String),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error("Tomcat manager {url}: {message}")]
+    Manager { url: String, message: String },
+    #[error("{0}")]
+    Refused(String),
     #[error("Tomcat {node} failed to start the app: {reason}; last log lines of {log}:\n{tail}")]
     StartFailed {
         node: String,
@@ -76,9 +215,73 @@ impl From<TomcatError> for PortError {
 pub struct TomcatRuntime {
     config: TomcatConfig,
     startup_timeout: Duration,
+    manager: Option<ManagerConfig>,
+    /// Recent `list` answers by manager URL: `is_running` is polled every few milliseconds
+    /// during the engine's verify window.
+    lists: ListCache,
 }
 
+/// `list` answers by manager URL, with when they came.
+type ListCache = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (Instant, Vec<Listed>)>>>;
+
+/// How long a `list` answer is reused by `is_running`.
+const LIST_CACHE: Duration = Duration::from_millis(250);
+/// Timeout of one manager call other than deploy.
+const MANAGER_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl TomcatRuntime {
+    /// From the whole `runtime = { kind = "tomcat", ... }` table.
+    pub fn from_settings(settings: TomcatSettings) -> Result<TomcatRuntime, TomcatError> {
+        let (config, manager) = settings.split()?;
+        match manager {
+            Some(m) => TomcatRuntime::with_manager(config, m),
+            None => TomcatRuntime::new(config),
+        }
+    }
+
+    /// `deploy = "manager"`: deploys through the Manager text API of a Tomcat that keeps running.
+    pub fn with_manager(
+        config: TomcatConfig,
+        manager: ManagerConfig,
+    ) -> Result<TomcatRuntime, TomcatError> {
+        let mut runtime = TomcatRuntime::new(config)?;
+        if runtime.config.context.contains('#') {
+            return Err(TomcatError::Config(format!(
+                "context `{}`: with deploy = \"manager\" name the context without `##`; \
+                 parallel = true adds `##VERSION` itself",
+                runtime.config.context
+            )));
+        }
+        if manager.user.is_empty() || manager.user.contains([':', '\r', '\n']) {
+            return Err(TomcatError::Config(format!(
+                "manager_user `{}` must be a non-empty name without `:`",
+                manager.user
+            )));
+        }
+        for (node, url) in std::iter::once(("*", &manager.url))
+            .chain(manager.urls.iter().map(|(node, url)| (node.as_str(), url)))
+        {
+            if node != "*" && !runtime.config.bases.contains_key(node) {
+                return Err(TomcatError::Config(format!(
+                    "manager_urls names node `{node}`, which has no CATALINA_BASE in `bases`"
+                )));
+            }
+            let parsed = http::Url::parse(&url.replace("{port}", "1"))
+                .map_err(|e| TomcatError::Config(format!("manager_url `{url}`: {e}")))?;
+            // Basic auth over plain HTTP: only where it cannot be sniffed. A remote Tomcat is
+            // deployed to by the nonstop agent on its own host.
+            if !parsed.is_loopback() {
+                return Err(TomcatError::Config(format!(
+                    "manager_url `{url}` is not on loopback: the manager password would cross the \
+                     network in clear text; run `nonstop agent` on the Tomcat's host instead"
+                )));
+            }
+        }
+        check_password_file(&manager.password_file)?;
+        runtime.manager = Some(manager);
+        Ok(runtime)
+    }
+
     pub fn new(config: TomcatConfig) -> Result<TomcatRuntime, TomcatError> {
         let startup_timeout = parse_duration(&config.startup_timeout).ok_or_else(|| {
             TomcatError::Config(format!(
@@ -107,6 +310,8 @@ impl TomcatRuntime {
         Ok(TomcatRuntime {
             config,
             startup_timeout,
+            manager: None,
+            lists: Default::default(),
         })
     }
 
@@ -260,9 +465,13 @@ impl TomcatRuntime {
 }
 
 impl Runtime for TomcatRuntime {
-    /// Installs `spec.artifact` as the context WAR, starts that Tomcat and waits for the app; on
-    /// failure the Tomcat is stopped again and `previous_war` holds the WAR to restore.
+    /// Restart mode: installs `spec.artifact` as the context WAR, starts that Tomcat and waits for
+    /// the app; on failure the Tomcat is stopped again and `previous_war` holds the WAR to restore.
+    /// Manager mode: see [`TomcatRuntime::manager_start`].
     async fn start(&self, spec: &InstanceSpec) -> PortResult<Instance> {
+        if let Some(m) = &self.manager {
+            return Ok(self.manager_start(spec, m).await?);
+        }
         let base = self.base(&spec.node)?.to_path_buf();
         if std::net::TcpStream::connect(("127.0.0.1", spec.port)).is_ok() {
             return Err(PortError::new(format!(
@@ -274,18 +483,35 @@ impl Runtime for TomcatRuntime {
         let (instance, offset) = self.launch(spec, &base)?;
         if let Err(e) = self.wait_ready(&instance, offset).await {
             let _ = nonstop_runtime_process::stop(&instance, Duration::from_secs(20)).await;
+            // The JVM's main thread can be a zombie while its other threads still close the
+            // connectors: the start has failed only once the port is free again.
+            let freed = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpListener::bind(("127.0.0.1", spec.port)).is_err()
+                && Instant::now() < freed
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             return Err(e.into());
         }
         Ok(instance)
     }
 
-    /// SIGTERM (Tomcat's shutdown hook stops connectors and lets requests finish), SIGKILL after `grace`.
+    /// Restart mode: SIGTERM (Tomcat's shutdown hook stops connectors and lets requests finish),
+    /// SIGKILL after `grace`. Manager mode: see [`TomcatRuntime::manager_stop`].
     async fn stop(&self, instance: &Instance, grace: Duration) -> PortResult<()> {
+        if let Some(m) = &self.manager {
+            return Ok(self.manager_stop(instance, m, grace).await?);
+        }
         nonstop_runtime_process::stop(instance, grace).await
     }
 
+    /// Restart mode: the JVM is alive. Manager mode: the JVM is alive (when nonstop started it)
+    /// and the manager lists this version's context as running.
     async fn is_running(&self, instance: &Instance) -> bool {
-        nonstop_runtime_process::is_running(instance)
+        match &self.manager {
+            Some(m) => self.manager_is_running(instance, m).await,
+            None => nonstop_runtime_process::is_running(instance),
+        }
     }
 }
 
@@ -339,6 +565,8 @@ mod tests {
                 startup_timeout: "60s".into(),
             },
             startup_timeout: Duration::from_secs(60),
+            manager: None,
+            lists: Default::default(),
         }
     }
 
@@ -382,5 +610,57 @@ mod tests {
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn manager_settings_are_checked() {
+        let parse = |extra: &str| {
+            toml::from_str::<TomcatSettings>(&format!(
+                "context = \"app\"\nbases = {{ t1 = \"/srv/t1\" }}\n{extra}"
+            ))
+            .unwrap()
+            .split()
+        };
+        let (_, m) = parse("").unwrap();
+        assert!(m.is_none(), "restart is the default");
+        let e = parse("parallel = true").unwrap_err().to_string();
+        assert!(
+            e.contains("`parallel` is only used with deploy = \"manager\""),
+            "{e}"
+        );
+        let e = parse("deploy = \"manager\"").unwrap_err().to_string();
+        assert!(e.contains("needs manager_user"), "{e}");
+        let (_, m) = parse(
+            "deploy = \"manager\"\nmanager_user = \"deployer\"\nmanager_password_file = \"/etc/pw\"\nparallel = true",
+        )
+        .unwrap();
+        let m = m.unwrap();
+        assert_eq!(m.url, DEFAULT_MANAGER_URL);
+        assert!(m.parallel);
+        assert!(
+            toml::from_str::<TomcatSettings>(
+                "context = \"app\"\nbases = {}\nmanager_password = \"x\"\n"
+            )
+            .is_err(),
+            "no password in the config"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "x").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = runtime(dir.path()).config;
+        let manager = |url: &str| ManagerConfig {
+            url: url.into(),
+            urls: Default::default(),
+            user: "deployer".into(),
+            password_file: pw.clone(),
+            parallel: false,
+        };
+        assert!(TomcatRuntime::with_manager(config.clone(), manager(DEFAULT_MANAGER_URL)).is_ok());
+        let e = TomcatRuntime::with_manager(config, manager("http://10.0.0.5:8080/manager/text"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not on loopback"), "{e}");
     }
 }

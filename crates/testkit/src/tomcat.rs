@@ -16,6 +16,9 @@ use std::sync::{Mutex, OnceLock};
 /// Debian's Tomcat 10.
 pub const CATALINA_HOME: &str = "/usr/share/tomcat10";
 
+/// Debian's manager webapp (package tomcat10-admin).
+pub const MANAGER_DOCBASE: &str = "/usr/share/tomcat10-admin/manager";
+
 /// JVM options for quick test starts with a small heap.
 pub fn java_opts() -> Vec<String> {
     [
@@ -119,6 +122,54 @@ impl TomcatBase {
             jvm_route: jvm_route.to_string(),
             ajp_secret: ajp_secret.to_string(),
         })
+    }
+
+    /// Installs the manager webapp at `/manager` (`conf/Catalina/localhost/manager.xml` with
+    /// [`MANAGER_DOCBASE`], loopback only) and a `conf/tomcat-users.xml` (read by a MemoryRealm
+    /// of that context) with `user` in the role `manager-script`; writes `password` to
+    /// `dir/manager.password` (mode 0600), which it returns.
+    pub fn install_manager(&self, user: &str, password: &str) -> io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        check_token("manager user", user)?;
+        check_token("manager password", password)?;
+        if !Path::new(MANAGER_DOCBASE).join("WEB-INF/web.xml").is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no manager webapp in {MANAGER_DOCBASE} (apt-get install tomcat10-admin)"),
+            ));
+        }
+        let host = self.dir.join("conf/Catalina/localhost");
+        std::fs::create_dir_all(&host)?;
+        // The context file replaces the webapp's META-INF/context.xml, so it repeats its valve.
+        std::fs::write(
+            host.join("manager.xml"),
+            format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?>
+<!-- written by nonstop-testkit -->
+<Context path="/manager" docBase="{MANAGER_DOCBASE}" privileged="true" antiResourceLocking="false">
+  <Valve className="org.apache.catalina.valves.RemoteCIDRValve" allow="127.0.0.0/8, ::1/128" />
+  <Realm className="org.apache.catalina.realm.MemoryRealm" pathname="conf/tomcat-users.xml" />
+</Context>
+"#
+            ),
+        )?;
+        let users = self.dir.join("conf/tomcat-users.xml");
+        std::fs::write(
+            &users,
+            format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?>
+<tomcat-users>
+  <role rolename="manager-script" />
+  <user username="{user}" password="{password}" roles="manager-script" />
+</tomcat-users>
+"#
+            ),
+        )?;
+        std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600))?;
+        let file = self.dir.join("manager.password");
+        std::fs::write(&file, format!("{password}\n"))?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
     }
 
     /// The deployed WAR of context `context`.

@@ -10,7 +10,7 @@ import javax.management.ObjectName;
 
 /**
  * The test app: /health answers "UP"; / and /count count per session and answer
- * "version=V route=R count=N"; /slow?ms=N sleeps N ms first. The version comes from the
+ * "version=V route=R count=N"; /slow?ms=N sleeps N ms first; /logout ends the session. The version comes from the
  * context-param `version`, the route from the Engine's jvmRoute.
  */
 public class CounterServlet extends HttpServlet {
@@ -57,6 +57,13 @@ public class CounterServlet extends HttpServlet {
                     Thread.currentThread().interrupt();
                 }
                 resp.getWriter().print("version=" + version + " route=" + route + " slept=" + ms);
+                return;
+            case "/logout":
+                HttpSession ending = req.getSession(false);
+                if (ending != null) {
+                    ending.invalidate();
+                }
+                resp.getWriter().print("version=" + version + " route=" + route + " logged-out");
                 return;
             case "/":
             case "/count":
