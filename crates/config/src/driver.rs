@@ -159,6 +159,8 @@ pub enum RuntimeKind {
     Tomcat,
     /// The operator's argv hooks: install, start, stop, status.
     Command,
+    /// A systemd unit per node, pointed at the release by a runtime drop-in and restarted.
+    Systemd,
 }
 
 impl DriverKind for RuntimeKind {
@@ -167,6 +169,7 @@ impl DriverKind for RuntimeKind {
         ("process", RuntimeKind::Process),
         ("tomcat", RuntimeKind::Tomcat),
         ("command", RuntimeKind::Command),
+        ("systemd", RuntimeKind::Systemd),
     ];
 }
 

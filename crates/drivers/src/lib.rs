@@ -22,7 +22,8 @@ use nonstop_ports::{
 use nonstop_probe_http::HttpProbe;
 use nonstop_runtime_command::{CommandRuntime, CommandRuntimeConfig};
 use nonstop_runtime_process::ProcessRuntime;
-use nonstop_runtime_tomcat::{TomcatConfig, TomcatRuntime};
+use nonstop_runtime_systemd::{SystemdConfig, SystemdRuntime};
+use nonstop_runtime_tomcat::{TomcatRuntime, TomcatSettings};
 
 /// The engine of one service with the drivers its config names.
 pub type ServiceEngine = Engine<AnyBalancer, AnyRuntime, HttpProbe>;
@@ -93,6 +94,7 @@ pub enum AnyRuntime {
     Process(ProcessRuntime),
     Tomcat(TomcatRuntime),
     Command(CommandRuntime),
+    Systemd(SystemdRuntime),
     /// On the nodes' hosts, through their agents.
     Remote(RemoteRuntime),
 }
@@ -112,8 +114,9 @@ enum BalancerSettings {
 
 enum RuntimeSettings {
     Process,
-    Tomcat(TomcatConfig),
+    Tomcat(TomcatSettings),
     Command(CommandRuntimeConfig),
+    Systemd(SystemdConfig),
 }
 
 /// Checks every service's driver settings, with the file and line of a mistake.
@@ -129,14 +132,21 @@ pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
                 )
             })?;
         }
-        if let RuntimeSettings::Command(c) = runtime_settings(name, svc, source)? {
-            CommandRuntime::new(c, []).map_err(|e| {
-                source.error_at(
-                    svc.runtime.table.span.clone(),
-                    format!("service `{name}`: {e}"),
-                    None,
-                )
-            })?;
+        let runtime_error = |e: String| {
+            source.error_at(
+                svc.runtime.table.span.clone(),
+                format!("service `{name}`: {e}"),
+                None,
+            )
+        };
+        match runtime_settings(name, svc, source)? {
+            RuntimeSettings::Command(c) => {
+                CommandRuntime::new(c, []).map_err(runtime_error)?;
+            }
+            RuntimeSettings::Systemd(c) => {
+                systemd_runtime(c, svc).map_err(runtime_error)?;
+            }
+            RuntimeSettings::Process | RuntimeSettings::Tomcat(_) => {}
         }
     }
     Ok(())
@@ -262,13 +272,30 @@ fn local_runtime(name: &str, svc: &ServiceConfig, source: &Source) -> Result<Any
             svc.runtime.shared.env.clone(),
         )),
         RuntimeSettings::Tomcat(c) => {
-            AnyRuntime::Tomcat(TomcatRuntime::new(c).map_err(|e| e.to_string())?)
+            AnyRuntime::Tomcat(TomcatRuntime::from_settings(c).map_err(|e| e.to_string())?)
         }
         RuntimeSettings::Command(c) => {
             AnyRuntime::Command(CommandRuntime::new(c, svc.runtime.shared.env.clone())?)
         }
+        RuntimeSettings::Systemd(c) => AnyRuntime::Systemd(systemd_runtime(c, svc)?),
     };
     Ok(runtime)
+}
+
+/// The systemd runtime of `svc`: its unit template checked against the service's nodes.
+fn systemd_runtime(config: SystemdConfig, svc: &ServiceConfig) -> Result<SystemdRuntime, String> {
+    let nodes: Vec<&str> = svc
+        .nodes
+        .iter()
+        .map(|n| n.name.get_ref().as_str())
+        .collect();
+    SystemdRuntime::new(
+        config,
+        &nodes,
+        svc.runtime.shared.env.clone(),
+        svc.runtime.shared.stop_grace.0,
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn balancer_settings(
@@ -331,9 +358,17 @@ fn runtime_settings(
                 |k| !RUNTIME_SHARED_KEYS.contains(&k),
             )?))
         }
+        RuntimeKind::Systemd => {
+            let path = ["services", name, "runtime"];
+            Ok(RuntimeSettings::Systemd(table.settings(
+                source,
+                &path,
+                |k| !RUNTIME_SHARED_KEYS.contains(&k),
+            )?))
+        }
         RuntimeKind::Tomcat => {
             let path = ["services", name, "runtime"];
-            let tomcat: TomcatConfig =
+            let tomcat: TomcatSettings =
                 table.settings(source, &path, |k| !RUNTIME_SHARED_KEYS.contains(&k))?;
             if let Some(node) = svc
                 .nodes
@@ -377,6 +412,7 @@ macro_rules! each_runtime {
             AnyRuntime::Process($r) => $call,
             AnyRuntime::Tomcat($r) => $call,
             AnyRuntime::Command($r) => $call,
+            AnyRuntime::Systemd($r) => $call,
             AnyRuntime::Remote($r) => $call,
         }
     };
@@ -454,5 +490,35 @@ port = 8081
         let err = check_text(&tomcat).unwrap_err();
         assert!(err.message.contains("node `a` has no Tomcat"), "{err}");
         assert_eq!(err.line, 9, "points at the node: {err}");
+    }
+
+    #[test]
+    fn systemd_settings_are_checked_with_their_line() {
+        let process = "runtime = { kind = \"process\", start = [\"app\", \"--port\", \"{port}\"] }";
+        let systemd = |settings: &str| {
+            SERVICE.replace(
+                process,
+                &format!("runtime = {{ kind = \"systemd\", {settings} }}"),
+            ) + "\n[[services.shop.nodes]]\nname = \"b\"\nport = 8082\n"
+        };
+        check_text(&systemd("unit = \"shop@{node}.service\", scope = \"user\"")).unwrap();
+        let err = check_text(&systemd(
+            "unit = \"shop@{node}.service\", scope = \"session\"",
+        ))
+        .unwrap_err();
+        assert_eq!(err.line, 5, "{err}");
+        assert!(err.message.contains("session"), "{err}");
+        let err = check_text(&systemd("unit = \"shop.service\"")).unwrap_err();
+        assert_eq!(err.line, 5, "{err}");
+        assert!(
+            err.message.contains("2 nodes") && err.message.contains("{node}"),
+            "{err}"
+        );
+        let err =
+            check_text(&systemd("unit = \"shop@{node}.service\", timout = \"5s\"")).unwrap_err();
+        assert_eq!(err.line, 5, "{err}");
+        assert!(err.message.contains("timout"), "{err}");
+        let err = check_text(&systemd("unit = \"shop@{node}\"")).unwrap_err();
+        assert!(err.message.contains(".service"), "{err}");
     }
 }

@@ -1,14 +1,16 @@
 //! Test-only harness for driver tests against real servers: a minimal Tomcat 10 CATALINA_BASE and
 //! a test WAR built with `javac`/`jar` ([`tomcat`]), our own Apache httpd + mod_jk instance
 //! ([`apache`]), a sticky load client with per-user cookie jars ([`client`]), a network namespace
-//! with a veth pair ([`netns`]), the sample app as a backend ([`hello`]), child processes killed
-//! on drop ([`process`]) and waits with deadlines (this module).
+//! with a veth pair ([`netns`]), a real systemd user manager ([`systemd`]), the sample app as a
+//! backend ([`hello`]), child processes killed on drop ([`process`]) and waits with deadlines
+//! (this module).
 
 pub mod apache;
 pub mod client;
 pub mod hello;
 pub mod netns;
 pub mod process;
+pub mod systemd;
 pub mod tomcat;
 
 use std::future::Future;
