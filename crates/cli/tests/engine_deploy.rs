@@ -91,13 +91,7 @@ drain = {{ timeout = "5s" }}
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(nonstop_bin());
-        command
-            .args(args)
-            .arg("--config")
-            .arg(self.proxy.config_path())
-            .stdin(Stdio::null());
-        command
+        self.proxy.command(args)
     }
 
     fn run(&self, args: &[&str]) -> Output {

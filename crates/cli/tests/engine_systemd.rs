@@ -4,7 +4,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Instant;
 
 use nonstop_testkit::systemd::UserManager;
@@ -94,12 +94,7 @@ verify = "300ms"
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let mut command = Command::new(nonstop_bin());
-        command
-            .args(args)
-            .arg("--config")
-            .arg(self.proxy.config_path())
-            .stdin(Stdio::null());
+        let mut command = self.proxy.command(args);
         self.manager.apply(&mut command);
         command.output().unwrap()
     }

@@ -142,6 +142,17 @@ impl Proxy {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// `nonstop ARGS --config <this proxy's config>`, stdin closed, ready to run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(nonstop_bin());
+        command
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
     /// Runs `nonstop ARGS` (e.g. `lb pools`) against this proxy's config; returns (success, stdout+stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
         let output = Command::new(nonstop_bin())
