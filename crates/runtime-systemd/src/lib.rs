@@ -1,5 +1,5 @@
 //! The systemd runtime: every node is a unit the operator wrote (`shop@{node}.service`); nonstop
-//! points `current/<node>` at the release, gives the unit a runtime drop-in and restarts it.
+//! points `current/<node>` at the release, gives the unit a drop-in of its own and restarts it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,7 +11,7 @@ use nonstop_ports::template::unknown_placeholder;
 use nonstop_ports::{Instance, InstanceSpec, PortError, PortResult, Runtime};
 use serde::Deserialize;
 
-/// The drop-in nonstop owns in `UNIT.d/` of the manager's runtime unit directory.
+/// The drop-in nonstop owns in `UNIT.d/` of the manager's persistent unit directory.
 pub const DROP_IN: &str = "50-nonstop.conf";
 
 /// How often a unit's state is read while waiting for it.
@@ -39,10 +39,10 @@ fn default_timeout() -> String {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// PID 1; drop-ins in `/run/systemd/system/`.
+    /// PID 1; drop-ins in `/etc/systemd/system/`.
     #[default]
     System,
-    /// The user's manager (`systemctl --user`); drop-ins in `$XDG_RUNTIME_DIR/systemd/user/`.
+    /// The user's manager (`systemctl --user`); drop-ins in `$XDG_CONFIG_HOME/systemd/user/`.
     User,
 }
 
@@ -132,8 +132,9 @@ pub struct SystemdRuntime {
     timeout: Duration,
     stop_grace: Duration,
     env: BTreeMap<String, String>,
-    /// User scope: the manager's XDG_RUNTIME_DIR, when not nonstop's own.
-    runtime_dir: Option<PathBuf>,
+    /// User scope: the manager's XDG dirs (`XDG_RUNTIME_DIR`, `XDG_CONFIG_HOME`), where they
+    /// are not nonstop's own.
+    user_env: BTreeMap<String, PathBuf>,
 }
 
 impl SystemdRuntime {
@@ -177,15 +178,24 @@ impl SystemdRuntime {
             timeout,
             stop_grace,
             env,
-            runtime_dir: None,
+            user_env: BTreeMap::new(),
         })
     }
 
-    /// Drives the user manager whose `XDG_RUNTIME_DIR` is `dir` instead of the one in nonstop's
+    /// Drives the user manager whose XDG dirs are `env` instead of those in nonstop's
     /// environment (a test's private manager, or an embedder's).
-    pub fn with_runtime_dir(mut self, dir: impl Into<PathBuf>) -> SystemdRuntime {
-        self.runtime_dir = Some(dir.into());
+    pub fn with_user_env(mut self, env: impl IntoIterator<Item = (String, PathBuf)>) -> Self {
+        self.user_env = env.into_iter().collect();
         self
+    }
+
+    /// `key` from [`Self::with_user_env`], else from nonstop's environment; never empty.
+    fn user_var(&self, key: &str) -> Option<PathBuf> {
+        self.user_env
+            .get(key)
+            .cloned()
+            .or_else(|| std::env::var_os(key).map(PathBuf::from))
+            .filter(|p| !p.as_os_str().is_empty())
     }
 
     /// The unit of `node`.
@@ -195,21 +205,21 @@ impl SystemdRuntime {
         Ok(unit)
     }
 
-    /// The manager's runtime unit directory, where the drop-ins go (gone at reboot).
+    /// The manager's persistent unit directory, where the drop-ins go: they outlive a reboot,
+    /// so an enabled unit comes back with the release, port and environment it last ran with.
     pub fn unit_dir(&self) -> Result<PathBuf, SystemdError> {
         match self.config.scope {
-            Scope::System => Ok(PathBuf::from("/run/systemd/system")),
-            Scope::User => match self
-                .runtime_dir
-                .clone()
-                .map(PathBuf::into_os_string)
-                .or_else(|| std::env::var_os("XDG_RUNTIME_DIR"))
-            {
-                Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir).join("systemd/user")),
-                _ => Err(SystemdError::Config(
-                    "scope = \"user\" needs XDG_RUNTIME_DIR (the user manager's /run/user/UID) in nonstop's environment".into(),
-                )),
-            },
+            Scope::System => Ok(PathBuf::from("/etc/systemd/system")),
+            Scope::User => self
+                .user_var("XDG_CONFIG_HOME")
+                .or_else(|| self.user_var("HOME").map(|home| home.join(".config")))
+                .map(|config| config.join("systemd/user"))
+                .ok_or_else(|| {
+                    SystemdError::Config(
+                        "scope = \"user\" needs XDG_CONFIG_HOME or HOME in nonstop's environment"
+                            .into(),
+                    )
+                }),
         }
     }
 
@@ -222,10 +232,12 @@ impl SystemdRuntime {
     async fn systemctl(&self, limit: Duration, args: &[&str]) -> Result<String, SystemdError> {
         let mut command = tokio::process::Command::new("systemctl");
         if self.config.scope == Scope::User {
-            command.arg("--user");
-            if let Some(dir) = &self.runtime_dir {
-                command.env("XDG_RUNTIME_DIR", dir);
+            if self.user_var("XDG_RUNTIME_DIR").is_none() {
+                return Err(SystemdError::Config(
+                    "scope = \"user\" needs XDG_RUNTIME_DIR (the user manager's /run/user/UID) in nonstop's environment".into(),
+                ));
             }
+            command.arg("--user").envs(&self.user_env);
         }
         command
             .arg("--no-ask-password")

@@ -172,7 +172,7 @@ async fn a_real_user_manager_restarts_reports_and_stops_the_nodes_unit() {
         Duration::from_secs(5),
     )
     .unwrap()
-    .with_runtime_dir(manager.runtime_dir());
+    .with_user_env(manager.env());
     let port = nonstop_testkit::free_port();
 
     let started = Instant::now();
@@ -190,6 +190,21 @@ async fn a_real_user_manager_restarts_reports_and_stops_the_nodes_unit() {
         "the value arrives as written"
     );
     assert!(environ.contains(&format!("NONSTOP_PORT={port}").as_bytes()));
+    let config_home = manager
+        .env()
+        .into_iter()
+        .find_map(|(k, v)| (k == "XDG_CONFIG_HOME").then_some(v))
+        .unwrap();
+    let drop_in = config_home
+        .join("systemd/user/hello@n1.service.d")
+        .join(DROP_IN);
+    assert_eq!(runtime.drop_in_path("hello@n1.service").unwrap(), drop_in);
+    assert!(
+        std::fs::read_to_string(&drop_in)
+            .unwrap()
+            .contains(&format!("Environment=\"NONSTOP_PORT={port}\"")),
+        "the drop-in sits in the manager's persistent config dir, where it outlives a reboot"
+    );
     let link = base.join("current/n1");
     assert_eq!(
         std::fs::read_link(&link).unwrap(),
@@ -232,7 +247,7 @@ async fn a_real_user_manager_restarts_reports_and_stops_the_nodes_unit() {
         Duration::from_secs(5),
     )
     .unwrap()
-    .with_runtime_dir(manager.runtime_dir());
+    .with_user_env(manager.env());
     let first = always.start(&spec(&base, "n1", "2", port)).await.unwrap();
     let pid = rustix::process::Pid::from_raw(first.pid).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
@@ -266,7 +281,7 @@ async fn a_real_user_manager_restarts_reports_and_stops_the_nodes_unit() {
         Duration::from_secs(5),
     )
     .unwrap()
-    .with_runtime_dir(manager.runtime_dir());
+    .with_user_env(manager.env());
     let err = broken
         .start(&spec(&base, "n1", "2", port))
         .await
@@ -284,7 +299,7 @@ async fn a_real_user_manager_restarts_reports_and_stops_the_nodes_unit() {
         Duration::from_secs(1),
     )
     .unwrap()
-    .with_runtime_dir(manager.runtime_dir());
+    .with_user_env(manager.env());
     let err = missing
         .start(&spec(&base, "n1", "2", port))
         .await
