@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use nonstop_ports::{
-    Balancer, Instance, InstanceSpec, LbState, Member, NodeName, PortError, PortResult, Runtime,
+    Balancer, Instance, InstanceSpec, LbState, Member, NodeName, PortError, PortResult,
+    Replacement, Runtime,
 };
 
 use crate::protocol::{self, routes};
@@ -52,6 +53,14 @@ impl RemoteRuntime {
 }
 
 impl Runtime for RemoteRuntime {
+    /// Always `StopFirst`: the agent's start refuses a node that still runs an instance, so the
+    /// engine must stop the old one first (the agent itself skips its port check for a runtime
+    /// that keeps its server's port, so an in-place Tomcat manager works on a host; `Beside`
+    /// would need the agent protocol to carry it).
+    fn replacement(&self) -> Replacement {
+        Replacement::StopFirst
+    }
+
     async fn start(&self, spec: &InstanceSpec) -> PortResult<Instance> {
         let agent = self.agent(&spec.node)?;
         if !spec.env.is_empty() {

@@ -11,7 +11,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use nonstop_agent_client::protocol::{self, HostInstance, routes};
-use nonstop_ports::{Balancer, Instance, InstanceSpec, LbState, Member, NodeName, Runtime};
+use nonstop_ports::{
+    Balancer, Instance, InstanceSpec, LbState, Member, NodeName, Replacement, Runtime,
+};
 use serde::Deserialize;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
@@ -270,7 +272,10 @@ async fn start(
     }
     let port = *config.port.get_ref();
     let grace = svc.config.runtime.shared.stop_grace.0;
-    if !nonstop_engine::wait_port_free(config.ip(), port, grace).await {
+    // A runtime whose server keeps the node's port (Tomcat manager mode) holds it on purpose.
+    if runtime.replacement() == Replacement::StopFirst
+        && !nonstop_engine::wait_port_free(config.ip(), port, grace).await
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(

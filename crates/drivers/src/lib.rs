@@ -17,7 +17,7 @@ use nonstop_config::service::BALANCER_SHARED_KEYS;
 use nonstop_config::{BalancerKind, Config, ConfigError, RuntimeKind, ServiceConfig, Source};
 use nonstop_engine::{DeployError, Engine, Event};
 use nonstop_ports::{
-    Balancer, Instance, InstanceSpec, LbState, Member, NodeName, PortResult, Runtime,
+    Balancer, Instance, InstanceSpec, LbState, Member, NodeName, PortResult, Replacement, Runtime,
 };
 use nonstop_probe_http::HttpProbe;
 use nonstop_runtime_command::{CommandRuntime, CommandRuntimeConfig};
@@ -437,6 +437,9 @@ impl Balancer for AnyBalancer {
 }
 
 impl Runtime for AnyRuntime {
+    fn replacement(&self) -> Replacement {
+        each_runtime!(self, r => r.replacement())
+    }
     async fn start(&self, spec: &InstanceSpec) -> PortResult<Instance> {
         each_runtime!(self, r => r.start(spec).await)
     }

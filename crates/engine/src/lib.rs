@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use nonstop_config::service::{ServiceConfig, Strategy};
 use nonstop_ports::{
-    Balancer, Instance, InstanceSpec, LbState, Member, NodeName, Probe, Runtime, Traffic, Version,
+    Balancer, Instance, InstanceSpec, LbState, Member, NodeName, Probe, Replacement, Runtime,
+    Traffic, Version,
 };
 use nonstop_store::{Holder, Outcome, Store};
 use serde::{Deserialize, Serialize};
@@ -531,7 +532,11 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     async fn start_instance(&self, release: &Release, node: &NodeName) -> Result<Instance, String> {
         let port = self.port_of(node);
         let grace = self.config.runtime.shared.stop_grace.0;
-        if !self.config.on_hosts() && !wait_port_free("127.0.0.1", port, grace).await {
+        // A runtime whose server keeps the node's port (`InPlace`, `Beside`) holds it on purpose.
+        if self.runtime.replacement() == Replacement::StopFirst
+            && !self.config.on_hosts()
+            && !wait_port_free("127.0.0.1", port, grace).await
+        {
             return Err(format!(
                 "port {port} of {node} is taken by a process nonstop did not start; stop it or change the port"
             ));
@@ -741,7 +746,18 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     /// Starts `release` on `node` (reusing a live instance of it), then health-gates it.
-    async fn bring_up(&self, release: &Release, node: &NodeName) -> Result<Instance, String> {
+    ///
+    /// A live instance of another release is stopped first — unless `beside` (a
+    /// [`Replacement::Beside`] runtime on a node that keeps serving): then the new release starts
+    /// next to it, and the old one is stopped (retired) only once the new one passed its health
+    /// gate. If the gate fails, the store records the new instance and the old one still runs:
+    /// [`Engine::restore`] stops the new one and re-records the old.
+    async fn bring_up(
+        &self,
+        release: &Release,
+        node: &NodeName,
+        beside: bool,
+    ) -> Result<Instance, String> {
         let existing = self.live_instances().await.map_err(|e| e.to_string())?;
         if let Some(instance) = existing.get(node) {
             if instance.version == release.version {
@@ -755,6 +771,44 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                     .map_err(|e| e.to_string())?;
                 self.health_gate(instance).await?;
                 return Ok(instance.clone());
+            }
+            if beside {
+                // The store keeps one instance per node: `old` is held here while the new
+                // instance's record replaces it.
+                let old = instance.clone();
+                self.step(
+                    "start-beside",
+                    Some(node),
+                    format!(
+                        "{node} keeps serving {} while {} starts beside it",
+                        old.version, release.version
+                    ),
+                );
+                let instance = self.start_instance(release, node).await?;
+                self.health_gate(&instance).await?;
+                self.step(
+                    "retire",
+                    Some(node),
+                    format!(
+                        "retire {node} {}: new sessions go to {}; stopped once its sessions end (at most {})",
+                        old.version, release.version, self.config.runtime.shared.stop_grace
+                    ),
+                );
+                let started = Instant::now();
+                self.runtime
+                    .stop(&old, self.config.runtime.shared.stop_grace.0)
+                    .await
+                    .map_err(|e| format!("{node}: retiring {} failed: {e}", old.version))?;
+                self.event(
+                    EventKind::Progress,
+                    Some(node),
+                    format!(
+                        "{node} {} retired after {:.1}s",
+                        old.version,
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+                return Ok(instance);
             }
             self.step(
                 "stop",
@@ -795,7 +849,10 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         let mut started = Vec::new();
         for node in &targets {
             self.register(node).await?;
-            let instance = self.bring_up(release, node).await?;
+            // Never `beside`, whatever the runtime's `Replacement`: a target slot is a node the
+            // balancer sends nothing, so what it still runs is stopped first (a `Beside` runtime
+            // changes nothing here; the old release keeps serving on the other slots).
+            let instance = self.bring_up(release, node, false).await?;
             started.push(instance);
         }
         let healthy_at = Instant::now();
@@ -990,6 +1047,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             .collect();
         let mut switch_ms: f64 = 0.0;
         let mut all_started = Vec::new();
+        // A `Beside` runtime starts the new release next to the old one on a node that keeps
+        // serving: draining it would only keep its sessions from ending.
+        let beside = self.runtime.replacement() == Replacement::Beside;
         for batch in nodes.chunks(batch_size) {
             let serving: Vec<NodeName> = batch
                 .iter()
@@ -1001,7 +1061,16 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 })
                 .cloned()
                 .collect();
-            if !serving.is_empty() {
+            if beside && !serving.is_empty() {
+                self.event(
+                    EventKind::Progress,
+                    None,
+                    format!(
+                        "{} keep serving: the new release starts beside the old one (no drain)",
+                        names(&serving)
+                    ),
+                );
+            } else if !serving.is_empty() {
                 self.step(
                     "drain-start",
                     None,
@@ -1028,7 +1097,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             let mut started = Vec::new();
             for node in batch {
                 self.register(node).await?;
-                started.push(self.bring_up(release, node).await?);
+                started.push(self.bring_up(release, node, beside).await?);
             }
             let healthy_at = Instant::now();
             self.step("enable", None, format!("enable {}", names(batch)));
@@ -1048,9 +1117,16 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     /// Brings the service back to `snapshot`: old instances serve, new ones are drained and stopped.
+    ///
+    /// With a [`Replacement::Beside`] runtime, a node whose old release still runs next to the
+    /// new one (the deploy failed before retiring it) is neither disabled nor drained: the new
+    /// instance is stopped and the old one started again, which the runtime answers by adopting
+    /// the release it still runs (Tomcat: the `CONTEXT##OLD` still deployed). A node whose old
+    /// release was retired already is drained and restarted as with any other runtime.
     pub async fn restore(&self, snapshot: &Snapshot) -> Result<(), DeployError> {
         let live = self.live_instances().await?;
         let members = self.members().await?;
+        let beside = self.runtime.replacement() == Replacement::Beside;
         let mut changes = Vec::new();
         let mut to_stop = Vec::new();
         for node in &snapshot.nodes {
@@ -1059,8 +1135,29 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             if was_serving {
                 let version = node.version.clone().expect("checked");
                 let ok = now.is_some_and(|i| i.version == version);
+                // The old release, as the same server's instance of that version.
+                let old_beside = match now {
+                    Some(new) if beside && !ok => {
+                        let old = Instance {
+                            version: version.clone(),
+                            ..new.clone()
+                        };
+                        self.runtime.is_running(&old).await
+                    }
+                    _ => false,
+                };
                 if !ok {
-                    if members.contains_key(&node.node) {
+                    if old_beside {
+                        self.step(
+                            "restore-beside",
+                            Some(&node.node),
+                            format!(
+                                "{} still runs {version} beside {}: it keeps serving (no drain)",
+                                node.node,
+                                now.map_or("", |i| i.version.as_str())
+                            ),
+                        );
+                    } else if members.contains_key(&node.node) {
                         self.balancer
                             .set_state(&node.node, LbState::Disabled)
                             .await

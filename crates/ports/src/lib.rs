@@ -182,8 +182,33 @@ pub struct Instance {
     pub log: PathBuf,
 }
 
+/// How a runtime replaces the release a node runs; the engine's sequence on a node follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Replacement {
+    /// The old instance must stop and free the node's port before the new one starts (process,
+    /// command, systemd, Tomcat in restart mode). The engine drains the node, stops the old
+    /// instance, checks that the port is free, starts the new one.
+    StopFirst,
+    /// A server that keeps the node's port swaps the release itself (Tomcat manager mode with
+    /// `parallel = false`): drain, stop, start as with `StopFirst`, but the port is not checked
+    /// (the server holds it on purpose).
+    InPlace,
+    /// The new release starts next to the old one in a server that keeps the node's port (Tomcat
+    /// parallel deployment): no port check, no drain — the node keeps serving while the new
+    /// release starts and passes its health gate, then the old one is stopped (retired once its
+    /// sessions end). An instance of another version on the same node is the same [`Instance`]
+    /// record with its `version` changed (same server, same pid), so the engine can ask
+    /// `is_running` about the old release after the store recorded the new one.
+    Beside,
+}
+
 /// Where releases run.
 pub trait Runtime: Send + Sync {
+    /// How this runtime replaces the release a node runs.
+    fn replacement(&self) -> Replacement {
+        Replacement::StopFirst
+    }
     fn start(&self, spec: &InstanceSpec) -> impl Future<Output = PortResult<Instance>> + Send;
     /// Asks the instance to stop, then forces it after `grace`.
     fn stop(

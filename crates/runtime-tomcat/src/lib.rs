@@ -18,7 +18,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nonstop_http_client as http;
-use nonstop_ports::{Instance, InstanceSpec, NodeName, PortError, PortResult, Runtime};
+use nonstop_ports::{
+    Instance, InstanceSpec, NodeName, PortError, PortResult, Replacement, Runtime,
+};
 use serde::Deserialize;
 
 use managed::check_password_file;
@@ -465,6 +467,17 @@ impl TomcatRuntime {
 }
 
 impl Runtime for TomcatRuntime {
+    /// Restart mode: `StopFirst` (the node's Tomcat is stopped, its port freed). Manager mode:
+    /// the Tomcat keeps its port — `Beside` with `parallel` (`CONTEXT##VERSION` next to the
+    /// running version), `InPlace` without (`update=true`).
+    fn replacement(&self) -> Replacement {
+        match &self.manager {
+            None => Replacement::StopFirst,
+            Some(m) if m.parallel => Replacement::Beside,
+            Some(_) => Replacement::InPlace,
+        }
+    }
+
     /// Restart mode: installs `spec.artifact` as the context WAR, starts that Tomcat and waits for
     /// the app; on failure the Tomcat is stopped again and `previous_war` holds the WAR to restore.
     /// Manager mode: see [`TomcatRuntime::manager_start`].

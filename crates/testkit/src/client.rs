@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nonstop_http_client as http;
+/// The URL type [`request_once`] takes.
+pub use nonstop_http_client::Url;
 
 /// One request of one user.
 #[derive(Debug, Clone)]
@@ -140,6 +142,8 @@ struct Shared {
     url: http::Url,
     options: LoadOptions,
     stop: AtomicBool,
+    /// Users told to stop on their own (see [`StickyLoad::log_out`]).
+    finished: Mutex<std::collections::BTreeSet<usize>>,
     started: Instant,
     sent: AtomicU64,
     /// Per user, every sample so far.
@@ -149,7 +153,8 @@ struct Shared {
 /// A running sticky load.
 pub struct StickyLoad {
     shared: Arc<Shared>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// By user id; `None` once the user was logged out.
+    tasks: Vec<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl StickyLoad {
@@ -159,6 +164,7 @@ impl StickyLoad {
             url: http::Url::parse(url).expect("an http:// URL"),
             options,
             stop: AtomicBool::new(false),
+            finished: Mutex::new(Default::default()),
             started: Instant::now(),
             sent: AtomicU64::new(0),
             users: Mutex::new(Vec::new()),
@@ -181,7 +187,7 @@ impl StickyLoad {
         };
         for user in first..first + n {
             let shared = self.shared.clone();
-            self.tasks.push(tokio::spawn(run_user(shared, user)));
+            self.tasks.push(Some(tokio::spawn(run_user(shared, user))));
         }
         (first..first + n).collect()
     }
@@ -226,10 +232,44 @@ impl StickyLoad {
         .await
     }
 
+    /// Stops `users` (each finishes its current request), then ends each one's session with a
+    /// GET of `logout_url` carrying its cookie; returns those answers (not part of the record,
+    /// whose counts they would break). The others go on.
+    pub async fn log_out(&mut self, users: &[usize], logout_url: &str) -> Vec<Sample> {
+        let url = http::Url::parse(logout_url).expect("an http:// URL");
+        self.shared
+            .finished
+            .lock()
+            .unwrap()
+            .extend(users.iter().copied());
+        let mut answers = Vec::new();
+        for &user in users {
+            if let Some(task) = self.tasks[user].take() {
+                task.await.expect("a load user panicked");
+            }
+            let session = self.shared.users.lock().unwrap()[user]
+                .iter()
+                .rev()
+                .find(|s| s.ok)
+                .and_then(|s| s.session.clone());
+            let mut answer = request_once(
+                &url,
+                &self.shared.options.session_cookie,
+                session.as_deref(),
+                self.shared.options.timeout,
+            )
+            .await;
+            answer.user = user;
+            answer.at = self.shared.started.elapsed();
+            answers.push(answer);
+        }
+        answers
+    }
+
     /// Stops all users (each finishes its current request) and returns the record.
     pub async fn stop(mut self) -> LoadReport {
         self.shared.stop.store(true, Ordering::Relaxed);
-        for task in std::mem::take(&mut self.tasks) {
+        for task in std::mem::take(&mut self.tasks).into_iter().flatten() {
             task.await.expect("a load user panicked");
         }
         LoadReport {
@@ -249,6 +289,7 @@ async fn run_user(shared: Arc<Shared>, user: usize) {
     let mut session: Option<String> = None;
     let mut seq = 0u64;
     while !shared.stop.load(Ordering::Relaxed)
+        && !shared.finished.lock().unwrap().contains(&user)
         && seq < options.max_requests_per_user
         && shared.started.elapsed() < options.max_duration
     {
