@@ -120,6 +120,7 @@ impl Fixture {
             health_path: Some("/app/health".into()),
             java_opts: tomcat::java_opts(),
             startup_timeout: "60s".into(),
+            ..Default::default()
         })
         .unwrap();
         let mut options = ApacheOptions::new(

@@ -23,7 +23,7 @@ use nonstop_probe_http::HttpProbe;
 use nonstop_runtime_command::{CommandRuntime, CommandRuntimeConfig};
 use nonstop_runtime_process::ProcessRuntime;
 use nonstop_runtime_systemd::{SystemdConfig, SystemdRuntime};
-use nonstop_runtime_tomcat::{TomcatRuntime, TomcatSettings};
+use nonstop_runtime_tomcat::{TomcatConfig, TomcatRuntime};
 
 /// The engine of one service with the drivers its config names.
 pub type ServiceEngine = Engine<AnyBalancer, AnyRuntime, HttpProbe>;
@@ -92,7 +92,7 @@ pub enum AnyBalancer {
 /// Whichever runtime a service's config names.
 pub enum AnyRuntime {
     Process(ProcessRuntime),
-    Tomcat(TomcatRuntime),
+    Tomcat(Box<TomcatRuntime>),
     Command(CommandRuntime),
     Systemd(SystemdRuntime),
     /// On the nodes' hosts, through their agents.
@@ -114,7 +114,7 @@ enum BalancerSettings {
 
 enum RuntimeSettings {
     Process,
-    Tomcat(TomcatSettings),
+    Tomcat(TomcatConfig),
     Command(CommandRuntimeConfig),
     Systemd(SystemdConfig),
 }
@@ -146,7 +146,11 @@ pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
             RuntimeSettings::Systemd(c) => {
                 systemd_runtime(c, svc).map_err(runtime_error)?;
             }
-            RuntimeSettings::Process | RuntimeSettings::Tomcat(_) => {}
+            RuntimeSettings::Tomcat(c) => {
+                c.manager_config()
+                    .map_err(|e| runtime_error(e.to_string()))?;
+            }
+            RuntimeSettings::Process => {}
         }
     }
     Ok(())
@@ -272,7 +276,7 @@ fn local_runtime(name: &str, svc: &ServiceConfig, source: &Source) -> Result<Any
             svc.runtime.shared.env.clone(),
         )),
         RuntimeSettings::Tomcat(c) => {
-            AnyRuntime::Tomcat(TomcatRuntime::from_settings(c).map_err(|e| e.to_string())?)
+            AnyRuntime::Tomcat(Box::new(TomcatRuntime::new(c).map_err(|e| e.to_string())?))
         }
         RuntimeSettings::Command(c) => {
             AnyRuntime::Command(CommandRuntime::new(c, svc.runtime.shared.env.clone())?)
@@ -368,7 +372,7 @@ fn runtime_settings(
         }
         RuntimeKind::Tomcat => {
             let path = ["services", name, "runtime"];
-            let tomcat: TomcatSettings =
+            let tomcat: TomcatConfig =
                 table.settings(source, &path, |k| !RUNTIME_SHARED_KEYS.contains(&k))?;
             if let Some(node) = svc
                 .nodes
@@ -493,6 +497,17 @@ port = 8081
         let err = check_text(&tomcat).unwrap_err();
         assert!(err.message.contains("node `a` has no Tomcat"), "{err}");
         assert_eq!(err.line, 9, "points at the node: {err}");
+        let manager = tomcat.replace("b = \"/srv/b\"", "a = \"/srv/a\"");
+        let err = check_text(&manager.replace("context", "parallel = true, context")).unwrap_err();
+        assert_eq!(err.line, 5, "{err}");
+        assert!(
+            err.message.contains("only used with deploy = \"manager\""),
+            "{err}"
+        );
+        let err =
+            check_text(&manager.replace("context", "deploy = \"manager\", context")).unwrap_err();
+        assert_eq!(err.line, 5, "{err}");
+        assert!(err.message.contains("needs manager_user"), "{err}");
     }
 
     #[test]

@@ -56,6 +56,43 @@ pub struct TomcatConfig {
     pub java_opts: Vec<String>,
     #[serde(default = "default_startup_timeout")]
     pub startup_timeout: String,
+    /// `restart` (WAR into webapps/, restart Tomcat) or `manager` (the Manager text API).
+    #[serde(default)]
+    pub deploy: DeployMode,
+    /// Manager mode: the text API, `{port}` the node's port; default [`DEFAULT_MANAGER_URL`].
+    #[serde(default)]
+    pub manager_url: Option<String>,
+    /// Manager mode: per-node URLs that replace `manager_url`.
+    #[serde(default)]
+    pub manager_urls: BTreeMap<String, String>,
+    /// Manager mode: a user with the role `manager-script`.
+    #[serde(default)]
+    pub manager_user: Option<String>,
+    /// Manager mode: a file holding that user's password (never the password in the config).
+    #[serde(default)]
+    pub manager_password_file: Option<PathBuf>,
+    /// Manager mode: Tomcat parallel deployment (`CONTEXT##VERSION`).
+    #[serde(default)]
+    pub parallel: bool,
+}
+
+impl Default for TomcatConfig {
+    fn default() -> Self {
+        TomcatConfig {
+            catalina_home: default_home(),
+            bases: BTreeMap::new(),
+            context: String::new(),
+            health_path: None,
+            java_opts: Vec::new(),
+            startup_timeout: default_startup_timeout(),
+            deploy: DeployMode::default(),
+            manager_url: None,
+            manager_urls: BTreeMap::new(),
+            manager_user: None,
+            manager_password_file: None,
+            parallel: false,
+        }
+    }
 }
 
 /// How a WAR gets into a running Tomcat.
@@ -88,48 +125,10 @@ pub struct ManagerConfig {
 /// Default [`ManagerConfig::url`].
 pub const DEFAULT_MANAGER_URL: &str = "http://127.0.0.1:{port}/manager/text";
 
-/// Everything `runtime = { kind = "tomcat", ... }` may hold: [`TomcatConfig`]'s keys plus the
-/// deploy mode and the manager's settings. (A type of its own so code that builds a
-/// [`TomcatConfig`] for the restart mode keeps compiling; serde cannot flatten a
-/// `deny_unknown_fields` struct, hence the repeated keys.)
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TomcatSettings {
-    #[serde(default = "default_home")]
-    pub catalina_home: PathBuf,
-    pub bases: BTreeMap<String, PathBuf>,
-    pub context: String,
-    #[serde(default)]
-    pub health_path: Option<String>,
-    #[serde(default)]
-    pub java_opts: Vec<String>,
-    #[serde(default = "default_startup_timeout")]
-    pub startup_timeout: String,
-    #[serde(default)]
-    pub deploy: DeployMode,
-    #[serde(default)]
-    pub manager_url: Option<String>,
-    #[serde(default)]
-    pub manager_urls: BTreeMap<String, String>,
-    #[serde(default)]
-    pub manager_user: Option<String>,
-    #[serde(default)]
-    pub manager_password_file: Option<PathBuf>,
-    #[serde(default)]
-    pub parallel: bool,
-}
-
-impl TomcatSettings {
-    /// The restart-mode config and, with `deploy = "manager"`, the manager's.
-    pub fn split(self) -> Result<(TomcatConfig, Option<ManagerConfig>), TomcatError> {
-        let config = TomcatConfig {
-            catalina_home: self.catalina_home,
-            bases: self.bases,
-            context: self.context,
-            health_path: self.health_path,
-            java_opts: self.java_opts,
-            startup_timeout: self.startup_timeout,
-        };
+impl TomcatConfig {
+    /// With `deploy = "manager"`, the manager's settings, checked for completeness; `None` in
+    /// restart mode, where a manager key is a mistake.
+    pub fn manager_config(&self) -> Result<Option<ManagerConfig>, TomcatError> {
         match self.deploy {
             DeployMode::Restart => {
                 let stray = [
@@ -147,34 +146,32 @@ impl TomcatSettings {
                         "`{key}` is only used with deploy = \"manager\" (this runtime restarts Tomcat)"
                     )));
                 }
-                Ok((config, None))
+                Ok(None)
             }
             DeployMode::Manager => {
-                let user = self.manager_user.ok_or_else(|| {
+                let user = self.manager_user.clone().ok_or_else(|| {
                     TomcatError::Config(
                         "deploy = \"manager\" needs manager_user (a user with the role manager-script)"
                             .into(),
                     )
                 })?;
-                let password_file = self.manager_password_file.ok_or_else(|| {
+                let password_file = self.manager_password_file.clone().ok_or_else(|| {
                     TomcatError::Config(
                         "deploy = \"manager\" needs manager_password_file (a file holding the password; \
                          never the password itself in the config)"
                             .into(),
                     )
                 })?;
-                Ok((
-                    config,
-                    Some(ManagerConfig {
-                        url: self
-                            .manager_url
-                            .unwrap_or_else(|| DEFAULT_MANAGER_URL.to_string()),
-                        urls: self.manager_urls,
-                        user,
-                        password_file,
-                        parallel: self.parallel,
-                    }),
-                ))
+                Ok(Some(ManagerConfig {
+                    url: self
+                        .manager_url
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_MANAGER_URL.to_string()),
+                    urls: self.manager_urls.clone(),
+                    user,
+                    password_file,
+                    parallel: self.parallel,
+                }))
             }
         }
     }
@@ -232,12 +229,11 @@ const LIST_CACHE: Duration = Duration::from_millis(250);
 const MANAGER_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TomcatRuntime {
-    /// From the whole `runtime = { kind = "tomcat", ... }` table.
-    pub fn from_settings(settings: TomcatSettings) -> Result<TomcatRuntime, TomcatError> {
-        let (config, manager) = settings.split()?;
-        match manager {
-            Some(m) => TomcatRuntime::with_manager(config, m),
-            None => TomcatRuntime::new(config),
+    /// From the whole `runtime = { kind = "tomcat", ... }` table, in the mode its `deploy` names.
+    pub fn new(config: TomcatConfig) -> Result<TomcatRuntime, TomcatError> {
+        match config.manager_config()? {
+            Some(manager) => TomcatRuntime::with_manager(config, manager),
+            None => TomcatRuntime::restarting(config),
         }
     }
 
@@ -246,7 +242,7 @@ impl TomcatRuntime {
         config: TomcatConfig,
         manager: ManagerConfig,
     ) -> Result<TomcatRuntime, TomcatError> {
-        let mut runtime = TomcatRuntime::new(config)?;
+        let mut runtime = TomcatRuntime::restarting(config)?;
         if runtime.config.context.contains('#') {
             return Err(TomcatError::Config(format!(
                 "context `{}`: with deploy = \"manager\" name the context without `##`; \
@@ -284,7 +280,8 @@ impl TomcatRuntime {
         Ok(runtime)
     }
 
-    pub fn new(config: TomcatConfig) -> Result<TomcatRuntime, TomcatError> {
+    /// Restart mode, whatever `config.deploy` says.
+    fn restarting(config: TomcatConfig) -> Result<TomcatRuntime, TomcatError> {
         let startup_timeout = parse_duration(&config.startup_timeout).ok_or_else(|| {
             TomcatError::Config(format!(
                 "startup_timeout `{}` is not a duration like \"90s\"",
@@ -573,9 +570,8 @@ mod tests {
                 catalina_home: default_home(),
                 bases: [("t1".to_string(), dir.to_path_buf())].into(),
                 context: "app".into(),
-                health_path: None,
-                java_opts: Vec::new(),
                 startup_timeout: "60s".into(),
+                ..TomcatConfig::default()
             },
             startup_timeout: Duration::from_secs(60),
             manager: None,
@@ -628,13 +624,13 @@ mod tests {
     #[test]
     fn manager_settings_are_checked() {
         let parse = |extra: &str| {
-            toml::from_str::<TomcatSettings>(&format!(
+            toml::from_str::<TomcatConfig>(&format!(
                 "context = \"app\"\nbases = {{ t1 = \"/srv/t1\" }}\n{extra}"
             ))
             .unwrap()
-            .split()
+            .manager_config()
         };
-        let (_, m) = parse("").unwrap();
+        let m = parse("").unwrap();
         assert!(m.is_none(), "restart is the default");
         let e = parse("parallel = true").unwrap_err().to_string();
         assert!(
@@ -643,7 +639,7 @@ mod tests {
         );
         let e = parse("deploy = \"manager\"").unwrap_err().to_string();
         assert!(e.contains("needs manager_user"), "{e}");
-        let (_, m) = parse(
+        let m = parse(
             "deploy = \"manager\"\nmanager_user = \"deployer\"\nmanager_password_file = \"/etc/pw\"\nparallel = true",
         )
         .unwrap();
@@ -651,7 +647,7 @@ mod tests {
         assert_eq!(m.url, DEFAULT_MANAGER_URL);
         assert!(m.parallel);
         assert!(
-            toml::from_str::<TomcatSettings>(
+            toml::from_str::<TomcatConfig>(
                 "context = \"app\"\nbases = {}\nmanager_password = \"x\"\n"
             )
             .is_err(),

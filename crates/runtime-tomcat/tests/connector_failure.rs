@@ -32,6 +32,7 @@ async fn a_connector_that_cannot_bind_fails_the_start() {
         health_path: Some("/app/health".into()),
         java_opts: tomcat::java_opts(),
         startup_timeout: "60s".into(),
+        ..Default::default()
     })
     .unwrap();
     let spec = InstanceSpec {

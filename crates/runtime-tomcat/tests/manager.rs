@@ -39,6 +39,7 @@ impl Fixture {
                 health_path: Some(format!("/{context}/health")),
                 java_opts: tomcat::java_opts(),
                 startup_timeout: "60s".into(),
+                ..Default::default()
             },
             ManagerConfig {
                 url: DEFAULT_MANAGER_URL.into(),
