@@ -81,6 +81,15 @@ pub async fn replace_with_backup(path: &Path, bytes: &[u8]) -> Result<Option<Vec
     Ok(previous)
 }
 
+/// The text of `path`, or `None` if it does not exist.
+pub async fn read_text(path: &Path) -> Result<Option<String>, NginxError> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("cannot read", path)(e)),
+    }
+}
+
 pub async fn read_state(path: &Path) -> Result<DesiredSet, NginxError> {
     match tokio::fs::read(path).await {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {

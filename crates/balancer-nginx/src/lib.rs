@@ -1,5 +1,6 @@
-//! The `nginx` balancer driver: nonstop owns one include file holding one `upstream { }` block and
-//! changes it by atomic write with backup → `nginx -t` → SIGHUP → confirmed new workers (docs/balancers/nginx.md).
+//! The `nginx` balancer driver: nonstop owns one include file holding one `upstream { }` block (or,
+//! in the blue-green `set $VAR` style, one `set $VAR http://ADDR;` line) and changes it by atomic
+//! write with backup → `nginx -t` → SIGHUP → confirmed new workers (docs/balancers/nginx.md).
 
 mod files;
 mod proc;
@@ -12,16 +13,23 @@ use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult, 
 use serde::Deserialize;
 use tokio::process::Command;
 
-pub use render::{DesiredMember, DesiredSet, render};
+pub use render::{DesiredMember, DesiredSet, parse_variable, render};
 
-/// How to reach the nginx instance and which upstream of it this service owns.
+/// How to reach the nginx instance and which upstream (or variable) of it this service owns.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NginxConfig {
     /// The include file nonstop owns, e.g. `/etc/nginx/nonstop/shop.conf`.
     pub include: PathBuf,
     /// The upstream's name, used as `proxy_pass http://NAME;` in the operator's config.
-    pub upstream: String,
+    /// Exactly one of `upstream` and `variable` is given.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The `set $VAR` style of existing blue-green scripts: the include holds one
+    /// `set $VAR http://ADDR;` line for the one active member, used as `proxy_pass $VAR;`.
+    /// A plain variable name without `$`, e.g. `service_url`.
+    #[serde(default)]
+    pub variable: Option<String>,
     /// argv prefix to run nginx, e.g. `["nginx", "-p", "/srv/nginx", "-c", "/srv/nginx/nginx.conf"]`.
     pub nginx: Vec<String>,
     /// Adds `hash $cookie_jsessionid consistent;` so a session stays on its member.
@@ -56,7 +64,8 @@ impl NginxConfig {
     pub fn new(include: impl Into<PathBuf>, upstream: &str, nginx: Vec<String>) -> Self {
         NginxConfig {
             include: include.into(),
-            upstream: upstream.to_string(),
+            upstream: Some(upstream.to_string()),
+            variable: None,
             nginx,
             sticky: false,
             keepalive: 0,
@@ -64,15 +73,67 @@ impl NginxConfig {
             reload_timeout: default_reload_timeout(),
         }
     }
+
+    /// The `set $VAR` style: `variable` is the name without `$`, e.g. `service_url`.
+    pub fn with_variable(include: impl Into<PathBuf>, variable: &str, nginx: Vec<String>) -> Self {
+        NginxConfig {
+            upstream: None,
+            variable: Some(variable.to_string()),
+            ..NginxConfig::new(include, "", nginx)
+        }
+    }
+
+    /// What this service owns in nginx, for messages: "upstream `shop`" or "`set $service_url`".
+    pub fn target(&self) -> String {
+        match (&self.variable, &self.upstream) {
+            (Some(v), _) => format!("`set ${v}`"),
+            (None, Some(u)) => format!("upstream `{u}`"),
+            (None, None) => "nothing".into(),
+        }
+    }
+
+    /// The name kept in the state file: the upstream's, or `$VAR`.
+    fn set_name(&self) -> String {
+        match (&self.variable, &self.upstream) {
+            (Some(v), _) => format!("${v}"),
+            (None, u) => u.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The settings that do not depend on the running nginx: one of `upstream` and `variable`,
+    /// names nginx accepts, and no upstream-only setting in the `set $VAR` style.
+    pub fn check(&self) -> Result<(), NginxError> {
+        if self.nginx.is_empty() {
+            return Err(NginxError::Invalid(
+                "nginx: the argv to run nginx is empty; give e.g. [\"nginx\"]".into(),
+            ));
+        }
+        match (&self.upstream, &self.variable) {
+            (Some(_), Some(_)) => Err(NginxError::Invalid(
+                "give either `upstream` (nonstop owns an `upstream NAME { server …; }` block) or `variable` (nonstop owns one `set $VAR http://ADDR;` line), not both".into(),
+            )),
+            (None, None) => Err(NginxError::Invalid(
+                "give `upstream = \"NAME\"` (nonstop owns an `upstream NAME { server …; }` block, used as `proxy_pass http://NAME;`) or `variable = \"service_url\"` (nonstop owns one `set $service_url http://ADDR;` line, used as `proxy_pass $service_url;`)".into(),
+            )),
+            (Some(upstream), None) => render::check_name(upstream),
+            (None, Some(variable)) => {
+                render::check_variable(variable)?;
+                if self.sticky || self.keepalive > 0 {
+                    return Err(NginxError::Invalid(format!(
+                        "`sticky` and `keepalive` need an upstream block; the `set ${variable}` style has none (remove them, or use `upstream`)"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum NginxError {
-    #[error(
-        "nginx rejected the new upstream `{upstream}` (the previous {include} is restored):\n{message}"
-    )]
+    #[error("nginx rejected the new {target} (the previous {include} is restored):\n{message}")]
     Rejected {
-        upstream: String,
+        target: String,
         include: String,
         message: String,
     },
@@ -111,12 +172,7 @@ pub struct NginxBalancer {
 
 impl NginxBalancer {
     pub fn new(config: NginxConfig) -> Result<Self, NginxError> {
-        if config.nginx.is_empty() {
-            return Err(NginxError::Invalid(
-                "nginx: the argv to run nginx is empty; give e.g. [\"nginx\"]".into(),
-            ));
-        }
-        render::check_name(&config.upstream)?;
+        config.check()?;
         Ok(NginxBalancer {
             pid_file: tokio::sync::OnceCell::new_with(config.pid_file.clone()),
             config,
@@ -134,26 +190,40 @@ impl NginxBalancer {
     }
 
     /// Reads the set, lets `edit` change it, and applies it; nothing is written if `edit` fails.
+    /// `edit` also gets the value the include's `set $VAR` line has now (`set $VAR` style).
     async fn change<F>(&self, edit: F) -> Result<(), NginxError>
     where
-        F: FnOnce(&mut DesiredSet) -> Result<(), NginxError>,
+        F: FnOnce(&mut DesiredSet, Option<&str>) -> Result<(), NginxError>,
     {
         let _local = self.local.lock().await;
         let _lock = files::lock(&self.config.include).await?;
         let state_path = files::state_path(&self.config.include);
         let mut set = files::read_state(&state_path).await?;
+        let current = files::read_text(&self.config.include).await?;
+        let value = match &self.config.variable {
+            Some(v) => current.as_deref().and_then(|t| parse_variable(t, v)),
+            None => None,
+        };
+        if set == DesiredSet::default() && self.config.variable.is_some() {
+            // Day one over an existing setup: the line the operator's script wrote is what serves.
+            set.adopted = value.clone();
+        }
         let before = set.clone();
-        edit(&mut set)?;
+        edit(&mut set, value.as_deref())?;
         if set == before {
             return Ok(());
         }
-        self.apply(&set).await?;
+        if self.config.variable.is_some() && active_moved(&before, &set) {
+            // nonstop switched between its own members: the operator's old target is history.
+            set.adopted = None;
+        }
+        self.apply(&set, current.as_deref()).await?;
         files::write_atomic(&state_path, &serde_json::to_vec_pretty(&set).expect("json")).await
     }
 
     /// Writes the include, validates it with nginx, reloads and waits for the new workers.
-    async fn apply(&self, set: &DesiredSet) -> Result<(), NginxError> {
-        let text = render(&self.config, set)?;
+    async fn apply(&self, set: &DesiredSet, current: Option<&str>) -> Result<(), NginxError> {
+        let text = render(&self.config, set, current)?;
         let include = &self.config.include;
         let previous = files::replace_with_backup(include, text.as_bytes()).await?;
         let restore = || async {
@@ -166,7 +236,7 @@ impl NginxBalancer {
         if !test.success {
             restore().await?;
             return Err(NginxError::Rejected {
-                upstream: self.config.upstream.clone(),
+                target: self.config.target(),
                 include: include.display().to_string(),
                 message: test.stderr.trim().to_string(),
             });
@@ -236,17 +306,29 @@ struct Output {
     stderr: String,
 }
 
+/// One member active before and another one after.
+fn active_moved(before: &DesiredSet, after: &DesiredSet) -> bool {
+    let active = |set: &DesiredSet| -> Vec<NodeName> {
+        set.members
+            .iter()
+            .filter(|m| m.state == LbState::Active)
+            .map(|m| m.node.clone())
+            .collect()
+    };
+    matches!((active(before).as_slice(), active(after).as_slice()), ([a], [b]) if a != b)
+}
+
 fn member<'a>(
     set: &'a mut DesiredSet,
     node: &NodeName,
 ) -> Result<&'a mut DesiredMember, NginxError> {
-    let upstream = set.upstream.clone();
+    let name = set.upstream.clone();
     set.members
         .iter_mut()
         .find(|m| m.node == *node)
         .ok_or_else(|| {
             NginxError::Invalid(format!(
-                "upstream `{upstream}` has no member `{node}`; register it first"
+                "`{name}` has no member `{node}`; register it first"
             ))
         })
 }
@@ -283,19 +365,30 @@ impl Balancer for NginxBalancer {
     async fn register(&self, node: &NodeName, addr: &str) -> PortResult<()> {
         render::check_addr(addr)?;
         render::check_name(node.as_str())?;
-        let upstream = self.config.upstream.clone();
-        self.change(|set| {
-            set.upstream = upstream;
+        let name = self.config.set_name();
+        let variable_style = self.config.variable.is_some();
+        self.change(|set, value| {
+            set.upstream = name;
+            // `set $VAR` style with nothing active yet: a member at the address the line
+            // points at is what nginx sends everything to, so it is active already.
+            let state = if variable_style
+                && value == Some(render::url_of(addr).as_str())
+                && !set.members.iter().any(|m| m.state == LbState::Active)
+            {
+                LbState::Active
+            } else {
+                LbState::Disabled
+            };
             match set.members.iter_mut().find(|m| m.node == *node) {
                 Some(m) if m.addr == addr => {}
                 Some(m) => {
                     m.addr = addr.to_string();
-                    m.state = LbState::Disabled;
+                    m.state = state;
                 }
                 None => set.members.push(DesiredMember {
                     node: node.clone(),
                     addr: addr.to_string(),
-                    state: LbState::Disabled,
+                    state,
                     weight: 1,
                 }),
             }
@@ -306,7 +399,7 @@ impl Balancer for NginxBalancer {
     }
 
     async fn set_state(&self, node: &NodeName, state: LbState) -> PortResult<()> {
-        self.change(|set| {
+        self.change(|set, _| {
             member(set, node)?.state = state;
             Ok(())
         })
@@ -315,7 +408,7 @@ impl Balancer for NginxBalancer {
     }
 
     async fn set_weight(&self, node: &NodeName, weight: u32) -> PortResult<()> {
-        self.change(|set| {
+        self.change(|set, _| {
             member(set, node)?.weight = weight;
             Ok(())
         })
@@ -325,7 +418,7 @@ impl Balancer for NginxBalancer {
 
     /// One file, one reload: every worker generation sees either the old or the new set.
     async fn switch(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> PortResult<()> {
-        self.change(|set| {
+        self.change(|set, _| {
             for (node, state, weight) in changes {
                 let m = member(set, node)?;
                 m.state = *state;

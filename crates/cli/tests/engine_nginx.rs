@@ -1,5 +1,6 @@
 //! `nonstop deploy` behind a real nginx (own prefix dir, 127.0.0.1, ephemeral ports): blue-green
-//! and rolling deploys under a continuous request stream, and an edit `nginx -t` rejects.
+//! and rolling deploys under a continuous request stream, an edit `nginx -t` rejects, and the
+//! `set $service_url` include style of existing blue-green scripts, taken over on day one.
 
 mod support;
 
@@ -67,6 +68,31 @@ impl Nginx {
                 &format!("upstream {upstream} {{ server 127.0.0.1:9 down; }}\n"),
             );
         }
+        Self::launch(dir, shop_port, roll_port).await
+    }
+
+    /// An nginx.conf in the field's blue-green style: one server whose `proxy_pass $service_url;`
+    /// takes its target from `service-url.inc`, which holds what `inc` says (the operator's line).
+    async fn start_service_url(inc: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let port = free_port();
+        write(
+            &dir.path().join("nginx.conf"),
+            &format!(
+                "worker_processes 2;\npid {d}/nginx.pid;\nevents {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 server {{\n    listen 127.0.0.1:{port};\n    include {d}/service-url.inc;\n\
+                 location / {{\n      proxy_pass $service_url;\n      proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+            ),
+        );
+        write(&dir.path().join("service-url.inc"), inc);
+        Self::launch(dir, port, 0).await
+    }
+
+    async fn launch(dir: tempfile::TempDir, shop_port: u16, roll_port: u16) -> Nginx {
         let argv = Self::argv(dir.path());
         let child = Command::new(&argv[0])
             .args(&argv[1..])
@@ -129,19 +155,25 @@ impl Drop for Nginx {
     }
 }
 
-/// A config with service `shop` (blue-green on blue/green) and `roll` (rolling on n1/n2).
-fn config(nginx: &Nginx, base: &Path) -> String {
+/// One `[services.NAME]` running the sample app behind this nginx; `target` is the balancer's
+/// `upstream = …` or `variable = …` and the rest of its settings.
+fn service(
+    nginx: &Nginx,
+    base: &Path,
+    name: &str,
+    strategy: &str,
+    target: &str,
+    nodes: &[(&str, u16)],
+) -> String {
     let argv: Vec<String> = Nginx::argv(nginx.dir.path())
         .iter()
         .map(|a| format!("\"{a}\""))
         .collect();
-    let d = nginx.dir.path().display();
-    let service = |name: &str, strategy: &str, nodes: &[&str]| {
-        let mut text = format!(
-            r#"
+    let mut text = format!(
+        r#"
 [services.{name}]
 strategy = "{strategy}"
-balancer = {{ kind = "nginx", include = "{d}/{name}.conf", upstream = "{name}", nginx = [{argv}], keepalive = 8 }}
+balancer = {{ kind = "nginx", {target}, nginx = [{argv}] }}
 runtime = {{ kind = "process", start = ["{hello}", "--port", "{{port}}", "--version", "{{version}}", "--node", "{{node}}"], stop_grace = "5s" }}
 releases = {{ dir = "{base}/{name}", keep = 3 }}
 health = {{ path = "/health", expect_body = "UP", interval = "50ms", deadline = "10s", successes = 2 }}
@@ -149,19 +181,39 @@ drain = {{ timeout = "5s" }}
 verify = "300ms"
 keep_warm = "0s"
 "#,
-            argv = argv.join(", "),
-            hello = hello_bin().display(),
-            base = base.display(),
-        );
-        for node in nodes {
-            text.push_str(&format!(
-                "[[services.{name}.nodes]]\nname = \"{node}\"\nport = {}\n",
-                free_port()
-            ));
-        }
-        text
-    };
-    service("shop", "blue-green", &["blue", "green"]) + &service("roll", "rolling", &["n1", "n2"])
+        argv = argv.join(", "),
+        hello = hello_bin().display(),
+        base = base.display(),
+    );
+    for (node, port) in nodes {
+        text.push_str(&format!(
+            "[[services.{name}.nodes]]\nname = \"{node}\"\nport = {port}\n"
+        ));
+    }
+    text
+}
+
+/// A config with service `shop` (blue-green on blue/green) and `roll` (rolling on n1/n2).
+fn config(nginx: &Nginx, base: &Path) -> String {
+    let d = nginx.dir.path().display();
+    let upstream =
+        |name: &str| format!("include = \"{d}/{name}.conf\", upstream = \"{name}\", keepalive = 8");
+    let nodes = |a: &'static str, b: &'static str| [(a, free_port()), (b, free_port())];
+    service(
+        nginx,
+        base,
+        "shop",
+        "blue-green",
+        &upstream("shop"),
+        &nodes("blue", "green"),
+    ) + &service(
+        nginx,
+        base,
+        "roll",
+        "rolling",
+        &upstream("roll"),
+        &nodes("n1", "n2"),
+    )
 }
 
 fn deploy(config: &Path, service: &str, version: &str) -> Output {
@@ -287,4 +339,140 @@ async fn blue_green_and_rolling_behind_nginx_and_a_rejected_edit_changes_nothing
         text(&out)
     );
     assert_eq!(versions(&shop).await, ["3".to_string()].into());
+}
+
+/// The address `service-url.inc` sends traffic to now.
+fn service_url(nginx: &Nginx) -> String {
+    let inc = std::fs::read_to_string(nginx.dir.path().join("service-url.inc")).unwrap();
+    nonstop_balancer_nginx::parse_variable(&inc, "service_url")
+        .unwrap_or_else(|| panic!("no `set $service_url` line in:\n{inc}"))
+}
+
+/// Runs `run` under 8 clients through `url` and returns what they saw, with how long `run` took.
+async fn under_load(url: &str, what: &str, run: impl FnOnce() -> Output) -> LoadReport {
+    let load = Load::start_resending(url.to_string(), 8, 1_000_000);
+    load.wait_for_requests(300).await;
+    let started = std::time::Instant::now();
+    let out = tokio::task::block_in_place(run);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{what}: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let switched = stdout
+        .lines()
+        .find(|l| l.contains("after healthy"))
+        .unwrap_or("");
+    eprintln!(
+        "{what}: took {:.1}s; {}",
+        took.as_secs_f64(),
+        switched.trim()
+    );
+    let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_for_requests(sent + 300).await;
+    let seen = load.stop().await;
+    report(what, &seen);
+    seen
+}
+
+/// The field's hand-written blue-green setup (`proxy_pass $service_url;`, the include's line
+/// pointing at the release the old script started on blue's port) taken over by nonstop: the
+/// first deploy goes to green and switches the line, later deploys and a rollback switch it back
+/// and forth, all under load with 0 failures; rolling with this style is refused by config check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_url_style_is_taken_over_on_day_one_and_deploys_and_rolls_back() {
+    let (blue_port, green_port) = (free_port(), free_port());
+    // The operator's world before nonstop: v1 on blue, started by their script, and its line.
+    let operator_v1 = Hello::start_on(blue_port, "blue", "1", &[]);
+    let nginx = Nginx::start_service_url(&format!(
+        "# written by deploy.sh\nset $service_url http://127.0.0.1:{blue_port};\n"
+    ))
+    .await;
+    let url = nginx.url(nginx.shop_port);
+    wait_until("nginx serves the operator's v1", DEADLINE, || {
+        let url = url.clone();
+        async move { versions(&url).await == ["1".to_string()].into() }
+    })
+    .await;
+
+    let work = tempfile::tempdir().unwrap();
+    let config_path: PathBuf = work.path().join("nonstop.toml");
+    let include = nginx.dir.path().join("service-url.inc");
+    let service_url_target = format!(
+        "include = \"{}\", variable = \"service_url\"",
+        include.display()
+    );
+    let nodes = [("blue", blue_port), ("green", green_port)];
+    write(
+        &config_path,
+        &service(
+            &nginx,
+            work.path(),
+            "shop",
+            "blue-green",
+            &service_url_target,
+            &nodes,
+        ),
+    );
+    let _instances = KillUnder(work.path().to_path_buf());
+
+    // Day one: blue's port is held by the operator's v1, so v2 starts on green; the line moves.
+    let day_one = under_load(&url, "nginx $service_url day one 1 -> 2", || {
+        deploy(&config_path, "shop", "2")
+    })
+    .await;
+    assert!(day_one.by_version.contains_key("1") && day_one.by_version.contains_key("2"));
+    assert_eq!(
+        service_url(&nginx),
+        format!("http://127.0.0.1:{green_port}")
+    );
+    assert_eq!(versions(&url).await, ["2".to_string()].into());
+    let inc = std::fs::read_to_string(&include).unwrap();
+    assert!(inc.starts_with("# Managed by nonstop"), "{inc}");
+    let lines: Vec<&str> = inc.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines,
+        [format!("set $service_url http://127.0.0.1:{green_port};")]
+    );
+
+    // nonstop did not start the old script's v1 and leaves it alone; the operator retires it.
+    drop(operator_v1);
+
+    let v3 = under_load(&url, "nginx $service_url 2 -> 3", || {
+        deploy(&config_path, "shop", "3")
+    })
+    .await;
+    assert!(v3.by_version.contains_key("3"));
+    assert_eq!(service_url(&nginx), format!("http://127.0.0.1:{blue_port}"));
+    assert_eq!(versions(&url).await, ["3".to_string()].into());
+
+    let rollback = under_load(&url, "nginx $service_url rollback 3 -> 2", || {
+        Command::new(nonstop_bin())
+            .args(["rollback", "shop", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await;
+    assert!(rollback.by_version.contains_key("2"));
+    assert_eq!(
+        service_url(&nginx),
+        format!("http://127.0.0.1:{green_port}")
+    );
+    assert_eq!(versions(&url).await, ["2".to_string()].into());
+
+    // One node takes everything in this style: rolling is refused, with the line and the fix.
+    let rolling = service(
+        &nginx,
+        work.path(),
+        "shop",
+        "rolling",
+        &service_url_target,
+        &nodes,
+    );
+    let (ok, stderr) = nonstop_on_config(&["config", "check"], &rolling);
+    eprintln!("config check, rolling + variable:\n{stderr}");
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("nonstop.toml:4:"), "{stderr}");
+    assert!(stderr.contains("sends all traffic to one node"), "{stderr}");
+    assert!(stderr.contains("use strategy = \"blue-green\""), "{stderr}");
 }

@@ -122,15 +122,23 @@ enum RuntimeSettings {
 /// Checks every service's driver settings, with the file and line of a mistake.
 pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
     for (name, svc) in &config.services {
-        // Hooks are checked whole (program, placeholders) here, not first at deploy time.
-        if let BalancerSettings::Command(c) = balancer_settings(name, svc, config, source)? {
-            CommandBalancer::new(c).map_err(|e| {
-                source.error_at(
-                    svc.balancer.table.span.clone(),
-                    format!("service `{name}`: {e}"),
-                    None,
-                )
-            })?;
+        let balancer_error = |e: String| {
+            source.error_at(
+                svc.balancer.table.span.clone(),
+                format!("service `{name}`: {e}"),
+                None,
+            )
+        };
+        match balancer_settings(name, svc, config, source)? {
+            // Hooks are checked whole (program, placeholders) here, not first at deploy time.
+            BalancerSettings::Command(c) => {
+                CommandBalancer::new(c).map_err(|e| balancer_error(e.to_string()))?;
+            }
+            BalancerSettings::Nginx(c) => {
+                c.check().map_err(|e| balancer_error(e.to_string()))?;
+                check_nginx_variable(name, svc, source)?;
+            }
+            _ => {}
         }
         let runtime_error = |e: String| {
             source.error_at(
@@ -154,6 +162,43 @@ pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The nginx `set $VAR` style points at one node: only blue-green has one active node at a time.
+fn check_nginx_variable(
+    name: &str,
+    svc: &ServiceConfig,
+    source: &Source,
+) -> Result<(), ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct Variable {
+        variable: Option<toml::Spanned<String>>,
+    }
+    let path = ["services", name, "balancer"];
+    let found: Variable = svc
+        .balancer
+        .table
+        .settings(source, &path, |k| k == "variable")?;
+    let (Some(variable), strategy) = (found.variable, *svc.strategy.get_ref()) else {
+        return Ok(());
+    };
+    if strategy == nonstop_config::service::Strategy::BlueGreen {
+        return Ok(());
+    }
+    let strategy_line = source.text[..svc.strategy.span().start]
+        .lines()
+        .count()
+        .max(1);
+    Err(source.error_at(
+        variable.span(),
+        format!(
+            "service `{name}`: the nginx `set ${}` style sends all traffic to one node, but strategy = \"{strategy}\" (line {strategy_line}) needs several active at once",
+            variable.get_ref()
+        ),
+        Some(format!(
+            "use strategy = \"blue-green\", or replace `variable` with `upstream = \"{name}\"` (an upstream block, `proxy_pass http://{name};`) for {strategy}"
+        )),
+    ))
 }
 
 /// Where the drivers are built, relative to the service's `[hosts]`.
@@ -538,5 +583,40 @@ port = 8081
         assert!(err.message.contains("timout"), "{err}");
         let err = check_text(&systemd("unit = \"shop@{node}\"")).unwrap_err();
         assert!(err.message.contains(".service"), "{err}");
+    }
+
+    #[test]
+    fn nginx_variable_style_is_refused_without_blue_green_with_its_line() {
+        let command = SERVICE.lines().nth(3).unwrap();
+        let nginx = |settings: &str| {
+            SERVICE.replace(
+                command,
+                &format!(
+                    "balancer = {{ kind = \"nginx\", include = \"/etc/nginx/conf.d/service-url.inc\", nginx = [\"nginx\"], {settings} }}"
+                ),
+            ) + "\n[[services.shop.nodes]]\nname = \"b\"\nport = 8082\n"
+        };
+        let variable = nginx("variable = \"service_url\"");
+        let err = check_text(&variable).unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        assert!(err.message.contains("set $service_url"), "{err}");
+        assert!(
+            err.message.contains("strategy = \"rolling\" (line 3)"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("use strategy = \"blue-green\""),
+            "{err}"
+        );
+        check_text(&variable.replace("\"rolling\"", "\"blue-green\"")).unwrap();
+        check_text(&nginx("upstream = \"shop\"")).unwrap();
+        let err = check_text(
+            &nginx("variable = \"$service_url\"").replace("\"rolling\"", "\"blue-green\""),
+        )
+        .unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        assert!(err.message.contains("letters, digits and `_`"), "{err}");
+        let err = check_text(&nginx("sticky = false")).unwrap_err();
+        assert!(err.message.contains("give `upstream = \"NAME\"`"), "{err}");
     }
 }

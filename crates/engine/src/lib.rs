@@ -737,6 +737,28 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         }
     }
 
+    /// The slots of a blue-green deploy when no instance nonstop started serves: half of the
+    /// nodes, passing over a node whose port a process nonstop did not start holds. On day one
+    /// over an existing setup that process is the release serving now (e.g. the one an old
+    /// blue-green script started): it keeps serving until the switch, and the deploy goes to
+    /// the other slot (docs/balancers/nginx.md).
+    pub(crate) fn first_slots(&self) -> Vec<NodeName> {
+        let all: Vec<NodeName> = self.nodes().into_iter().map(|(n, _)| n).collect();
+        let half = all.len().div_ceil(2);
+        if self.runtime.replacement() != Replacement::StopFirst || self.config.on_hosts() {
+            return all[..half].to_vec();
+        }
+        let free: Vec<NodeName> = all
+            .iter()
+            .filter(|n| std::net::TcpListener::bind(("127.0.0.1", self.port_of(n))).is_ok())
+            .cloned()
+            .collect();
+        if free.is_empty() {
+            return all[..half].to_vec();
+        }
+        free.into_iter().take(half).collect()
+    }
+
     async fn register(&self, node: &NodeName) -> Result<(), String> {
         let addr = format!("{}:{}", self.ip_of(node), self.port_of(node));
         self.balancer
@@ -839,7 +861,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             .collect();
         let all: Vec<NodeName> = self.nodes().into_iter().map(|(n, _)| n).collect();
         let targets: Vec<NodeName> = if live.is_empty() {
-            all[..all.len().div_ceil(2)].to_vec()
+            self.first_slots()
         } else {
             all.iter().filter(|n| !live.contains(n)).cloned().collect()
         };

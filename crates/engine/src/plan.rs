@@ -64,7 +64,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                     })
                     .collect();
                 let targets: Vec<&(NodeName, u16)> = if live.is_empty() {
-                    nodes[..nodes.len().div_ceil(2)].iter().collect()
+                    let first = self.first_slots();
+                    nodes.iter().filter(|(n, _)| first.contains(n)).collect()
                 } else {
                     nodes.iter().filter(|(n, _)| !live.contains(&n)).collect()
                 };
