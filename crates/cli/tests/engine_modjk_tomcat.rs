@@ -149,22 +149,16 @@ verify = "500ms"
 /// Sticky users through Apache until at least `per_node` of them started on each Tomcat: mod_jk
 /// sends every new session to a member that just came back until its counts catch up.
 async fn users_on_both(site: &Site, per_node: usize) -> (StickyLoad, Vec<usize>) {
-    let mut load = StickyLoad::start(&site.apache.url("/app/count"), 6, LoadOptions::default());
-    let mut all: Vec<usize> = (0..6).collect();
-    load.wait_progress(&all, 3, Duration::from_secs(30)).await;
-    for _ in 0..20 {
-        let now = load.snapshot();
-        if ["tomcat1", "tomcat2"]
-            .iter()
-            .all(|route| now.users_started_on(route).len() >= per_node)
-        {
-            break;
-        }
-        let added = load.add_users(2);
-        load.wait_progress(&added, 3, Duration::from_secs(30)).await;
-        all.extend(added);
-    }
-    (load, all)
+    let url = site.apache.url("/app/count");
+    StickyLoad::spread_over(
+        &url,
+        6,
+        LoadOptions::default(),
+        &["tomcat1", "tomcat2"],
+        per_node,
+        20,
+    )
+    .await
 }
 
 /// A rolling deploy of `war` under sticky load; returns the load's report.
@@ -183,20 +177,8 @@ async fn rolling_under_load(site: &Site, config: &Path, war: &str) -> LoadReport
 }
 
 fn check(what: &str, report: &LoadReport, war: &str) {
-    let failures = report.failures();
-    eprintln!(
-        "{what}: sent {} ok {} failed {} by route {:?} by version {:?}",
-        report.sent(),
-        report.ok(),
-        failures.len(),
-        report.by_route(),
-        report.by_version()
-    );
-    assert!(
-        failures.is_empty(),
-        "{what}: {:?}",
-        failures.iter().take(5).collect::<Vec<_>>()
-    );
+    eprintln!("{what}: {}", report.summary());
+    report.assert_none_failed(what);
     assert!(
         report.by_version().contains_key(war),
         "{what}: {war} answered"

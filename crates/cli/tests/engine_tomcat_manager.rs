@@ -179,31 +179,26 @@ fn options() -> LoadOptions {
 
 /// Sticky users through the proxy until at least `per_node` of them started on each Tomcat.
 async fn users_on_both(site: &Site, per_node: usize) -> (StickyLoad, Vec<usize>) {
-    let mut load = StickyLoad::start(&site.proxy.url("/app/count"), 4, options());
-    let mut all: Vec<usize> = (0..4).collect();
-    load.wait_progress(&all, 3, Duration::from_secs(30)).await;
-    for _ in 0..10 {
-        let now = load.snapshot();
-        if ROUTES
-            .iter()
-            .all(|route| now.users_started_on(route).len() >= per_node)
-        {
-            break;
-        }
-        let added = load.add_users(2);
-        load.wait_progress(&added, 3, Duration::from_secs(30)).await;
-        all.extend(added);
-    }
-    (load, all)
+    StickyLoad::spread_over(
+        &site.proxy.url("/app/count"),
+        4,
+        options(),
+        &ROUTES,
+        per_node,
+        10,
+    )
+    .await
 }
 
-fn first_failures(report: &LoadReport) -> Vec<String> {
+/// Lets every user of `load` get 5 more answers, stops it, prints `what` with its summary and
+/// asserts that no request failed.
+async fn finish(load: StickyLoad, what: &str) -> LoadReport {
+    let all: Vec<usize> = (0..load.snapshot().users.len()).collect();
+    load.wait_progress(&all, 5, Duration::from_secs(30)).await;
+    let report = load.stop().await;
+    eprintln!("{what}; load: {}", report.summary());
+    report.assert_none_failed(what);
     report
-        .failures()
-        .iter()
-        .take(5)
-        .map(|s| format!("user {} at {:?}: {:?}", s.user, s.at, s.error))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,15 +270,9 @@ async fn parallel_deployment_rolls_beside_the_old_version_and_a_failing_war_roll
     load.wait_progress(&new_users, 5, Duration::from_secs(30))
         .await;
     let report = load.stop().await;
-    eprintln!(
-        "parallel v1 -> v2: deploy took {took:?}; load: {}",
-        report.summary()
-    );
-    assert!(
-        report.failures().is_empty(),
-        "{:?}",
-        first_failures(&report)
-    );
+    let what = format!("parallel v1 -> v2: deploy took {took:?}");
+    eprintln!("{what}; load: {}", report.summary());
+    report.assert_none_failed(&what);
     let resets = report
         .check_counts()
         .unwrap_or_else(|bad| panic!("{:#?}", &bad[..bad.len().min(5)]));
@@ -331,18 +320,7 @@ async fn parallel_deployment_rolls_beside_the_old_version_and_a_failing_war_roll
         "Tomcat's words: {}",
         text(&out)
     );
-    let all: Vec<usize> = (0..load.snapshot().users.len()).collect();
-    load.wait_progress(&all, 5, Duration::from_secs(30)).await;
-    let report = load.stop().await;
-    eprintln!(
-        "failing v3: rolled back after {took:?}; load: {}",
-        report.summary()
-    );
-    assert!(
-        report.failures().is_empty(),
-        "{:?}",
-        first_failures(&report)
-    );
+    let report = finish(load, &format!("failing v3: rolled back after {took:?}")).await;
     assert_eq!(report.by_version().keys().collect::<Vec<_>>(), ["v2"]);
     let resets = report.check_counts().unwrap();
     assert!(resets.is_empty(), "no session lost: {resets:?}");
@@ -401,18 +379,8 @@ async fn parallel_deployment_rolls_beside_the_old_version_and_a_failing_war_roll
         !after.iter().any(|l| l.contains("drain tomcat1")),
         "no drain: {after:?}"
     );
-    let all: Vec<usize> = (0..load.snapshot().users.len()).collect();
-    load.wait_progress(&all, 5, Duration::from_secs(30)).await;
-    let report = load.stop().await;
-    eprintln!(
-        "interrupted v4: rolled back {took:?} after the signal; load: {}",
-        report.summary()
-    );
-    assert!(
-        report.failures().is_empty(),
-        "{:?}",
-        first_failures(&report)
-    );
+    let what = format!("interrupted v4: rolled back {took:?} after the signal");
+    let report = finish(load, &what).await;
     let resets = report.check_counts().unwrap();
     assert!(resets.is_empty(), "no session lost: {resets:?}");
     site.assert_all_on("v2");
@@ -431,7 +399,7 @@ async fn in_place_manager_deploys_roll_through_drained_nodes() {
     let _instances = KillUnder(site.work.path().to_path_buf());
     let out = site.deploy("v1", Variant::Good);
     assert!(out.status.success(), "first deploy: {}", text(&out));
-    let (load, all) = users_on_both(&site, 2).await;
+    let (load, _) = users_on_both(&site, 2).await;
     let started = Instant::now();
     let out = site.deploy("v2", Variant::Good);
     let took = started.elapsed();
@@ -442,17 +410,7 @@ async fn in_place_manager_deploys_roll_through_drained_nodes() {
         text(&out)
     );
     site.assert_all_on("v2");
-    load.wait_progress(&all, 5, Duration::from_secs(30)).await;
-    let report = load.stop().await;
-    eprintln!(
-        "in place v1 -> v2: deploy took {took:?}; load: {}",
-        report.summary()
-    );
-    assert!(
-        report.failures().is_empty(),
-        "{:?}",
-        first_failures(&report)
-    );
+    let report = finish(load, &format!("in place v1 -> v2: deploy took {took:?}")).await;
     assert!(report.by_version().contains_key("v2"));
     // An in-place redeploy ends the node's sessions: its users move to the other node (or start
     // again on v2), never with a broken count inside one session.

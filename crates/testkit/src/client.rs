@@ -177,6 +177,36 @@ impl StickyLoad {
         load
     }
 
+    /// Starts `users` users on `url`, then adds two at a time (at most `rounds` times) until at
+    /// least `per_route` of them started their session on each of `routes` (a balancer may send
+    /// every new session to one member for a while, as mod_jk does to a member that just came
+    /// back). Returns the load and every user's id.
+    pub async fn spread_over(
+        url: &str,
+        users: usize,
+        options: LoadOptions,
+        routes: &[&str],
+        per_route: usize,
+        rounds: usize,
+    ) -> (StickyLoad, Vec<usize>) {
+        let mut load = StickyLoad::start(url, users, options);
+        let mut all: Vec<usize> = (0..users).collect();
+        load.wait_progress(&all, 3, Duration::from_secs(30)).await;
+        for _ in 0..rounds {
+            let now = load.snapshot();
+            if routes
+                .iter()
+                .all(|route| now.users_started_on(route).len() >= per_route)
+            {
+                break;
+            }
+            let added = load.add_users(2);
+            load.wait_progress(&added, 3, Duration::from_secs(30)).await;
+            all.extend(added);
+        }
+        (load, all)
+    }
+
     /// Adds `n` users; returns their ids.
     pub fn add_users(&mut self, n: usize) -> Vec<usize> {
         let first = {
@@ -459,6 +489,25 @@ impl LoadReport {
             }
         }
         if bad.is_empty() { Ok(resets) } else { Err(bad) }
+    }
+
+    /// Panics with the first few failed samples of `what` unless every request succeeded.
+    pub fn assert_none_failed(&self, what: &str) {
+        let failures = self.failures();
+        assert!(
+            failures.is_empty(),
+            "{what}: {} of {} failed, first: {:?}",
+            failures.len(),
+            self.sent(),
+            failures
+                .iter()
+                .take(5)
+                .map(|s| format!(
+                    "user {} at {:?}: {:?} {:?}",
+                    s.user, s.at, s.status, s.error
+                ))
+                .collect::<Vec<_>>()
+        );
     }
 
     /// One line: sent, ok, failed, by route, by version.
