@@ -183,6 +183,48 @@ fn signal(pid: Pid, signal: Signal) {
     }
 }
 
+/// Whether `pid` itself holds a socket listening on TCP `port` (any address, IPv4 or IPv6): an
+/// answer on the port is then this process's, not a stranger's that took the port meanwhile.
+pub fn listens_on(pid: i32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .is_some_and(|inode| inodes.iter().any(|i| i == inode))
+        })
+    })
+}
+
+/// Inodes of the sockets listening on `port`, from /proc/net/tcp and tcp6.
+fn listening_inodes(port: u16) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    (fields.len() > 9 && fields[1].ends_with(&local) && fields[3] == LISTEN)
+                        .then(|| fields[9].to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The kernel's start time of `pid` (clock ticks since boot), field 22 of /proc/PID/stat.
 pub fn start_ticks(pid: i32) -> Option<u64> {
     stat(pid).map(|(_, ticks)| ticks)
@@ -213,6 +255,24 @@ mod tests {
             env: [("GREETING".to_string(), "hi".to_string())].into(),
             log: dir.join("logs/blue.log"),
         }
+    }
+
+    #[test]
+    fn a_listening_socket_is_found_on_its_own_process_only() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0").ok();
+        let me = std::process::id() as i32;
+        assert!(listens_on(me, v4.local_addr().unwrap().port()));
+        if let Some(v6) = &v6 {
+            assert!(listens_on(me, v6.local_addr().unwrap().port()), "tcp6 too");
+        }
+        assert!(
+            !listens_on(1, v4.local_addr().unwrap().port()),
+            "not pid 1's"
+        );
+        let port = v4.local_addr().unwrap().port();
+        drop(v4);
+        assert!(!listens_on(me, port), "closed");
     }
 
     #[test]

@@ -450,6 +450,17 @@ impl TomcatRuntime {
                 return Err(fail(format!("Tomcat logged \"{line}\"")));
             }
             match http::get(&url, Vec::new(), Duration::from_secs(5)).await {
+                // Only this JVM's answer counts: another process may have taken the port while
+                // this Tomcat failed to bind it (seen with parallel test runs).
+                Ok(r)
+                    if r.status == 200
+                        && !nonstop_runtime_process::listens_on(instance.pid, instance.port) =>
+                {
+                    last = format!(
+                        "port {} answers, but not from this Tomcat (pid {}): another process holds it",
+                        instance.port, instance.pid
+                    );
+                }
                 Ok(r) if r.status == 200 => return Ok(()),
                 Ok(r) => last = format!("{} answered HTTP {}", url.path, r.status),
                 Err(e) => last = e.to_string(),
@@ -577,6 +588,44 @@ mod tests {
             manager: None,
             lists: Default::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_health_answer_from_another_process_on_the_port_is_not_ours() {
+        use std::io::{Read, Write};
+        let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = stranger.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut conn in stranger.incoming().flatten() {
+                let _ = conn.read(&mut [0u8; 1024]);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut rt = runtime(dir.path());
+        rt.startup_timeout = Duration::from_millis(800);
+        // Stands in for a Tomcat that never bound its HTTP port.
+        let mut jvm = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = jvm.id() as i32;
+        let instance = Instance {
+            node: NodeName::from("t1"),
+            version: nonstop_ports::Version::from("v1"),
+            port,
+            pid,
+            start_ticks: nonstop_runtime_process::start_ticks(pid).unwrap(),
+            log: dir.path().join("t1.log"),
+        };
+        let result = rt.wait_ready(&instance, 0).await;
+        let _ = jvm.kill();
+        let _ = jvm.wait();
+        let error = result.expect_err("a stranger's 200 is not this Tomcat being ready");
+        assert!(
+            error.to_string().contains("not from this Tomcat"),
+            "{error}"
+        );
     }
 
     #[test]
