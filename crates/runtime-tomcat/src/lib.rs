@@ -420,8 +420,19 @@ impl TomcatRuntime {
         ))
     }
 
-    /// Waits until the health path answers 200, the log shows the context failed, or time runs out.
-    async fn wait_ready(&self, instance: &Instance, log_offset: u64) -> Result<(), TomcatError> {
+    /// Waits until the health path answers 200 from this JVM and every connector of
+    /// `base/conf/server.xml` listens, the log shows the context or a connector failed, or time
+    /// runs out.
+    async fn wait_ready(
+        &self,
+        instance: &Instance,
+        base: &Path,
+        log_offset: u64,
+    ) -> Result<(), TomcatError> {
+        let connectors = connector_ports(base, instance.port);
+        // A connector with bindOnInit="false" binds only when it starts, after the one before it.
+        const LATE_BIND: Duration = Duration::from_secs(2);
+        let mut healthy_since: Option<Instant> = None;
         let url = http::Url::parse(&format!(
             "http://127.0.0.1:{}{}",
             instance.port,
@@ -450,8 +461,8 @@ impl TomcatRuntime {
                 return Err(fail(format!("Tomcat logged \"{line}\"")));
             }
             match http::get(&url, Vec::new(), Duration::from_secs(5)).await {
-                // Only this JVM's answer counts: another process may have taken the port while
-                // this Tomcat failed to bind it (seen with parallel test runs).
+                // Only this JVM's answer counts: another process may hold the port while this
+                // Tomcat failed to bind it.
                 Ok(r)
                     if r.status == 200
                         && !nonstop_runtime_process::listens_on(instance.pid, instance.port) =>
@@ -461,7 +472,25 @@ impl TomcatRuntime {
                         instance.port, instance.pid
                     );
                 }
-                Ok(r) if r.status == 200 => return Ok(()),
+                Ok(r) if r.status == 200 => {
+                    let missing: Vec<u16> = connectors
+                        .iter()
+                        .copied()
+                        .filter(|&p| !nonstop_runtime_process::listens_on(instance.pid, p))
+                        .collect();
+                    if missing.is_empty() {
+                        return Ok(());
+                    }
+                    let since = *healthy_since.get_or_insert_with(Instant::now);
+                    last = format!(
+                        "the app answers, but its connector on port {missing:?} (conf/server.xml) \
+                         does not listen: a balancer in front of it cannot reach this node — is the \
+                         port taken by another process?"
+                    );
+                    if since.elapsed() > LATE_BIND {
+                        return Err(fail(last));
+                    }
+                }
                 Ok(r) => last = format!("{} answered HTTP {}", url.path, r.status),
                 Err(e) => last = e.to_string(),
             }
@@ -502,7 +531,7 @@ impl Runtime for TomcatRuntime {
         }
         self.install(&spec.node, &spec.artifact)?;
         let (instance, offset) = self.launch(spec, &base)?;
-        if let Err(e) = self.wait_ready(&instance, offset).await {
+        if let Err(e) = self.wait_ready(&instance, &base, offset).await {
             let _ = nonstop_runtime_process::stop(&instance, Duration::from_secs(20)).await;
             // The JVM's main thread can be a zombie while its other threads still close the
             // connectors: the start has failed only once the port is free again.
@@ -534,6 +563,39 @@ impl Runtime for TomcatRuntime {
             None => nonstop_runtime_process::is_running(instance),
         }
     }
+}
+
+/// The ports of the `<Connector>`s in `base/conf/server.xml` that can be known here: literal
+/// numbers, and `${nonstop.http.port}` (the node's `port`, which nonstop passes in).
+fn connector_ports(base: &Path, http_port: u16) -> Vec<u16> {
+    let Ok(xml) = std::fs::read_to_string(base.join("conf/server.xml")) else {
+        return Vec::new();
+    };
+    let xml = strip_xml_comments(&xml);
+    xml.split("<Connector")
+        .skip(1)
+        .filter_map(|tag| {
+            let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
+            let value = tag.split("port=\"").nth(1)?.split('"').next()?;
+            match value {
+                "${nonstop.http.port}" => Some(http_port),
+                _ => value.parse::<u16>().ok().filter(|&p| p > 0),
+            }
+        })
+        .collect()
+}
+
+fn strip_xml_comments(xml: &str) -> String {
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(start) = rest.find("<!--") {
+        out.push_str(&rest[..start]);
+        rest = rest[start..]
+            .find("-->")
+            .map_or("", |end| &rest[start + end + 3..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 fn parse_duration(text: &str) -> Option<Duration> {
@@ -618,7 +680,7 @@ mod tests {
             start_ticks: nonstop_runtime_process::start_ticks(pid).unwrap(),
             log: dir.path().join("t1.log"),
         };
-        let result = rt.wait_ready(&instance, 0).await;
+        let result = rt.wait_ready(&instance, dir.path(), 0).await;
         let _ = jvm.kill();
         let _ = jvm.wait();
         let error = result.expect_err("a stranger's 200 is not this Tomcat being ready");
@@ -626,6 +688,74 @@ mod tests {
             error.to_string().contains("not from this Tomcat"),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_app_that_answers_while_a_connector_does_not_listen_is_not_started() {
+        use std::io::{Read, Write};
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = http.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut conn in http.incoming().flatten() {
+                let _ = conn.read(&mut [0u8; 1024]);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            }
+        });
+        let ajp = nonstop_testkit::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+        std::fs::write(
+            dir.path().join("conf/server.xml"),
+            format!(
+                "<Server><Service><Connector port=\"${{nonstop.http.port}}\" /><Connector port=\"{ajp}\" protocol=\"AJP/1.3\" /></Service></Server>"
+            ),
+        )
+        .unwrap();
+        let mut rt = runtime(dir.path());
+        rt.startup_timeout = Duration::from_secs(10);
+        // This test process stands in for the JVM: it answers on the HTTP port, not on `ajp`.
+        let me = std::process::id() as i32;
+        let instance = Instance {
+            node: NodeName::from("t1"),
+            version: nonstop_ports::Version::from("v1"),
+            port,
+            pid: me,
+            start_ticks: nonstop_runtime_process::start_ticks(me).unwrap(),
+            log: dir.path().join("t1.log"),
+        };
+        let started = Instant::now();
+        let error = rt
+            .wait_ready(&instance, dir.path(), 0)
+            .await
+            .expect_err("a node whose AJP connector does not listen is not ready");
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("connector on port [{ajp}]")),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not the startup timeout"
+        );
+    }
+
+    #[test]
+    fn connector_ports_are_read_from_server_xml() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+        std::fs::write(
+            dir.path().join("conf/server.xml"),
+            r#"<Server port="-1"><Service name="Catalina">
+  <!-- <Connector port="7000" protocol="HTTP/1.1" /> -->
+  <Connector port="${nonstop.http.port}" address="127.0.0.1" protocol="HTTP/1.1" />
+  <Connector port="8009" address="127.0.0.1" protocol="AJP/1.3" secret="s" />
+  <Connector port="${other.port}" protocol="HTTP/1.1" />
+</Service></Server>"#,
+        )
+        .unwrap();
+        assert_eq!(connector_ports(dir.path(), 8080), vec![8080, 8009]);
+        assert!(connector_ports(&dir.path().join("none"), 8080).is_empty());
     }
 
     #[test]

@@ -50,6 +50,15 @@ async fn a_connector_that_cannot_bind_fails_the_start() {
     let took = started.elapsed();
     if let Ok(instance) = &result {
         guard.track(instance.pid);
+        let listeners = std::process::Command::new("ss")
+            .args(["-ltnp", &format!("sport = :{ajp_port}")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        eprintln!(
+            "started anyway after {took:?}; listening on the AJP port:\n{listeners}\nits log:\n{}",
+            std::fs::read_to_string(&instance.log).unwrap_or_default()
+        );
     }
     let error = result
         .expect_err("a Tomcat whose AJP connector cannot bind is not started")
@@ -59,7 +68,8 @@ async fn a_connector_that_cannot_bind_fails_the_start() {
         error.lines().next().unwrap_or_default()
     );
     assert!(
-        error.contains("Connector[\"ajp-nio-127.0.0.1-"),
+        error.contains(&format!("Connector[\"ajp-nio-127.0.0.1-{ajp_port}\"]"))
+            || error.contains(&format!("connector on port [{ajp_port}]")),
         "the error names the connector: {error}"
     );
     assert!(
