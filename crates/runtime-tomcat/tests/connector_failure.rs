@@ -14,8 +14,15 @@ async fn a_connector_that_cannot_bind_fails_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let war = tomcat::build_war(&root.join("wars"), "v1", Variant::Good).unwrap();
-    let taken = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
-    let ajp_port = taken.local_addr().unwrap().port();
+    // Held in both address families: the JVM binds an AF_INET6 socket to ::ffff:127.0.0.1, and
+    // whether a kernel sees that clash with an AF_INET listener has changed between versions
+    // (6.2 missed some); the AF_INET6 holder clashes within one family.
+    let ajp_port = free_port();
+    let taken = [
+        std::net::TcpListener::bind(("::ffff:127.0.0.1", ajp_port)).ok(),
+        std::net::TcpListener::bind(("127.0.0.1", ajp_port)).ok(),
+    ];
+    assert!(taken.iter().any(Option::is_some), "port {ajp_port} held");
     let base = TomcatBase::create(
         &root.join("tomcat1"),
         free_port(),
