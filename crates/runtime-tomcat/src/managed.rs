@@ -362,8 +362,19 @@ impl TomcatRuntime {
             }
             return Ok(instance);
         };
-        // Tomcat's words from its log: the manager's FAIL line says only that it failed.
-        let said = failure_lines(&marks, &base, 10);
+        // Tomcat's words from its log: the manager's FAIL line says only that it failed. The
+        // context's exception goes to logs/localhost.DATE.log through JULI's AsyncFileHandler,
+        // which writes from a thread of its own: it may land a moment after the FAIL answer.
+        let said = {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let said = failure_lines(&marks, &base, 10);
+                if said.contains("Exception") || Instant::now() >= deadline {
+                    break said;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
         let cleanup = if m.parallel {
             match manager
                 .undeploy(&self.config.context, Some(version), MANAGER_TIMEOUT)
