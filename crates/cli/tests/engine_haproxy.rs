@@ -234,12 +234,7 @@ verify = "300ms"
     // A reload keeps what nonstop set (haproxy.cfg declares both servers `disabled`): the
     // driver wrote `show servers state` to HAProxy's server-state-file after every change.
     haproxy.reload().await;
-    let status = Command::new(nonstop_bin())
-        .args(["status", "shop", "--json", "--config"])
-        .arg(&config_path)
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = status_json(&config_path);
     for node in status["nodes"].as_array().unwrap() {
         assert_eq!(node["balancer"], "active", "after a reload: {node}");
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nonstop_testkit::apache::{Apache, ApacheOptions, JkMember};
 use nonstop_testkit::client::{LoadOptions, LoadReport, StickyLoad};
 use nonstop_testkit::tomcat::{TomcatBase, Variant, build_war, java_opts};
-use support::{KillUnder, nonstop_bin, text, write};
+use support::{KillUnder, assert_all_on, nonstop_bin, text, write};
 
 const SECRET: &str = "ajp-secret-for-tests";
 
@@ -119,21 +119,6 @@ verify = "500ms"
         )
     }
 
-    /// `nonstop status`: every node runs `version` and takes traffic.
-    fn assert_all_on(&self, config: &Path, version: &str) {
-        let out = Command::new(nonstop_bin())
-            .args(["status", "shop", "--json", "--config"])
-            .arg(config)
-            .output()
-            .unwrap();
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("status --json: {e}: {}", text(&out)));
-        for node in status["nodes"].as_array().unwrap() {
-            assert_eq!(node["version"], version, "{node}");
-            assert_eq!(node["balancer"], "active", "{node}");
-        }
-    }
-
     fn deploy(&self, config: &Path, war: &str) -> Output {
         Command::new(nonstop_bin())
             .args(["deploy", "shop"])
@@ -171,7 +156,7 @@ async fn rolling_under_load(site: &Site, config: &Path, war: &str) -> LoadReport
         "rolling deploy of {war}: {}",
         text(&out)
     );
-    site.assert_all_on(config, war);
+    assert_all_on(config, war);
     load.wait_progress(&all, 5, Duration::from_secs(30)).await;
     load.stop().await
 }

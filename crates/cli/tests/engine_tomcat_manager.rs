@@ -127,16 +127,18 @@ verify = "500ms"
 
     /// `nonstop status`: every node runs `version` and takes traffic.
     fn assert_all_on(&self, version: &str) {
-        let out = Command::new(nonstop_bin())
-            .args(["status", "shop", "--json", "--config"])
-            .arg(self.proxy.config_path())
-            .output()
-            .unwrap();
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("status --json: {e}: {}", text(&out)));
-        for node in status["nodes"].as_array().unwrap() {
-            assert_eq!(node["version"], version, "{node}");
-            assert_eq!(node["balancer"], "active", "{node}");
+        support::assert_all_on(&self.proxy.config_path(), version);
+    }
+
+    /// Every node serves `version` and its Tomcat lists `app##VERSION` running, nothing else.
+    async fn assert_only(&self, version: &str) {
+        self.assert_all_on(version);
+        for base in &self.bases {
+            let listed = self.listed(base).await;
+            assert!(
+                listed.len() == 1 && listed[0].starts_with(&format!("app##{version}:running")),
+                "{listed:?}"
+            );
         }
     }
 
@@ -324,14 +326,7 @@ async fn parallel_deployment_rolls_beside_the_old_version_and_a_failing_war_roll
     assert_eq!(report.by_version().keys().collect::<Vec<_>>(), ["v2"]);
     let resets = report.check_counts().unwrap();
     assert!(resets.is_empty(), "no session lost: {resets:?}");
-    site.assert_all_on("v2");
-    for base in &site.bases {
-        let listed = site.listed(base).await;
-        assert!(
-            listed.len() == 1 && listed[0].starts_with("app##v2:running"),
-            "{listed:?}"
-        );
-    }
+    site.assert_only("v2").await;
 
     // --- a deploy interrupted while tomcat1 runs v4 beside v2 (its v2 users still counting):
     // the rollback undeploys v4 and adopts the v2 that never stopped, without draining.
@@ -383,14 +378,7 @@ async fn parallel_deployment_rolls_beside_the_old_version_and_a_failing_war_roll
     let report = finish(load, &what).await;
     let resets = report.check_counts().unwrap();
     assert!(resets.is_empty(), "no session lost: {resets:?}");
-    site.assert_all_on("v2");
-    for base in &site.bases {
-        let listed = site.listed(base).await;
-        assert!(
-            listed.len() == 1 && listed[0].starts_with("app##v2:running"),
-            "{listed:?}"
-        );
-    }
+    site.assert_only("v2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -169,6 +169,25 @@ impl Proxy {
     }
 }
 
+/// `nonstop status shop --json` against `config`.
+pub fn status_json(config: &Path) -> serde_json::Value {
+    let out = Command::new(nonstop_bin())
+        .args(["status", "shop", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}: {}", text(&out)))
+}
+
+/// `nonstop status`: every node of `shop` runs `version` and takes traffic.
+pub fn assert_all_on(config: &Path, version: &str) {
+    for node in status_json(config)["nodes"].as_array().unwrap() {
+        assert_eq!(node["version"], version, "{node}");
+        assert_eq!(node["balancer"], "active", "{node}");
+    }
+}
+
 /// Config text for a pool named `name` with the given backends `(name, addr, extra)`.
 pub fn pool_toml(name: &str, settings: &str, backends: &[(&str, String, &str)]) -> String {
     let mut text = format!("[pools.{name}]\n{settings}\n");
