@@ -183,6 +183,26 @@ fn signal(pid: Pid, signal: Signal) {
     }
 }
 
+/// The last `lines` lines written to `path` after byte `offset`, read from at most its last
+/// 16 KiB: what a failed start quotes of its instance's log.
+pub fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Vec::new();
+    if file
+        .seek(SeekFrom::Start(offset.max(len.saturating_sub(16 * 1024))))
+        .is_ok()
+    {
+        let _ = file.read_to_end(&mut bytes);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// Whether `pid` itself holds a socket listening on TCP `port` (any address, IPv4 or IPv6): an
 /// answer on the port is then this process's, not a stranger's that took the port meanwhile.
 pub fn listens_on(pid: i32, port: u16) -> bool {
@@ -255,6 +275,20 @@ mod tests {
             env: [("GREETING".to_string(), "hi".to_string())].into(),
             log: dir.join("logs/blue.log"),
         }
+    }
+
+    #[test]
+    fn log_tail_reads_after_the_offset_and_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        std::fs::write(&log, "old\nnew 1\nnew 2\nnew 3\n").unwrap();
+        assert_eq!(log_tail(&log, 4, 2), "new 2\nnew 3");
+        assert_eq!(log_tail(&log, 4, 10), "new 1\nnew 2\nnew 3");
+        let long: String = (0..5000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&log, &long).unwrap();
+        assert_eq!(log_tail(&log, 0, 1), "line 4999");
+        assert!(log_tail(&log, 0, 100_000).len() <= 16 * 1024);
+        assert_eq!(log_tail(&dir.path().join("none"), 0, 3), "");
     }
 
     #[test]

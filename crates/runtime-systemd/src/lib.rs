@@ -306,7 +306,7 @@ impl SystemdRuntime {
             unit: unit.clone(),
             reason,
             log: log.display().to_string(),
-            tail: tail(&log, 20),
+            tail: nonstop_runtime_process::log_tail(&log, 0, 20),
         };
         let before = self.state(&unit).await?;
         if matches!(
@@ -625,21 +625,6 @@ pub fn environment_line(key: &str, value: &str) -> Result<String, String> {
         .replace('"', "\\\"")
         .replace('%', "%%");
     Ok(format!("Environment=\"{escaped}\""))
-}
-
-/// The last `lines` lines of `path` (at most its last 16 KiB).
-fn tail(path: &Path, lines: usize) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

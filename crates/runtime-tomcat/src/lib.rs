@@ -445,7 +445,7 @@ impl TomcatRuntime {
             node: instance.node.to_string(),
             reason,
             log: instance.log.display().to_string(),
-            tail: log_tail(&instance.log, log_offset, 15),
+            tail: nonstop_runtime_process::log_tail(&instance.log, log_offset, 15),
         };
         while Instant::now() < deadline {
             if !nonstop_runtime_process::is_running(instance) {
@@ -625,12 +625,6 @@ fn read_from(path: &Path, offset: u64) -> String {
         text = String::from_utf8_lossy(&bytes).into_owned();
     }
     text
-}
-
-fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
-    let text = read_from(path, offset);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

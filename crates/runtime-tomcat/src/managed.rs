@@ -259,7 +259,7 @@ impl TomcatRuntime {
                 self.startup_timeout
             ),
             log: server.log.display().to_string(),
-            tail: crate::log_tail(&server.log, offset, 15),
+            tail: nonstop_runtime_process::log_tail(&server.log, offset, 15),
         })
     }
 
