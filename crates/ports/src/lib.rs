@@ -120,17 +120,43 @@ pub struct Member {
     pub traffic: Traffic,
 }
 
+/// Whose fault a failed port call is: it decides whether a deploy "rolled back" (the release or
+/// the step failed) or stopped on an environment error (the balancer or host itself is broken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortErrorKind {
+    /// The call failed; retrying or rolling back may help.
+    #[default]
+    Failed,
+    /// The environment is broken independently of the deploy (e.g. `nginx -t` fails on a file
+    /// nonstop does not manage): nothing the release did, nothing a rollback fixes.
+    Environment,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct PortError {
+    pub kind: PortErrorKind,
     pub message: String,
 }
 
 impl PortError {
     pub fn new(message: impl Into<String>) -> Self {
         PortError {
+            kind: PortErrorKind::Failed,
             message: message.into(),
         }
+    }
+
+    /// An error of the environment, not of the deploy (see [`PortErrorKind::Environment`]).
+    pub fn environment(message: impl Into<String>) -> Self {
+        PortError {
+            kind: PortErrorKind::Environment,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_environment(&self) -> bool {
+        self.kind == PortErrorKind::Environment
     }
 }
 
