@@ -206,8 +206,13 @@ fn conclude<T: serde::Serialize>(
     renderer.finish();
     match result {
         Ok(report) => {
-            if json {
-                say(&serde_json::json!({"result": "succeeded", "report": report}).to_string());
+            let report = serde_json::to_value(&report).unwrap_or_default();
+            // `--plan` reports nothing: it printed the plan, and nothing ran to succeed.
+            if json && !report.is_null() {
+                say(
+                    &serde_json::json!({"result": "succeeded", "exit_code": 0, "report": report})
+                        .to_string(),
+                );
             }
             ExitCode::SUCCESS
         }
@@ -215,6 +220,7 @@ fn conclude<T: serde::Serialize>(
             let result = match &err {
                 DeployError::RolledBack(_) => "rolled-back",
                 DeployError::Refused(_) => "refused",
+                DeployError::Environment(_) => "stopped",
                 DeployError::Failed(_) => "failed",
             };
             if json {
@@ -253,17 +259,20 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                         .to_string(),
                 ),
             };
-            let steps = rt.block_on(engine.plan(&version, args.strategy));
+            // The same plan a deploy runs, from the same observation; nothing is changed.
+            let plan = rt.block_on(engine.plan(&version, args.strategy))?;
             if json {
-                println!("{}", serde_json::json!({"plan": steps}));
+                println!(
+                    "{}",
+                    serde_json::json!({"plan": plan, "lines": plan.lines()})
+                );
             } else {
                 println!(
                     "plan: deploy {} {version} ({}); nothing will be changed",
-                    args.service,
-                    args.strategy.unwrap_or(*engine.config.strategy.get_ref())
+                    args.service, plan.strategy
                 );
-                for (i, step) in steps.iter().enumerate() {
-                    println!("{:>3}. {step}", i + 1);
+                for line in plan.lines() {
+                    println!("  {line}");
                 }
             }
             return Ok(None);

@@ -272,6 +272,7 @@ fn spawn(app: &App, job: Arc<Job>, work: Work, upload: Option<Upload>) -> ApiRes
                     outcome: match e {
                         DeployError::RolledBack(_) => "rolled-back",
                         DeployError::Refused(_) => "refused",
+                        DeployError::Environment(_) => "stopped",
                         DeployError::Failed(_) => "failed",
                     },
                     message: e.to_string(),

@@ -483,6 +483,12 @@ impl Balancer for AnyBalancer {
     async fn switch(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> PortResult<()> {
         each_balancer!(self, b => b.switch(changes).await)
     }
+    async fn mark_healthy(&self, node: &NodeName) -> PortResult<()> {
+        each_balancer!(self, b => b.mark_healthy(node).await)
+    }
+    fn knows_health_of_disabled(&self) -> bool {
+        each_balancer!(self, b => b.knows_health_of_disabled())
+    }
 }
 
 impl Runtime for AnyRuntime {
@@ -497,6 +503,12 @@ impl Runtime for AnyRuntime {
     }
     async fn is_running(&self, instance: &Instance) -> bool {
         each_runtime!(self, r => r.is_running(instance).await)
+    }
+    async fn find(&self, spec: &InstanceSpec) -> Option<Instance> {
+        each_runtime!(self, r => r.find(spec).await)
+    }
+    async fn port_free(&self, ip: &str, port: u16) -> bool {
+        each_runtime!(self, r => r.port_free(ip, port).await)
     }
 }
 

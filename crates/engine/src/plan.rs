@@ -1,146 +1,302 @@
-//! `--plan`: the steps a deploy would take, worked out from the config and the current state,
-//! without changing anything.
+//! A deploy as data: a `Plan` is the list of typed `Step`s a strategy derived from the service
+//! and its observed state. `--plan` prints it, the executor runs it, the journal records it.
+
+use std::time::Duration;
 
 use nonstop_config::service::Strategy;
-use nonstop_ports::{Balancer, LbState, NodeName, Probe, Runtime, Version};
+use nonstop_ports::{LbState, NodeName, Version};
+use serde::{Deserialize, Serialize};
 
-use crate::Engine;
+/// One balancer state change; a `Set` step applies several in one atomic call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub node: NodeName,
+    pub state: LbState,
+    pub weight: Option<u32>,
+}
 
-impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
-    /// Human-readable steps, in order. A balancer that cannot be reached is reported, not fatal.
-    pub async fn plan(&self, version: &Version, strategy: Option<Strategy>) -> Vec<String> {
-        let strategy = strategy.unwrap_or(*self.config.strategy.get_ref());
-        let mut steps = Vec::new();
-        let members = match self.members().await {
-            Ok(m) => m,
-            Err(e) => {
-                steps.push(format!(
-                    "(cannot read the balancer: {e}; assuming no node is live)"
-                ));
-                Default::default()
-            }
-        };
-        let live_instances = self.live_instances().await.unwrap_or_default();
-        let nodes: Vec<(NodeName, u16)> = self.nodes();
-        let health = &self.config.health;
-        let gate = |node: &NodeName, port: u16| {
-            format!(
-                "health gate {node}: GET {} on 127.0.0.1:{port} expecting {}{}, {} passes in a row, every {}, deadline {}",
-                health.path.get_ref(),
-                health.expect_status,
-                health
-                    .expect_body
-                    .as_ref()
-                    .map(|b| format!(" with `{b}`"))
-                    .unwrap_or_default(),
-                health.successes.get_ref(),
-                health.interval,
-                health.deadline
-            )
-        };
-        let drain = format!(
-            "wait for in-flight requests{} (at most {})",
-            if self.config.drain.sessions {
-                " and sessions"
-            } else {
-                ""
-            },
-            self.config.drain.timeout
-        );
-        steps.push(format!(
-            "install release {version} into {}",
-            crate::releases::releases_dir(&self.base)
-                .join(version.as_str())
-                .display()
-        ));
-        match strategy {
-            Strategy::BlueGreen | Strategy::Canary => {
-                let live: Vec<&NodeName> = nodes
-                    .iter()
-                    .map(|(n, _)| n)
-                    .filter(|n| {
-                        members.get(*n).is_some_and(|m| m.state == LbState::Active)
-                            && live_instances.contains_key(*n)
-                    })
-                    .collect();
-                let targets: Vec<&(NodeName, u16)> = if live.is_empty() {
-                    let first = self.first_slots();
-                    nodes.iter().filter(|(n, _)| first.contains(n)).collect()
-                } else {
-                    nodes.iter().filter(|(n, _)| !live.contains(&n)).collect()
-                };
-                for (node, port) in &targets {
-                    if let Some(old) = live_instances.get(node) {
-                        steps.push(format!("stop {node} {} (idle slot)", old.version));
-                    }
-                    steps.push(format!("start {node} {version} on port {port}"));
-                    steps.push(gate(node, *port));
-                }
-                let target_names: Vec<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
-                let live_names: Vec<&str> = live.iter().map(|n| n.as_str()).collect();
-                if strategy == Strategy::Canary && !live.is_empty() {
-                    let c = &self.config.canary;
-                    steps.push(format!(
-                        "canary: {} gets {}% of new requests for {}; abort if its error rate exceeds the old release's by {:.2}% or its latency is over {}×",
-                        target_names.join(", "),
-                        c.weight.get_ref(),
-                        c.window,
-                        c.max_error_rate.get_ref() * 100.0,
-                        c.max_latency_ratio.get_ref()
-                    ));
-                }
-                steps.push(format!(
-                    "switch atomically: {} active{}",
-                    target_names.join(", "),
-                    if live.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} draining", live_names.join(", "))
-                    }
-                ));
-                if !live.is_empty() {
-                    steps.push(format!("drain {}: {drain}", live_names.join(", ")));
-                }
-                steps.push(format!(
-                    "verify for {}: new instances stay up",
-                    self.config.verify
-                ));
-                if !live.is_empty() {
-                    if self.config.keep_warm.0.is_zero() {
-                        steps.push(format!("disable and stop {}", live_names.join(", ")));
-                    } else {
-                        steps.push(format!(
-                            "disable {} and keep it running for {} for an instant rollback",
-                            live_names.join(", "),
-                            self.config.keep_warm
-                        ));
-                    }
-                }
-            }
-            Strategy::Rolling => {
-                let batch = *self.config.rolling.max_unavailable.get_ref();
-                for chunk in nodes.chunks(batch) {
-                    let names: Vec<&str> = chunk.iter().map(|(n, _)| n.as_str()).collect();
-                    if chunk.iter().any(|(n, _)| members.contains_key(n)) {
-                        steps.push(format!("drain {}: {drain}, then disable", names.join(", ")));
-                    }
-                    for (node, port) in chunk {
-                        if let Some(old) = live_instances.get(node) {
-                            steps.push(format!("stop {node} {}", old.version));
-                        }
-                        steps.push(format!("start {node} {version} on port {port}"));
-                        steps.push(gate(node, *port));
-                    }
-                    steps.push(format!("enable {}", names.join(", ")));
-                }
-                steps.push(format!(
-                    "verify for {}: new instances stay up",
-                    self.config.verify
-                ));
-            }
+impl Change {
+    pub fn new(node: &NodeName, state: LbState, weight: Option<u32>) -> Change {
+        Change {
+            node: node.clone(),
+            state,
+            weight,
         }
-        steps
-            .push("on any failure: restore the previous release and balancer state, exit 2".into());
-        steps
+    }
+}
+
+/// What a `Set` step is for: only its wording and its invariant check differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SetPurpose {
+    /// Blue-green: all new traffic to the new slots, the old ones drain.
+    Switch,
+    /// Rolling: take a batch out (draining).
+    TakeOut,
+    /// The drained nodes get nothing at all.
+    Disable,
+    /// Nodes (back) in.
+    Enable,
+    /// Undo: the states before the deploy.
+    Restore,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Makes `node` a member at `addr` (a new member starts disabled).
+    Register { node: NodeName, addr: String },
+    /// Stops what runs on `node`.
+    Stop {
+        node: NodeName,
+        version: Version,
+        why: String,
+        /// Its undo does not start it again (a slot kept warm past its time).
+        #[serde(default)]
+        keep_stopped: bool,
+    },
+    /// Starts `version` on `node`; journaled (release, port) before the spawn.
+    Start {
+        node: NodeName,
+        version: Version,
+        port: u16,
+    },
+    /// The node runs `version` already (kept warm): use it.
+    Reuse { node: NodeName, version: Version },
+    /// A `Beside` runtime: `version` starts next to `old`, which keeps serving.
+    StartBeside {
+        node: NodeName,
+        version: Version,
+        old: Version,
+    },
+    /// A `Beside` runtime: the old release stops once its sessions end.
+    Retire { node: NodeName, version: Version },
+    /// Undo of `StartBeside`: the new release stops, the old one is the node's instance again.
+    StopBeside {
+        node: NodeName,
+        version: Version,
+        old: Version,
+    },
+    /// Health gate on the instance's own address.
+    Gate { node: NodeName, version: Version },
+    /// The balancer itself must consider `nodes` healthy before they get traffic.
+    Eligible { nodes: Vec<NodeName> },
+    /// Balancer states, in one atomic call.
+    Set {
+        purpose: SetPurpose,
+        changes: Vec<Change>,
+    },
+    /// Waits until `nodes` have nothing in flight (and sessions, if configured).
+    Drain { nodes: Vec<NodeName> },
+    /// Canary: the new slots get `share` % of new requests for `window`, then a verdict.
+    Canary {
+        nodes: Vec<NodeName>,
+        live: Vec<NodeName>,
+        share: u32,
+        #[serde(with = "humantime_serde_ms")]
+        window: Duration,
+    },
+    /// The new instances must stay up for `window` with traffic.
+    Verify {
+        nodes: Vec<NodeName>,
+        #[serde(with = "humantime_serde_ms")]
+        window: Duration,
+    },
+    /// The old slot stays running (disabled) until `until_ms` for an instant rollback; `None`
+    /// clears the mark (the slot serves again).
+    KeepWarm {
+        node: NodeName,
+        until_ms: Option<i64>,
+    },
+}
+
+/// Durations as milliseconds in the journal.
+mod humantime_serde_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+fn names(nodes: &[NodeName]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Step {
+    /// The journal's short name of the step.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Register { .. } => "register",
+            Step::Stop { .. } => "stop",
+            Step::Start { .. } => "start",
+            Step::Reuse { .. } => "reuse",
+            Step::StartBeside { .. } => "start-beside",
+            Step::Retire { .. } => "retire",
+            Step::StopBeside { .. } => "stop-beside",
+            Step::Gate { .. } => "health",
+            Step::Eligible { .. } => "eligible",
+            Step::Set { purpose, .. } => match purpose {
+                SetPurpose::Switch => "switch",
+                SetPurpose::TakeOut => "take-out",
+                SetPurpose::Disable => "disable",
+                SetPurpose::Enable => "enable",
+                SetPurpose::Restore => "restore",
+            },
+            Step::Drain { .. } => "drain",
+            Step::Canary { .. } => "canary",
+            Step::Verify { .. } => "verify",
+            Step::KeepWarm { .. } => "keep-warm",
+        }
+    }
+
+    /// The node a step acts on, when it is one.
+    pub fn node(&self) -> Option<&NodeName> {
+        match self {
+            Step::Register { node, .. }
+            | Step::Stop { node, .. }
+            | Step::Start { node, .. }
+            | Step::Reuse { node, .. }
+            | Step::StartBeside { node, .. }
+            | Step::Retire { node, .. }
+            | Step::StopBeside { node, .. }
+            | Step::Gate { node, .. }
+            | Step::KeepWarm { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+
+    /// Every node the step acts on or waits for.
+    pub fn nodes(&self) -> Vec<NodeName> {
+        match self {
+            Step::Eligible { nodes } | Step::Drain { nodes } | Step::Verify { nodes, .. } => {
+                nodes.clone()
+            }
+            Step::Canary { nodes, live, .. } => nodes.iter().chain(live).cloned().collect(),
+            Step::Set { changes, .. } => changes.iter().map(|c| c.node.clone()).collect(),
+            other => other.node().into_iter().cloned().collect(),
+        }
+    }
+
+    /// Whether the step changes who gets traffic.
+    pub fn touches_balancer(&self) -> bool {
+        matches!(
+            self,
+            Step::Register { .. } | Step::Set { .. } | Step::Canary { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Register { node, addr } => write!(f, "register {node} at {addr} (disabled)"),
+            Step::Stop {
+                node, version, why, ..
+            } => write!(f, "stop {node} {version} ({why})"),
+            Step::Start {
+                node,
+                version,
+                port,
+            } => write!(f, "start {node} {version} on port {port}"),
+            Step::Reuse { node, version } => {
+                write!(f, "{node} still runs {version} (kept warm): use it")
+            }
+            Step::StartBeside { node, version, old } => write!(
+                f,
+                "start {node} {version} beside {old} (which keeps serving)"
+            ),
+            Step::Retire { node, version } => {
+                write!(f, "retire {node} {version} once its sessions end")
+            }
+            Step::StopBeside { node, version, old } => {
+                write!(f, "stop {node} {version}; {old} serves there again")
+            }
+            Step::Gate { node, version } => write!(f, "health gate {node} {version}"),
+            Step::Eligible { nodes } => write!(
+                f,
+                "wait until the balancer itself considers {} healthy",
+                names(nodes)
+            ),
+            Step::Set { purpose, changes } => {
+                let list = changes
+                    .iter()
+                    .map(|c| match c.weight {
+                        Some(w) if w != 1 => format!("{} {} (weight {w})", c.node, c.state),
+                        _ => format!("{} {}", c.node, c.state),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let verb = match purpose {
+                    SetPurpose::Switch => "switch atomically",
+                    SetPurpose::TakeOut => "take out",
+                    SetPurpose::Disable => "disable",
+                    SetPurpose::Enable => "enable",
+                    SetPurpose::Restore => "restore",
+                };
+                write!(f, "{verb}: {list}")
+            }
+            Step::Drain { nodes } => write!(f, "drain {}", names(nodes)),
+            Step::Canary {
+                nodes,
+                share,
+                window,
+                ..
+            } => write!(
+                f,
+                "canary: {} takes {share}% of new requests for {}, then a verdict",
+                names(nodes),
+                humantime::format_duration(*window)
+            ),
+            Step::Verify { nodes, window } => write!(
+                f,
+                "verify for {}: {} stay up with traffic",
+                humantime::format_duration(*window),
+                names(nodes)
+            ),
+            Step::KeepWarm { node, until_ms } => match until_ms {
+                Some(_) => write!(f, "keep {node} running (disabled) for an instant rollback"),
+                None => write!(f, "{node} serves again: no longer kept warm"),
+            },
+        }
+    }
+}
+
+/// A strategy's steps for one deploy, with what it found and what it will install.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub service: String,
+    pub strategy: Strategy,
+    pub version: Version,
+    pub from: Option<Version>,
+    pub steps: Vec<Step>,
+    /// Facts the planner saw that a reader should know (e.g. which mode a balancer is in).
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    /// The plan as numbered lines, as `--plan` prints it.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.notes.iter().map(|n| format!("({n})")).collect();
+        lines.extend(
+            self.steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{:>2}. {s}", i + 1)),
+        );
+        lines.push(
+            "on any failure: undo the steps taken, newest first (the old release keeps or regains the traffic), exit 2".into(),
+        );
+        lines
     }
 }

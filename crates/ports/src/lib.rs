@@ -182,6 +182,17 @@ pub trait Balancer: Send + Sync {
         &self,
         changes: &[(NodeName, LbState, Option<u32>)],
     ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Tells the balancer that the engine's own health gate passed for `node`, so its health
+    /// view need not wait for its checker's next passes (the built-in proxy marks it up).
+    fn mark_healthy(&self, node: &NodeName) -> impl Future<Output = PortResult<()>> + Send {
+        let _ = node;
+        async { Ok(()) }
+    }
+    /// Whether `Member::healthy` of a disabled member is the balancer's real view (it checks
+    /// members that get no traffic). Where not, eligibility is judged once a member is active.
+    fn knows_health_of_disabled(&self) -> bool {
+        false
+    }
 }
 
 /// Everything needed to start one instance of a release on one node.
@@ -243,6 +254,17 @@ pub trait Runtime: Send + Sync {
         grace: Duration,
     ) -> impl Future<Output = PortResult<()>> + Send;
     fn is_running(&self, instance: &Instance) -> impl Future<Output = bool> + Send;
+    /// Finds an instance of `spec` that was started but never recorded (the deploy was killed
+    /// between the spawn and the store), so recovery can stop it.
+    fn find(&self, spec: &InstanceSpec) -> impl Future<Output = Option<Instance>> + Send {
+        let _ = spec;
+        async { None }
+    }
+    /// Whether `ip:port` is free for a new instance (nothing else listens there).
+    fn port_free(&self, ip: &str, port: u16) -> impl Future<Output = bool> + Send {
+        let free = std::net::TcpListener::bind((ip, port)).is_ok();
+        async move { free }
+    }
 }
 
 /// One health check try against an instance's own address.

@@ -19,11 +19,16 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     #[error(
-        "{service} is locked by deploy #{deploy} started by {holder} at {started} (still running as pid {pid}); wait for it or check `nonstop status {service}`"
+        "store {path} is not a nonstop store: {why}. Restore it from a backup, or move it away to start afresh (nonstop then forgets the instances it started: stop them by hand)"
+    )]
+    NotAStore { path: String, why: String },
+    #[error(
+        "{service} is locked by {deploy} started by {holder} at {started} (still running as pid {pid}); wait for it or check `nonstop status {service}`"
     )]
     Locked {
         service: String,
-        deploy: i64,
+        /// `deploy #N`, or `a deploy that is starting` before it has a number.
+        deploy: String,
         holder: String,
         started: String,
         pid: i32,
@@ -91,8 +96,15 @@ impl Deployment {
 #[derive(Debug, Clone, Serialize)]
 pub struct JournalEntry {
     pub at_ms: i64,
+    /// The step's index in its plan (undo steps continue the count).
+    pub index: Option<i64>,
+    /// `begin` (written before the step acts), `done` (its result) or `failed`.
+    pub phase: Option<String>,
     pub step: String,
     pub detail: String,
+    /// The step and its undo as the engine wrote them (JSON), for recovery.
+    #[serde(skip)]
+    pub data: Option<String>,
 }
 
 /// Who runs a deploy: shown to whoever finds the lock taken.
@@ -146,6 +158,8 @@ pub struct Store {
     conn: Connection,
     path: String,
     service: String,
+    /// Fault injection for tests: journal writes fail once this many more have succeeded.
+    journal_budget: std::cell::Cell<Option<usize>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -244,19 +258,72 @@ impl Store {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
+        // SQLite would take an empty file for a new database and forget every instance that runs.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::NotAStore {
+                path: shown,
+                why: "it is empty (0 bytes)".into(),
+            });
+        }
         let conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
-        // WAL + NORMAL survives a killed process (what recovery is about); only power loss may drop the tail.
-        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::NotADatabase =>
+                {
+                    StoreError::NotAStore {
+                        path: shown.clone(),
+                        why: "it is not an SQLite database".into(),
+                    }
+                }
+                e => sql(e),
+            })?;
+        // FULL: every journal entry is on disk (fsync'd) before the step it announces acts.
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        let has_phase: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('journal') WHERE name = 'phase'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(sql)?;
+        if !has_phase {
+            conn.execute_batch(
+                "ALTER TABLE journal ADD COLUMN idx INTEGER;
+                 ALTER TABLE journal ADD COLUMN phase TEXT;
+                 ALTER TABLE journal ADD COLUMN data TEXT;",
+            )
+            .map_err(sql)?;
+        }
         Ok(Store {
             conn,
             path: shown,
             service: service.to_string(),
+            journal_budget: std::cell::Cell::new(None),
         })
+    }
+
+    /// Test hook: after `writes` more journal entries, every journal write fails as on a full disk.
+    #[doc(hidden)]
+    pub fn fail_journal_after(&self, writes: usize) {
+        self.journal_budget.set(Some(writes));
+    }
+
+    fn spend_journal_budget(&self) -> Result<()> {
+        match self.journal_budget.get() {
+            Some(0) => Err(StoreError::Sql {
+                path: self.path.clone(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                    Some("database or disk is full (injected)".into()),
+                ),
+            }),
+            Some(n) => {
+                self.journal_budget.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn sql(&self, source: rusqlite::Error) -> StoreError {
@@ -292,7 +359,9 @@ impl Store {
         {
             return Err(StoreError::Locked {
                 service,
-                deploy: deploy.unwrap_or(0),
+                deploy: deploy.map_or("a deploy that is starting".into(), |d| {
+                    format!("deploy #{d}")
+                }),
                 holder: name.clone(),
                 started: format_ms(*started),
                 pid: *pid,
@@ -357,10 +426,31 @@ impl Store {
     }
 
     pub fn journal(&self, deploy: i64, step: &str, detail: &str) -> Result<()> {
+        self.spend_journal_budget()?;
         self.conn
             .execute(
                 "INSERT INTO journal (deploy, at_ms, step, detail) VALUES (?1, ?2, ?3, ?4)",
                 params![deploy, now_ms(), step, detail],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// One plan step's journal entry; durable (synchronous = FULL) when this returns.
+    pub fn journal_step(
+        &self,
+        deploy: i64,
+        index: i64,
+        phase: &str,
+        step: &str,
+        detail: &str,
+        data: Option<&str>,
+    ) -> Result<()> {
+        self.spend_journal_budget()?;
+        self.conn
+            .execute(
+                "INSERT INTO journal (deploy, at_ms, step, detail, idx, phase, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![deploy, now_ms(), step, detail, index, phase, data],
             )
             .map(drop)
             .map_err(|e| self.sql(e))
@@ -439,13 +529,16 @@ impl Store {
     pub fn journal_of(&self, deploy: i64) -> Result<Vec<JournalEntry>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT at_ms, step, detail FROM journal WHERE deploy = ?1 ORDER BY id")
+            .prepare("SELECT at_ms, step, detail, idx, phase, data FROM journal WHERE deploy = ?1 ORDER BY id")
             .map_err(|e| self.sql(e))?;
         stmt.query_map(params![deploy], |r| {
             Ok(JournalEntry {
                 at_ms: r.get(0)?,
                 step: r.get(1)?,
                 detail: r.get(2)?,
+                index: r.get(3)?,
+                phase: r.get(4)?,
+                data: r.get(5)?,
             })
         })
         .and_then(|rows| rows.collect())
@@ -572,6 +665,7 @@ mod tests {
             .unwrap();
         let mut second = Store::open(&path, "shop").unwrap();
         let err = second.acquire(&holder(1)).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }));
         let text = err.to_string();
         assert!(text.contains(&format!("deploy #{id}")), "{text}");
         assert!(text.contains("started by"), "{text}");
@@ -612,6 +706,42 @@ mod tests {
         let history = store.deployments(10).unwrap();
         assert_eq!(history[0].outcome, Outcome::RolledBack);
         assert!(history[0].duration().is_some());
+    }
+
+    #[test]
+    fn an_empty_or_foreign_store_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nonstop.db");
+        std::fs::write(&path, b"").unwrap();
+        let err = Store::open(&path, "shop")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("nonstop.db") && err.contains("empty"), "{err}");
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        let err = Store::open(&path, "shop")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("not a nonstop store"), "{err}");
+    }
+
+    #[test]
+    fn journal_writes_fail_when_told_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), "shop").unwrap();
+        store.fail_journal_after(1);
+        store
+            .journal_step(1, 0, "begin", "start", "x", Some("{}"))
+            .unwrap();
+        let err = store
+            .journal_step(1, 1, "begin", "gate", "y", None)
+            .unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        let entries = store.journal_of(1).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].phase.as_deref(), Some("begin"));
+        assert_eq!(entries[0].data.as_deref(), Some("{}"));
     }
 
     #[test]

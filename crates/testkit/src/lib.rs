@@ -7,6 +7,7 @@
 
 pub mod apache;
 pub mod client;
+pub mod fakes;
 pub mod hello;
 pub mod netns;
 pub mod process;

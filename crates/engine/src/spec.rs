@@ -1,0 +1,119 @@
+//! The engine's own view of a service: plain durations and typed names, read once from the
+//! TOML `ServiceConfig` so no strategy or step ever touches `Spanned` config types.
+
+use std::time::Duration;
+
+use nonstop_config::service::{ServiceConfig, Strategy};
+use nonstop_ports::NodeName;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    pub name: NodeName,
+    pub port: u16,
+    /// The IP the balancer and the health gate reach the node at.
+    pub ip: String,
+}
+
+impl NodeSpec {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSpec {
+    pub path: String,
+    pub expect_status: u16,
+    pub expect_body: Option<String>,
+    pub interval: Duration,
+    pub deadline: Duration,
+    pub successes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanarySpec {
+    pub weight: u32,
+    pub window: Duration,
+    pub max_error_rate: f64,
+    pub max_latency_ratio: f64,
+    /// Fewer requests than this in the window is inconclusive: the canary is not promoted.
+    pub min_requests: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    pub service: String,
+    pub strategy: Strategy,
+    pub nodes: Vec<NodeSpec>,
+    pub health: HealthSpec,
+    pub drain_timeout: Duration,
+    pub drain_sessions: bool,
+    pub keep_warm: Duration,
+    pub verify: Duration,
+    pub max_unavailable: usize,
+    pub canary: CanarySpec,
+    pub stop_grace: Duration,
+    pub keep_releases: usize,
+    /// Nodes run on other hosts (through agents): local port checks do not apply.
+    pub on_hosts: bool,
+}
+
+impl ServiceSpec {
+    pub fn from_config(service: &str, config: &ServiceConfig) -> ServiceSpec {
+        let h = &config.health;
+        let c = &config.canary;
+        ServiceSpec {
+            service: service.to_string(),
+            strategy: *config.strategy.get_ref(),
+            nodes: config
+                .nodes
+                .iter()
+                .map(|n| NodeSpec {
+                    name: NodeName(n.name.get_ref().clone()),
+                    port: *n.port.get_ref(),
+                    ip: n.ip().to_string(),
+                })
+                .collect(),
+            health: HealthSpec {
+                path: h.path.get_ref().clone(),
+                expect_status: h.expect_status,
+                expect_body: h.expect_body.clone(),
+                interval: h.interval.0,
+                deadline: h.deadline.0,
+                successes: (*h.successes.get_ref()).max(1),
+            },
+            drain_timeout: config.drain.timeout.0,
+            drain_sessions: config.drain.sessions,
+            keep_warm: config.keep_warm.0,
+            verify: config.verify.0,
+            max_unavailable: (*config.rolling.max_unavailable.get_ref()).max(1),
+            canary: CanarySpec {
+                weight: *c.weight.get_ref(),
+                window: c.window.0,
+                max_error_rate: *c.max_error_rate.get_ref(),
+                max_latency_ratio: *c.max_latency_ratio.get_ref(),
+                min_requests: c.min_requests.max(1),
+            },
+            stop_grace: config.runtime.shared.stop_grace.0,
+            keep_releases: *config.releases.keep.get_ref(),
+            on_hosts: config.on_hosts(),
+        }
+    }
+
+    pub fn node(&self, name: &NodeName) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| &n.name == name)
+    }
+
+    pub fn names(&self) -> Vec<NodeName> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    pub fn port_of(&self, node: &NodeName) -> u16 {
+        self.node(node).map_or(0, |n| n.port)
+    }
+
+    pub fn ip_of(&self, node: &NodeName) -> String {
+        self.node(node)
+            .map_or_else(|| "127.0.0.1".to_string(), |n| n.ip.clone())
+    }
+}

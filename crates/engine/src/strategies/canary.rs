@@ -1,0 +1,208 @@
+//! The canary step: the new slots get a share of new requests for a window, judged against
+//! the live release on the balancer's own counters; too few requests is inconclusive, never a pass.
+
+use std::collections::BTreeMap;
+
+use nonstop_ports::{Balancer, LbState, NodeName, Probe, Runtime, Traffic};
+use tokio::time::{Duration, Instant};
+
+use crate::error::StepError;
+use crate::executor::Run;
+use crate::reconcile::Members;
+use crate::spec::CanarySpec;
+use crate::{Engine, EventKind};
+
+impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
+    pub(crate) async fn canary(
+        &self,
+        run: &mut Run,
+        canaries: &[NodeName],
+        live: &[NodeName],
+        share: u32,
+        window: Duration,
+    ) -> Result<String, StepError> {
+        let before = self.members().await?;
+        let weights: BTreeMap<NodeName, u32> =
+            before.iter().map(|(n, m)| (n.clone(), m.weight)).collect();
+        let changes = canary_weights(canaries, live, &weights, share);
+        self.balancer.switch(&changes).await?;
+        for (node, state, _) in &changes {
+            run.last_seen.insert(node.clone(), *state);
+        }
+        let until = Instant::now() + window;
+        let mut shown = Instant::now();
+        while Instant::now() < until {
+            for node in canaries {
+                if let Some(instance) = run.started.get(node)
+                    && !self.runtime.is_running(instance).await
+                {
+                    return Err(StepError::Failed(format!(
+                        "canary {node} {} died during its watch window (log: {})",
+                        instance.version,
+                        instance.log.display()
+                    )));
+                }
+            }
+            if shown.elapsed() >= Duration::from_secs(1) {
+                shown = Instant::now();
+                let now = self.members().await?;
+                let c = traffic(&now, &before, canaries);
+                self.event(
+                    EventKind::Progress,
+                    None,
+                    format!(
+                        "canary: {} requests, {:.2}% errors, {}s left",
+                        c.requests,
+                        c.error_rate() * 100.0,
+                        until.saturating_duration_since(Instant::now()).as_secs()
+                    ),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let after = self.members().await?;
+        let c = traffic(&after, &before, canaries);
+        let o = traffic(&after, &before, live);
+        let summary = format!(
+            "canary: {} requests, {:.2}% errors, mean {:.1}ms; old: {} requests, {:.2}% errors, mean {:.1}ms",
+            c.requests,
+            c.error_rate() * 100.0,
+            c.mean_latency_ms().unwrap_or(0.0),
+            o.requests,
+            o.error_rate() * 100.0,
+            o.mean_latency_ms().unwrap_or(0.0)
+        );
+        judge(&c, &o, &self.spec.canary)
+            .map_err(|why| StepError::Failed(format!("{why} ({summary})")))?;
+        Ok(format!("passed: {summary}"))
+    }
+}
+
+fn traffic(after: &Members, before: &Members, nodes: &[NodeName]) -> Traffic {
+    let mut total = Traffic::default();
+    for node in nodes {
+        let Some(a) = after.get(node) else { continue };
+        let b = before.get(node).map(|m| m.traffic).unwrap_or_default();
+        let d = a.traffic.since(&b);
+        total.requests += d.requests;
+        total.errors += d.errors;
+        total.latency_ms_sum += d.latency_ms_sum;
+    }
+    total
+}
+
+/// Weights that give `canaries` `share` percent of new requests next to `live`: the old weights
+/// × (100 − share) against canary weights summing to the old total × share.
+pub fn canary_weights(
+    canaries: &[NodeName],
+    live: &[NodeName],
+    weights: &BTreeMap<NodeName, u32>,
+    share: u32,
+) -> Vec<(NodeName, LbState, Option<u32>)> {
+    let weight_of = |n: &NodeName| weights.get(n).copied().unwrap_or(1);
+    let live_total: u32 = live.iter().map(weight_of).sum();
+    let canary_weight = (live_total * share / canaries.len().max(1) as u32).clamp(1, 10_000);
+    live.iter()
+        .map(|n| {
+            let scaled = (weight_of(n) * (100 - share)).clamp(1, 10_000);
+            (n.clone(), LbState::Active, Some(scaled))
+        })
+        .chain(
+            canaries
+                .iter()
+                .map(|n| (n.clone(), LbState::Active, Some(canary_weight))),
+        )
+        .collect()
+}
+
+/// The canary verdict: `Err` says why it must not be promoted. Fewer requests than
+/// `min_requests` is inconclusive, which is not a pass.
+pub fn judge(canary: &Traffic, old: &Traffic, cfg: &CanarySpec) -> Result<(), String> {
+    if canary.requests < cfg.min_requests {
+        return Err(format!(
+            "inconclusive: the canary got {} requests in its window, fewer than min_requests = {} (does this balancer report traffic?)",
+            canary.requests, cfg.min_requests
+        ));
+    }
+    let allowed = old.error_rate() + cfg.max_error_rate;
+    if canary.error_rate() > allowed {
+        return Err(format!(
+            "canary error rate {:.2}% exceeds the old release's {:.2}% by more than {:.2}%",
+            canary.error_rate() * 100.0,
+            old.error_rate() * 100.0,
+            cfg.max_error_rate * 100.0
+        ));
+    }
+    if let (Some(c), Some(o)) = (canary.mean_latency_ms(), old.mean_latency_ms()) {
+        // A few milliseconds of slack: at sub-millisecond latencies a ratio is only noise.
+        let limit = o * cfg.max_latency_ratio + 5.0;
+        if c > limit {
+            return Err(format!(
+                "canary mean latency {c:.1}ms is above {limit:.1}ms ({}× the old release's {o:.1}ms)",
+                cfg.max_latency_ratio
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(requests: u64, errors: u64, latency: f64) -> Traffic {
+        Traffic {
+            requests,
+            errors,
+            latency_ms_sum: latency * requests as f64,
+        }
+    }
+
+    fn cfg() -> CanarySpec {
+        CanarySpec {
+            weight: 10,
+            window: Duration::from_secs(30),
+            max_error_rate: 0.01,
+            max_latency_ratio: 3.0,
+            min_requests: 1,
+        }
+    }
+
+    #[test]
+    fn canary_weights_give_the_configured_share() {
+        let (a, b, c) = (
+            NodeName::from("a"),
+            NodeName::from("b"),
+            NodeName::from("c"),
+        );
+        let one = canary_weights(
+            std::slice::from_ref(&b),
+            std::slice::from_ref(&a),
+            &BTreeMap::new(),
+            10,
+        );
+        assert_eq!(one[0], (a.clone(), LbState::Active, Some(90)));
+        assert_eq!(one[1], (b.clone(), LbState::Active, Some(10)));
+        let weights = BTreeMap::from([(a.clone(), 3), (b.clone(), 1)]);
+        let two = canary_weights(std::slice::from_ref(&c), &[a, b], &weights, 20);
+        let total: u32 = two.iter().filter_map(|(_, _, w)| *w).sum();
+        let canary = two[2].2.unwrap();
+        assert_eq!((canary * 100) / total, 20, "{two:?}");
+    }
+
+    #[test]
+    fn canary_judgement() {
+        assert!(judge(&t(100, 0, 2.0), &t(900, 0, 2.0), &cfg()).is_ok());
+        let err = judge(&t(100, 10, 2.0), &t(900, 0, 2.0), &cfg()).unwrap_err();
+        assert!(err.contains("error rate 10.00%"), "{err}");
+        assert!(judge(&t(100, 1, 2.0), &t(900, 9, 2.0), &cfg()).is_ok());
+        let err = judge(&t(100, 0, 200.0), &t(900, 0, 10.0), &cfg()).unwrap_err();
+        assert!(err.contains("latency"), "{err}");
+        let mut strict = cfg();
+        strict.min_requests = 50;
+        assert!(judge(&t(10, 0, 1.0), &t(900, 0, 1.0), &strict).is_err());
+        // Zero requests (a balancer that reports no traffic) is never a pass.
+        let err = judge(&t(0, 0, 0.0), &t(0, 0, 0.0), &cfg()).unwrap_err();
+        assert!(err.contains("inconclusive"), "{err}");
+    }
+}

@@ -1,0 +1,109 @@
+//! Rolling: a batch of at most `max_unavailable` nodes at a time is taken out, drained,
+//! replaced, gated, made eligible and enabled; nodes already out go first.
+
+use nonstop_ports::{Balancer, LbState, NodeName, Probe, Replacement, Runtime, Version};
+
+use super::Observed;
+use crate::Engine;
+use crate::plan::{Change, SetPurpose, Step};
+
+impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
+    pub(super) fn rolling(&self, version: &Version, observed: &Observed) -> Vec<Step> {
+        let mut nodes = self.spec.names();
+        // Nodes out already (dead, disabled) first: replacing them takes nothing more out.
+        nodes.sort_by_key(|n| {
+            observed.members.get(n).is_some_and(|m| {
+                m.state == LbState::Active && m.healthy && observed.live.contains_key(n)
+            })
+        });
+        // A `Beside` runtime starts the new release next to the old one on a node that keeps
+        // serving: draining it would only keep its sessions from ending.
+        let beside = self.runtime.replacement() == Replacement::Beside;
+        let mut steps = Vec::new();
+        for batch in nodes.chunks(self.spec.max_unavailable) {
+            let serving: Vec<NodeName> = batch
+                .iter()
+                .filter(|n| observed.members.contains_key(*n))
+                .cloned()
+                .collect();
+            if !beside && !serving.is_empty() {
+                let set = |purpose, state| Step::Set {
+                    purpose,
+                    changes: serving
+                        .iter()
+                        .map(|n| Change::new(n, state, None))
+                        .collect(),
+                };
+                steps.push(set(SetPurpose::TakeOut, LbState::Draining));
+                steps.push(Step::Drain {
+                    nodes: serving.clone(),
+                });
+                steps.push(set(SetPurpose::Disable, LbState::Disabled));
+            }
+            for node in batch {
+                steps.push(Step::Register {
+                    node: node.clone(),
+                    addr: self.spec.node(node).map(|n| n.addr()).unwrap_or_default(),
+                });
+                match observed.live.get(node) {
+                    Some(i) if &i.version == version => steps.push(Step::Reuse {
+                        node: node.clone(),
+                        version: version.clone(),
+                    }),
+                    Some(old) if beside => {
+                        steps.push(Step::StartBeside {
+                            node: node.clone(),
+                            version: version.clone(),
+                            old: old.version.clone(),
+                        });
+                        steps.push(Step::Gate {
+                            node: node.clone(),
+                            version: version.clone(),
+                        });
+                        steps.push(Step::Retire {
+                            node: node.clone(),
+                            version: old.version.clone(),
+                        });
+                        continue;
+                    }
+                    running => {
+                        if let Some(old) = running {
+                            steps.push(Step::Stop {
+                                node: node.clone(),
+                                version: old.version.clone(),
+                                why: "replace it".into(),
+                                keep_stopped: false,
+                            });
+                        }
+                        steps.push(Step::Start {
+                            node: node.clone(),
+                            version: version.clone(),
+                            port: self.spec.port_of(node),
+                        });
+                    }
+                }
+                steps.push(Step::Gate {
+                    node: node.clone(),
+                    version: version.clone(),
+                });
+            }
+            steps.push(Step::Eligible {
+                nodes: batch.to_vec(),
+            });
+            steps.push(Step::Set {
+                purpose: SetPurpose::Enable,
+                changes: batch
+                    .iter()
+                    .map(|n| Change::new(n, LbState::Active, observed.weight(n)))
+                    .collect(),
+            });
+        }
+        if !self.spec.verify.is_zero() {
+            steps.push(Step::Verify {
+                nodes,
+                window: self.spec.verify,
+            });
+        }
+        steps
+    }
+}
