@@ -730,15 +730,25 @@ mod tests {
     fn journal_writes_fail_when_told_to() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), "shop").unwrap();
+        let id = store
+            .begin(
+                "deploy",
+                &Version::from("2"),
+                None,
+                "blue-green",
+                &Holder::current(),
+                "{}",
+            )
+            .unwrap();
         store.fail_journal_after(1);
         store
-            .journal_step(1, 0, "begin", "start", "x", Some("{}"))
+            .journal_step(id, 0, "begin", "start", "x", Some("{}"))
             .unwrap();
         let err = store
-            .journal_step(1, 1, "begin", "gate", "y", None)
+            .journal_step(id, 1, "begin", "gate", "y", None)
             .unwrap_err();
         assert!(err.to_string().contains("full"), "{err}");
-        let entries = store.journal_of(1).unwrap();
+        let entries = store.journal_of(id).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].phase.as_deref(), Some("begin"));
         assert_eq!(entries[0].data.as_deref(), Some("{}"));
