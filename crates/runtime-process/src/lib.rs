@@ -58,6 +58,7 @@ impl Runtime for ProcessRuntime {
             .args(args)
             .envs(self.env.iter().cloned())
             .envs(spec.env.iter())
+            .envs(instance_env(spec))
             .current_dir(&spec.release_dir);
         let header = format!(
             "--- nonstop: starting {} {} on port {}: {argv:?}",
@@ -83,6 +84,58 @@ impl Runtime for ProcessRuntime {
     async fn is_running(&self, instance: &Instance) -> bool {
         is_running(instance)
     }
+
+    async fn find(&self, spec: &InstanceSpec) -> Option<Instance> {
+        find(spec)
+    }
+}
+
+/// What every instance is told about itself (documented in docs/services.md); recovery also
+/// finds an instance it never recorded by these.
+pub fn instance_env(spec: &InstanceSpec) -> [(&'static str, String); 4] {
+    [
+        ("NONSTOP_NODE", spec.node.to_string()),
+        ("NONSTOP_PORT", spec.port.to_string()),
+        ("NONSTOP_VERSION", spec.version.to_string()),
+        (
+            "NONSTOP_RELEASE_DIR",
+            spec.release_dir.to_string_lossy().into_owned(),
+        ),
+    ]
+}
+
+/// The session leader started for `spec` (same node and release directory in its
+/// environment), if one runs: a start the deploy could not record before it was killed.
+pub fn find(spec: &InstanceSpec) -> Option<Instance> {
+    let node = format!("NONSTOP_NODE={}", spec.node);
+    let dir = format!("NONSTOP_RELEASE_DIR={}", spec.release_dir.to_string_lossy());
+    let mut found: Vec<i32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+            vars.contains(&node.as_bytes()) && vars.contains(&dir.as_bytes())
+        })
+        .filter(|pid| {
+            rustix::process::getsid(Pid::from_raw(*pid))
+                .is_ok_and(|sid| sid.as_raw_nonzero().get() == *pid)
+        })
+        .collect();
+    found.sort();
+    let pid = *found.first()?;
+    let start_ticks = start_ticks(pid)?;
+    Some(Instance {
+        node: spec.node.clone(),
+        version: spec.version.clone(),
+        port: spec.port,
+        pid,
+        start_ticks,
+        log: spec.log.clone(),
+    })
 }
 
 /// A child started by [`spawn_detached`].
@@ -353,6 +406,28 @@ mod tests {
         assert!(!runtime.is_running(&instance).await);
         let log = std::fs::read_to_string(dir.path().join("logs/blue.log")).unwrap();
         assert!(log.contains("starting blue 7"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn an_unrecorded_instance_is_found_by_its_node_and_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = ProcessRuntime::new(vec!["sleep".into(), "30".into()], []);
+        let spec = spec(dir.path());
+        assert!(runtime.find(&spec).await.is_none());
+        let started = runtime.start(&spec).await.unwrap();
+        let found = runtime.find(&spec).await.expect("found by its environment");
+        assert_eq!(
+            (found.pid, found.start_ticks),
+            (started.pid, started.start_ticks)
+        );
+        let mut other = spec.clone();
+        other.node = NodeName::from("green");
+        assert!(
+            runtime.find(&other).await.is_none(),
+            "another node's is not ours"
+        );
+        runtime.stop(&found, Duration::from_secs(5)).await.unwrap();
+        assert!(runtime.find(&spec).await.is_none());
     }
 
     #[tokio::test]
