@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nonstop_config::service::Strategy;
-use nonstop_engine::{DeployError, DeployRequest, Engine, Event, EventKind};
-use nonstop_ports::{Balancer, NodeName, Probe, Runtime, Version};
+use nonstop_engine::{DeployError, DeployRequest, Event, EventKind};
+use nonstop_ports::{NodeName, Version};
 
 pub use nonstop_drivers::open_engine as engine;
 pub type Emit = Box<dyn Fn(&Event)>;
@@ -333,18 +333,35 @@ pub fn status(args: ServiceArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(e.exit_code()));
         }
     };
-    let report = rt.block_on(status_report(&engine));
+    let report = serde_json::to_value(rt.block_on(engine.status()))?;
     if args.common.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
     let s = &report;
-    println!(
-        "{}: running {}, previous {}",
-        args.service,
-        s["current"].as_str().unwrap_or("nothing"),
+    let serving: Vec<&str> = s["serving"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let recorded = format!(
+        "release {}, previous {}",
+        s["current"].as_str().unwrap_or("none"),
         s["previous"].as_str().unwrap_or("none")
     );
+    if serving.is_empty() {
+        println!(
+            "{}: NOTHING SERVES (no node the balancer would send requests to runs); {recorded}",
+            args.service
+        );
+    } else {
+        println!(
+            "{}: serving {} ({recorded})",
+            args.service,
+            serving.join(" and ")
+        );
+    }
     if let Some(err) = s["balancer_error"].as_str() {
         println!("  balancer: {err}");
     }
@@ -374,84 +391,6 @@ pub fn status(args: ServiceArgs) -> anyhow::Result<ExitCode> {
         println!("  ! {unfinished}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn status_report<B: Balancer, R: Runtime, P: Probe>(
-    engine: &Engine<B, R, P>,
-) -> serde_json::Value {
-    let (current, previous) = engine.store.releases().unwrap_or_default();
-    let (members, balancer_error) = match engine.balancer.members().await {
-        Ok(m) => (
-            m.into_iter()
-                .map(|m| (m.node.clone(), m))
-                .collect::<BTreeMap<_, _>>(),
-            None,
-        ),
-        Err(e) => (BTreeMap::new(), Some(e.to_string())),
-    };
-    let instances: BTreeMap<NodeName, _> = engine
-        .store
-        .instances()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| (r.instance.node.clone(), r))
-        .collect();
-    let mut nodes = Vec::new();
-    for node in &engine.config.nodes {
-        let name = NodeName(node.name.get_ref().clone());
-        let record = instances.get(&name);
-        let alive = match record {
-            Some(r) => engine.runtime.is_running(&r.instance).await,
-            None => false,
-        };
-        let member = members.get(&name);
-        let health = if alive {
-            match engine.probe.check(node.ip(), *node.port.get_ref()).await {
-                Ok(()) => "up".to_string(),
-                Err(e) => format!("down: {e}"),
-            }
-        } else {
-            "-".into()
-        };
-        nodes.push(serde_json::json!({
-            "node": name,
-            "port": node.port.get_ref(),
-            "version": record.map(|r| r.instance.version.clone()),
-            "pid": record.map(|r| r.instance.pid),
-            "process": match (record, alive) {
-                (None, _) => "none",
-                (Some(_), true) => "running",
-                (Some(_), false) => "exited",
-            },
-            "warm_until": record.and_then(|r| r.warm_until_ms).map(nonstop_store::format_ms),
-            "log": record.map(|r| r.instance.log.clone()),
-            "balancer": member.map(|m| m.state.to_string()),
-            "weight": member.map(|m| m.weight),
-            "in_flight": member.map(|m| m.in_flight),
-            "health": health,
-        }));
-    }
-    let unfinished = engine.store.unfinished().ok().flatten().map(|d| {
-        if nonstop_store::pid_alive(d.pid) {
-            format!(
-                "deploy #{} of {} by {} (pid {}) is in progress",
-                d.id, d.version, d.holder, d.pid
-            )
-        } else {
-            format!(
-                "deploy #{} of {} by {} (pid {}) was interrupted; the next deploy or rollback recovers it",
-                d.id, d.version, d.holder, d.pid
-            )
-        }
-    });
-    serde_json::json!({
-        "service": engine.service,
-        "current": current,
-        "previous": previous,
-        "balancer_error": balancer_error,
-        "nodes": nodes,
-        "unfinished": unfinished,
-    })
 }
 
 pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {

@@ -694,7 +694,7 @@ async fn json_events_status_logs_and_config_errors_for_humans_and_ci() {
     let out = shop.run(&["status", "shop"]);
     assert_exit(&out, 0);
     let status = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(status.contains("shop: running 1"), "{status}");
+    assert!(status.contains("shop: serving 1"), "{status}");
     assert!(
         status.lines().any(|l| l.contains("blue")
             && l.contains("running")

@@ -256,7 +256,7 @@ async fn rolling_deploys_through_real_systemd_units_fail_nothing_and_roll_back()
     let out = shop.run(&["status", "shop"]);
     assert_exit(&out, 0);
     let status = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(status.contains("shop: running 2"), "{status}");
+    assert!(status.contains("shop: serving 2"), "{status}");
     let out = shop.run(&["logs", "shop", "n2"]);
     assert_exit(&out, 0);
     let logs = String::from_utf8_lossy(&out.stdout).to_string();

@@ -18,6 +18,7 @@ pub mod reconcile;
 mod recovery;
 pub mod releases;
 pub mod spec;
+pub mod status;
 pub mod strategies;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub use executor::JournalData;
 pub use plan::{Change, Plan, SetPurpose, Step};
 pub use releases::Release;
 pub use spec::ServiceSpec;
+pub use status::{NodeStatus, ServiceStatus};
 pub use strategies::{Observed, canary_weights, judge};
 
 pub struct Engine<B, R, P> {
