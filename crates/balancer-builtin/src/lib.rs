@@ -152,6 +152,11 @@ impl Balancer for BuiltinBalancer {
             .map(drop)
             .map_err(err)
     }
+
+    /// The proxy's checker probes every backend, disabled ones too: its view is the real one.
+    fn knows_health_of_disabled(&self) -> bool {
+        true
+    }
 }
 
 fn spec_of(b: &nonstop_admin_client::Backend) -> BackendSpec {

@@ -406,9 +406,17 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         if args.common.json {
             println!("{}", serde_json::to_string_pretty(&steps)?);
         } else {
+            // One line per step: what it was, then what happened (its journaled result).
             for s in steps {
+                let mark = match s.phase.as_deref() {
+                    Some("begin") => "→",
+                    Some("done") => "  ✓",
+                    Some("failed") => "  ✗",
+                    _ => "",
+                };
+                let index = s.index.map_or(String::new(), |i| format!("{:>2}.", i + 1));
                 println!(
-                    "{}  {:<14} {}",
+                    "{}  {index:<3} {:<11} {mark} {}",
                     nonstop_store::format_ms(s.at_ms),
                     s.step,
                     s.detail
@@ -442,7 +450,8 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
             d.duration()
                 .map_or("-".into(), |t| format!("{:.1}s", t.as_secs_f64())),
             d.holder,
-            d.reason.unwrap_or_default()
+            // One line: a start error can quote a multi-line log.
+            d.reason.unwrap_or_default().replace('\n', " | ")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -9,7 +9,11 @@ use crate::error::StepError;
 use crate::executor::Run;
 
 impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
-    pub(crate) async fn drain(&self, run: &Run, nodes: &[NodeName]) -> Result<String, StepError> {
+    pub(crate) async fn drain(
+        &self,
+        run: &mut Run,
+        nodes: &[NodeName],
+    ) -> Result<String, StepError> {
         let (live, known) = self.liveness(run).await;
         // A node whose instance is dead has nothing left to finish.
         let nodes: Vec<&NodeName> = nodes
@@ -19,12 +23,18 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         if nodes.is_empty() {
             return Ok("nothing to drain (no live instance)".into());
         }
+        let nodes: Vec<NodeName> = nodes.into_iter().cloned().collect();
         let started = Instant::now();
         loop {
-            let members = self.members().await?;
+            // The drain's own look at the balancer also notices someone else's change.
+            let members = if run.undoing {
+                self.members().await?
+            } else {
+                self.reconcile(run).await?
+            };
             let in_flight: i64 = nodes
                 .iter()
-                .filter_map(|n| members.get(*n))
+                .filter_map(|n| members.get(n))
                 .map(|m| m.in_flight.max(0))
                 .sum();
             let timed_out = started.elapsed() >= self.spec.drain_timeout;

@@ -8,6 +8,9 @@ use crate::error::StepError;
 use crate::executor::Run;
 use crate::{Engine, EventKind};
 
+/// How often a long step (verify, drain) looks for someone else's change to the balancer.
+pub(crate) const RECONCILE_EVERY: Duration = Duration::from_millis(100);
+
 /// The last lines of a log, to quote why an instance died.
 pub(crate) fn log_tail(path: &std::path::Path, lines: usize) -> String {
     let Ok(text) = std::fs::read(path) else {
@@ -135,7 +138,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     /// Watches that the new instances on `nodes` stay up for `window` after they took traffic.
     pub(crate) async fn verify(
         &self,
-        run: &Run,
+        run: &mut Run,
         nodes: &[NodeName],
         window: Duration,
     ) -> Result<String, StepError> {
@@ -144,7 +147,13 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             .filter_map(|n| run.started.get(n).cloned())
             .collect();
         let until = Instant::now() + window;
+        let mut looked = Instant::now();
         loop {
+            // An operator's change during the window stops the deploy now, not after it.
+            if looked.elapsed() >= RECONCILE_EVERY && !run.undoing {
+                looked = Instant::now();
+                self.reconcile(run).await?;
+            }
             for instance in &instances {
                 if !self.runtime.is_running(instance).await {
                     return Err(self.died(instance, "died after taking traffic"));

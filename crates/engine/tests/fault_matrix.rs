@@ -12,6 +12,10 @@ use std::rc::Rc;
 
 use nonstop_ports::{NodeName, Version};
 use support::{DEAD_PID, FAULTS, Fault, Service};
+use tokio::time::Duration;
+
+/// The "exit code" of a deploy whose process was killed.
+const KILLED: u8 = 137;
 
 async fn plan_len(strategy: &'static str, health: bool) -> usize {
     let svc = Service::new(strategy, health);
@@ -59,11 +63,20 @@ async fn run_case(
         Fault::Journal => engine.store.fail_journal_after(2 * k),
         _ => {}
     }
-    let result = svc.deploy(&mut engine, "2").await;
+    // A deploy that never returns was killed (its future dropped, as SIGKILL drops a process).
+    let result =
+        tokio::time::timeout(Duration::from_secs(3600), svc.deploy(&mut engine, "2")).await;
     drop(engine);
-    svc.world.lock().fail_next_mutation = false;
-    let code = result.as_ref().err().map_or(0, |e| e.exit_code());
-    let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+    {
+        let mut w = svc.world.lock();
+        w.fail_next_mutation = false;
+        w.hang_after_spawn = false;
+    }
+    let (code, message) = match result {
+        Err(_) => (KILLED, "killed".to_string()),
+        Ok(Ok(())) => (0, String::new()),
+        Ok(Err(e)) => (e.exit_code(), e.to_string()),
+    };
 
     // The next command recovers a deploy left unfinished.
     let mut next = svc.engine(|_, _| {});
@@ -80,6 +93,7 @@ async fn run_case(
     }
 
     let allowed: &[u8] = match fault {
+        Fault::KilledAfterSpawn => &[0, 2, KILLED],
         Fault::Crash => &[3],
         Fault::Journal => &[3],
         Fault::OperatorDisablesNew | Fault::OperatorDrainsOld if strategy == "rolling" => {
@@ -92,7 +106,7 @@ async fn run_case(
             "exit {code}, expected one of {allowed:?}: {message}"
         ));
     }
-    if matches!(fault, Fault::Crash | Fault::Journal) != recovered {
+    if (matches!(fault, Fault::Crash | Fault::Journal) || code == KILLED) != recovered {
         return Err(format!(
             "recovered = {recovered} after exit {code}: {message}"
         ));
@@ -121,6 +135,7 @@ async fn run_case(
         1 => &["1", "2"],
         _ => &["1"],
     };
+    let code = if code == KILLED { 2 } else { code };
     if !serving.iter().all(|v| expect.contains(&v.as_str())) {
         return Err(format!("serving {serving:?} after exit {code}: {message}"));
     }

@@ -32,6 +32,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         let until = Instant::now() + window;
         let mut shown = Instant::now();
         while Instant::now() < until {
+            self.reconcile(run).await?;
             for node in canaries {
                 if let Some(instance) = run.started.get(node)
                     && !self.runtime.is_running(instance).await

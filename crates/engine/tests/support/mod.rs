@@ -36,9 +36,11 @@ pub enum Fault {
     FlapOld,
     /// The new instances crash.
     CrashNew,
+    /// The deploy is killed between spawning an instance and recording it.
+    KilledAfterSpawn,
 }
 
-pub const FAULTS: [Fault; 8] = [
+pub const FAULTS: [Fault; 9] = [
     Fault::Crash,
     Fault::Journal,
     Fault::Balancer,
@@ -47,6 +49,7 @@ pub const FAULTS: [Fault; 8] = [
     Fault::FlapNew,
     Fault::FlapOld,
     Fault::CrashNew,
+    Fault::KilledAfterSpawn,
 ];
 
 pub struct Service {
@@ -230,6 +233,7 @@ pub fn inject(
                     world.crash(n);
                 }
             }
+            Fault::KilledAfterSpawn => world.lock().hang_after_spawn = true,
             Fault::Crash | Fault::Journal => {}
         }
     }
