@@ -24,6 +24,11 @@ pub use nonstop_testkit::hello::{Hello, hello_bin};
 pub use nonstop_testkit::process::{KillUnder, Proc, read_line_matching};
 pub use nonstop_testkit::wait_until;
 
+pub mod shop;
+
+#[allow(unused_imports)]
+pub use shop::{Shop, assert_exit, kill9};
+
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub fn nonstop_bin() -> PathBuf {
