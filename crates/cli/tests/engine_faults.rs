@@ -377,3 +377,118 @@ async fn an_empty_store_file_is_an_error_naming_it() {
     assert_exit(&out, 3);
     assert_eq!(shop.versions_now(5).await, ["1".to_string()].into());
 }
+
+/// A tmpfs of `size` mounted on `dir` for one test (unmounted on drop).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        assert!(
+            rustix_uid_is_root(),
+            "this test mounts a small tmpfs to fill: run it as root (CI does)"
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn rustix_uid_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Fills the file system holding `dir` until a write fails.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while file
+        .write_all(&chunk)
+        .and_then(|()| file.sync_all())
+        .is_ok()
+    {}
+    path
+}
+
+/// Item 5: the disk fills during a deploy. The journal cannot be written, so the deploy
+/// stops before its next step (exit 3) with the old release serving; once space is back, the
+/// next deploy undoes it from the journal and deploys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_deploy_and_the_next_one_recovers() {
+    let shop = Shop::start("blue-green", &["blue", "green"], "");
+    let _tmpfs = Tmpfs::mount(&shop.base, "600k");
+    assert_exit(&shop.deploy("1", &[]), 0);
+    let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
+    load.wait_for_requests(50).await;
+    let artifact = shop.artifact("2");
+    let mut deploy = Proc {
+        child: shop
+            .command(&[
+                "deploy",
+                "shop",
+                artifact.to_str().unwrap(),
+                "--version",
+                "2",
+                "--env",
+                "HELLO_START_DELAY=1500ms",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    wait_until("the deploy is in its health gate", DEADLINE, || async {
+        let out = shop.run(&["history", "shop", "--deploy", "2", "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains("\"health\"")
+    })
+    .await;
+    let filler = fill(&shop.base);
+    let status = deploy.wait_exit(DEADLINE);
+    let mut output = String::new();
+    use std::io::Read;
+    let _ = deploy
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut output);
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "stopped on the environment: {output}"
+    );
+    assert!(
+        output.contains("journal") && output.contains("full"),
+        "{output}"
+    );
+    assert_eq!(
+        shop.versions_now(10).await,
+        ["1".to_string()].into(),
+        "v1 serves throughout"
+    );
+    std::fs::remove_file(filler).unwrap();
+    let out = shop.deploy("2", &[]);
+    assert_exit(&out, 0);
+    assert!(text(&out).contains("did not finish"), "{}", text(&out));
+    let report = load.stop().await;
+    assert_none_failed("disk full mid-deploy, then recovered", &report);
+    assert_eq!(shop.versions_now(10).await, ["2".to_string()].into());
+}

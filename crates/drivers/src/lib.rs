@@ -119,9 +119,29 @@ enum RuntimeSettings {
     Systemd(SystemdConfig),
 }
 
+/// Balancers whose members report no per-node traffic: a canary there would be judged on zero
+/// requests.
+const NO_TRAFFIC: [BalancerKind; 2] = [BalancerKind::Nginx, BalancerKind::Command];
+
 /// Checks every service's driver settings, with the file and line of a mistake.
 pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
     for (name, svc) in &config.services {
+        let kind = svc.balancer.table.kind;
+        let kind_name = <BalancerKind as nonstop_config::driver::DriverKind>::ALL
+            .iter()
+            .find_map(|(name, k)| (*k == kind).then_some(*name))
+            .unwrap_or("this");
+        if *svc.strategy.get_ref() == nonstop_config::service::Strategy::Canary
+            && NO_TRAFFIC.contains(&kind)
+        {
+            return Err(source.error_at(
+                svc.strategy.span(),
+                format!(
+                    "service `{name}`: a canary is judged on the new release's requests, and the {kind_name} balancer reports no per-node traffic: every canary would be inconclusive"
+                ),
+                Some("use strategy = \"blue-green\" or \"rolling\" with this balancer, or a balancer that counts requests per node (builtin, haproxy)".into()),
+            ));
+        }
         let balancer_error = |e: String| {
             source.error_at(
                 svc.balancer.table.span.clone(),
@@ -621,6 +641,10 @@ port = 8081
             "{err}"
         );
         check_text(&variable.replace("\"rolling\"", "\"blue-green\"")).unwrap();
+        let canary = nginx("upstream = \"shop\"").replace("\"rolling\"", "\"canary\"");
+        let err = check_text(&canary).unwrap_err();
+        assert_eq!(err.line, 3, "points at the strategy: {err}");
+        assert!(err.message.contains("no per-node traffic"), "{err}");
         check_text(&nginx("upstream = \"shop\"")).unwrap();
         let err = check_text(
             &nginx("variable = \"$service_url\"").replace("\"rolling\"", "\"blue-green\""),
