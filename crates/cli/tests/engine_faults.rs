@@ -485,7 +485,7 @@ async fn a_full_disk_stops_the_deploy_and_the_next_one_recovers() {
         "v1 serves throughout"
     );
     std::fs::remove_file(filler).unwrap();
-    let out = shop.deploy("2", &[]);
+    let out = shop.deploy("2", &["--env", "HELLO_START_DELAY=1500ms"]);
     assert_exit(&out, 0);
     assert!(text(&out).contains("did not finish"), "{}", text(&out));
     let report = load.stop().await;
