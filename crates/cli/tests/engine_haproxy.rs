@@ -213,10 +213,9 @@ verify = "300ms"
     let waited: Vec<u64> = drains
         .iter()
         .filter_map(|m| {
-            m.strip_prefix("drained ")?
-                .split(" in ")
-                .nth(1)?
-                .strip_suffix("ms")?
+            m.strip_prefix("drain ended on in-flight = 0 after ")?
+                .split("ms")
+                .next()?
                 .parse()
                 .ok()
         })

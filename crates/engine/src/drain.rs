@@ -40,8 +40,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             let timed_out = started.elapsed() >= self.spec.drain_timeout;
             if in_flight == 0 && !self.spec.drain_sessions {
                 return Ok(format!(
-                    "drain ended on in-flight = 0 after {}",
-                    crate::executor::took(started.elapsed())
+                    "drain ended on in-flight = 0 after {}ms",
+                    started.elapsed().as_millis()
                 ));
             }
             if timed_out {

@@ -198,7 +198,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     async fn watch(&self, run: &Run) -> Result<(), StepError> {
         for instance in run.started.values() {
             if !self.runtime.is_running(instance).await {
-                return Err(self.died(instance, "died after it started"));
+                return Err(self.died(instance, "exited after it started"));
             }
         }
         Ok(())
