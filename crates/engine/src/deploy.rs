@@ -371,6 +371,15 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         lists.sort_by_key(|list| !list.iter().flat_map(Step::nodes).all(|n| out.contains(&n)));
         let steps = simplify(lists.into_iter().flatten().collect());
         run.undoing = true;
+        self.journal(
+            run.deploy,
+            run.index,
+            "rollback",
+            "rollback",
+            &format!("rollback: undo {} step(s), newest first", steps.len()),
+            None,
+        )
+        .map_err(|e| e.message().to_string())?;
         for step in &steps {
             match self.execute_one(run, step).await {
                 Ok(()) => {}

@@ -92,7 +92,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         let undo = if run.undoing {
             Vec::new()
         } else {
-            self.undo_of(run, step).await?
+            self.undo_of(step).await?
         };
         let index = run.index;
         let data = JournalData {
@@ -205,7 +205,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     /// The steps that put back what `step` is about to change, from the state before it.
-    async fn undo_of(&self, run: &Run, step: &Step) -> Result<Vec<Step>, StepError> {
+    async fn undo_of(&self, step: &Step) -> Result<Vec<Step>, StepError> {
         Ok(match step {
             Step::Start { node, version, .. } => vec![Step::Stop {
                 node: node.clone(),
@@ -258,20 +258,17 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 .into_iter()
                 .collect()
             }
-            Step::StartBeside { node, version, old } => vec![Step::StopBeside {
-                node: node.clone(),
-                version: version.clone(),
-                old: old.clone(),
-            }],
-            Step::Retire { node, version } => vec![
-                Step::StartBeside {
+            // The new release goes first, then the old one serves (started again if it was
+            // retired meanwhile): a Tomcat takes a version only if it sorts after the others.
+            Step::StartBeside { node, version, old } => vec![
+                Step::StopBeside {
                     node: node.clone(),
                     version: version.clone(),
-                    old: run.release.version.clone(),
+                    old: old.clone(),
                 },
                 Step::Gate {
                     node: node.clone(),
-                    version: version.clone(),
+                    version: old.clone(),
                 },
             ],
             Step::Set { changes, .. } => {
@@ -288,6 +285,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 undo_of_changes(&members, &touched)
             }
             Step::Register { .. }
+            | Step::Retire { .. }
             | Step::StopBeside { .. }
             | Step::Stop { .. }
             | Step::Gate { .. }
@@ -313,7 +311,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 self.start_beside(run, node, version, old).await
             }
             Step::Retire { node, version } => self.retire(run, node, version).await,
-            Step::StopBeside { node, version, old } => self.stop_beside(node, version, old).await,
+            Step::StopBeside { node, version, old } => {
+                self.stop_beside(run, node, version, old).await
+            }
             Step::Gate { node, version } => {
                 let instance = self
                     .instance_of(run, node, version)

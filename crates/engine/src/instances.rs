@@ -231,6 +231,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
 
     pub(crate) async fn stop_beside(
         &self,
+        run: &mut Run,
         node: &NodeName,
         version: &Version,
         old: &Version,
@@ -261,9 +262,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 "{node} still runs {old} beside {version}: {version} stopped, {old} keeps serving (no drain)"
             ))
         } else {
-            Ok(format!(
-                "{node} {version} stopped; {old} no longer runs there"
-            ))
+            // The old release was retired already: it starts again, alone.
+            let started = self.start(run, node, old).await?;
+            Ok(format!("{node} {version} stopped; {started}"))
         }
     }
 }
