@@ -49,11 +49,23 @@ fn port_error(e: nonstop_ports::PortError) -> ApiError {
     ApiError::new(StatusCode::BAD_GATEWAY, e.message)
 }
 
+/// The largest JSON body of any route but the upload (a real one is well under 4 KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+/// The longest service, node or artifact name, as the console's rule has it.
+const MAX_NAME: usize = 128;
+/// The longest version, as the engine's release directories have it.
+const MAX_VERSION: usize = 64;
+
 pub fn router(state: Shared) -> axum::Router {
+    use axum::extract::DefaultBodyLimit;
     use axum::routing::{get, post, put};
     axum::Router::new()
         .route(routes::INSTANCES, get(instances))
-        .route(routes::RELEASE, put(upload))
+        // Uploads stream with their own limit (--max-artifact).
+        .route(
+            routes::RELEASE,
+            put(upload).layer(DefaultBodyLimit::disable()),
+        )
         .route(routes::START, post(start))
         .route(routes::STOP, post(stop))
         .route(routes::STATUS, post(status))
@@ -63,10 +75,46 @@ pub fn router(state: Shared) -> axum::Router {
         .route(routes::STATE, post(set_state))
         .route(routes::WEIGHT, post(set_weight))
         .route(routes::SWITCH, post(switch))
-        // Uploads stream with their own limit; everything else is a small JSON body.
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        .route_layer(axum::middleware::from_fn(plain_path_names))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such operation") })
         .with_state(state)
+}
+
+/// Refuses a name or version that is not a plain one (letters, digits, `.` `_` `-` `+`, not
+/// starting with `.`): the same rule as the console's, before anything looks it up.
+pub fn check_plain(what: &str, value: &str) -> Result<()> {
+    let max = if what == "version" {
+        MAX_VERSION
+    } else {
+        MAX_NAME
+    };
+    if nonstop_ports::is_plain_name(value, max) {
+        return Ok(());
+    }
+    let shown: String = value.chars().take(80).collect();
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "{what} `{}` is not a plain name; use letters, digits, . _ - + (at most {max}, not starting with .)",
+            shown.escape_debug()
+        ),
+    ))
+}
+
+/// Every path parameter of every route (`{service}`, `{node}`, `{version}`) through
+/// [`check_plain`].
+async fn plain_path_names(
+    params: axum::extract::RawPathParams,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    for (what, value) in &params {
+        if let Err(e) = check_plain(what, value) {
+            return e.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 fn service<'a>(state: &'a AgentState, name: &str) -> Result<&'a LocalService> {
@@ -248,6 +296,7 @@ async fn start(
     Path((service_name, node_name)): Path<(String, String)>,
     Json(request): Json<protocol::StartRequest>,
 ) -> Result<Json<Instance>> {
+    check_plain("version", request.version.as_str())?;
     let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
     let config = svc
         .node_here(&state.host.name, &node_name)
@@ -313,6 +362,7 @@ async fn stop(
     Path((service_name, node_name)): Path<(String, String)>,
     Json(request): Json<protocol::StopRequest>,
 ) -> Result<Json<serde_json::Value>> {
+    check_plain("version", request.instance.version.as_str())?;
     let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
     let store = svc.store.lock().await;
     let record = store
@@ -347,6 +397,7 @@ async fn status(
     Path((service_name, node_name)): Path<(String, String)>,
     Json(wanted): Json<protocol::InstanceRef>,
 ) -> Result<Json<protocol::Status>> {
+    check_plain("version", wanted.version.as_str())?;
     let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
     let record = svc
         .store
@@ -393,11 +444,9 @@ async fn logs(
             )
         })?;
     let path = record.instance.log;
-    let text = tokio::fs::read(&path)
+    let (tail, mut offset) = read_tail(&path, query.lines.min(10_000))
         .await
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("log: {e}")))?;
-    let mut offset = text.len() as u64;
-    let tail = tail_lines(&text, query.lines.min(10_000)).to_vec();
     let (tx, rx) =
         tokio::sync::mpsc::channel::<std::result::Result<bytes::Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
@@ -405,23 +454,15 @@ async fn logs(
             return;
         }
         loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(FOLLOW_POLL).await;
             if tx.is_closed() {
                 return;
             }
-            let Ok(text) = tokio::fs::read(&path).await else {
+            let Ok(fresh) = read_after(&path, &mut offset).await else {
                 return;
             };
-            let len = text.len() as u64;
-            if len < offset {
-                offset = 0; // the file was truncated or replaced
-            }
-            if len > offset {
-                let fresh = bytes::Bytes::copy_from_slice(&text[offset as usize..]);
-                offset = len;
-                if tx.send(Ok(fresh)).await.is_err() {
-                    return;
-                }
+            if !fresh.is_empty() && tx.send(Ok(bytes::Bytes::from(fresh))).await.is_err() {
+                return;
             }
         }
     });
@@ -431,6 +472,52 @@ async fn logs(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// How often a followed log is looked at (its length only, unless it grew).
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// The most of a log's end read for its last lines, and the most sent per poll.
+const TAIL_WINDOW: u64 = 1 << 20;
+
+/// The last `lines` lines of the log at `path`, from at most its last [`TAIL_WINDOW`] bytes, and
+/// the offset its end is at.
+async fn read_tail(path: &std::path::Path, lines: usize) -> std::io::Result<(Vec<u8>, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    let len = file.metadata().await?.len();
+    let start = len.saturating_sub(TAIL_WINDOW);
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut text = Vec::new();
+    (&mut file).take(len - start).read_to_end(&mut text).await?;
+    let mut tail = tail_lines(&text, lines);
+    if start > 0 && tail.len() == text.len() {
+        // The window starts mid-line: drop that partial first line.
+        let cut = tail.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+        tail = &tail[cut..];
+    }
+    Ok((tail.to_vec(), start + text.len() as u64))
+}
+
+/// What was appended to the log at `path` since `offset` (at most [`TAIL_WINDOW`] per call);
+/// moves `offset` on. A file shorter than `offset` was truncated or replaced: read from its start.
+async fn read_after(path: &std::path::Path, offset: &mut u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    let len = file.metadata().await?.len();
+    if len < *offset {
+        *offset = 0;
+    }
+    if len == *offset {
+        return Ok(Vec::new());
+    }
+    file.seek(std::io::SeekFrom::Start(*offset)).await?;
+    let mut fresh = Vec::new();
+    (&mut file)
+        .take(TAIL_WINDOW)
+        .read_to_end(&mut fresh)
+        .await?;
+    *offset += fresh.len() as u64;
+    Ok(fresh)
 }
 
 fn tail_lines(text: &[u8], lines: usize) -> &[u8] {
@@ -458,6 +545,7 @@ async fn members(
 }
 
 fn balanced_node(state: &AgentState, service_name: &str, node: &NodeName) -> Result<String> {
+    check_plain("node", node.as_str())?;
     let svc = service(state, service_name)?;
     svc.config
         .node(node.as_str())
