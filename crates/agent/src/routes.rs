@@ -563,6 +563,7 @@ async fn register(
     Path(service_name): Path<String>,
     Json(request): Json<protocol::RegisterRequest>,
 ) -> Result<Json<serde_json::Value>> {
+    check_plain("node", request.node.as_str())?;
     let balancer = balancer(&state, &service_name)?;
     let addr = balanced_node(&state, &service_name, &request.node)?;
     balancer
@@ -577,6 +578,7 @@ async fn set_state(
     Path(service_name): Path<String>,
     Json(request): Json<protocol::StateRequest>,
 ) -> Result<Json<serde_json::Value>> {
+    check_plain("node", request.node.as_str())?;
     let balancer = balancer(&state, &service_name)?;
     balanced_node(&state, &service_name, &request.node)?;
     balancer
@@ -592,6 +594,7 @@ async fn set_weight(
     Path(service_name): Path<String>,
     Json(request): Json<protocol::WeightRequest>,
 ) -> Result<Json<serde_json::Value>> {
+    check_plain("node", request.node.as_str())?;
     let balancer = balancer(&state, &service_name)?;
     balanced_node(&state, &service_name, &request.node)?;
     balancer
@@ -606,6 +609,9 @@ async fn switch(
     Path(service_name): Path<String>,
     Json(request): Json<protocol::SwitchRequest>,
 ) -> Result<Json<serde_json::Value>> {
+    for change in &request.changes {
+        check_plain("node", change.node.as_str())?;
+    }
     let balancer = balancer(&state, &service_name)?;
     let mut changes: Vec<(NodeName, LbState, Option<u32>)> = Vec::new();
     for change in request.changes {
