@@ -170,7 +170,16 @@ impl Console {
             }
         });
         let router = routes::router(self.app.clone());
-        server::serve(self.listener, self.tls, router, self.limits, shutdown).await;
+        let trusted = self.app.options.trusted_proxies.clone();
+        server::serve(
+            self.listener,
+            self.tls,
+            router,
+            self.limits,
+            trusted,
+            shutdown,
+        )
+        .await;
         pruner.abort();
     }
 }

@@ -41,7 +41,8 @@ pub struct Limits {
     /// Nothing read and nothing written for this long closes a connection (live streams send a
     /// keep-alive every 15 s, so they stay).
     pub idle: Duration,
-    /// Open connections per client address (TCP peer); more are closed at once.
+    /// Open connections per client address (TCP peer; `--trusted-proxy` peers are not capped,
+    /// they carry everyone's); more are closed at once.
     pub per_address: usize,
 }
 
@@ -226,6 +227,7 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     router: Router,
     limits: Limits,
+    trusted_proxies: Vec<IpAddr>,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -244,7 +246,12 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(slot) = open.take(peer.ip(), limits.per_address) else {
+        let cap = if trusted_proxies.contains(&peer.ip()) {
+            usize::MAX
+        } else {
+            limits.per_address
+        };
+        let Some(slot) = open.take(peer.ip(), cap) else {
             tracing::warn!(%peer, "refused a connection: {} open from this address already", limits.per_address);
             drop(tcp);
             continue;

@@ -123,3 +123,17 @@ async fn one_address_holds_at_most_its_cap_of_connections() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_trusted_proxy_is_not_capped() {
+    let console = TestConsole::start(Setup {
+        limits: Some(LIMITS),
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..Setup::default()
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..2 * LIMITS.per_address {
+        open.push(connect(&console).await.unwrap());
+    }
+}
