@@ -485,7 +485,8 @@ async fn read_tail(path: &std::path::Path, lines: usize) -> std::io::Result<(Vec
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut file = tokio::fs::File::open(path).await?;
     let len = file.metadata().await?.len();
-    let start = len.saturating_sub(TAIL_WINDOW);
+    // One byte more than the window, to see whether the window starts a line.
+    let start = len.saturating_sub(TAIL_WINDOW + 1);
     file.seek(std::io::SeekFrom::Start(start)).await?;
     let mut text = Vec::new();
     (&mut file).take(len - start).read_to_end(&mut text).await?;
