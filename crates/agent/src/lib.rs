@@ -7,6 +7,7 @@
 mod host;
 mod identity;
 mod join;
+mod logs;
 mod routes;
 
 use std::net::SocketAddr;
