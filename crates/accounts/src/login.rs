@@ -500,6 +500,21 @@ mod tests {
     }
 
     #[test]
+    fn a_password_changed_while_it_was_checked_does_not_log_in() {
+        let f = fixture();
+        ready_user(&f, "alice", Role::Viewer);
+        let LoginStart::Pending(pending) = f.begin_login("alice", "p", T0).unwrap() else {
+            panic!("not locked");
+        };
+        assert!(pending.password_matches(PASSWORD));
+        f.set_password("alice", "a brand new passphrase").unwrap();
+        assert_eq!(
+            f.finish_login(pending, true, None, T0).unwrap(),
+            LoginOutcome::WrongCredentials
+        );
+    }
+
+    #[test]
     fn one_address_spraying_names_is_locked_for_all_of_them() {
         let f = fixture();
         let secret = ready_user(&f, "alice", Role::Viewer);

@@ -238,8 +238,9 @@ impl Accounts {
         )?)
     }
 
-    /// Checks a password without counting failures: for re-authenticating a user who already
-    /// has a session (before a password change, say). Logins go through `verify_login`.
+    /// Checks a password without counting failures (tools and tests). Anything a client can
+    /// repeat, logins and password changes, goes through `begin_login` / `finish_login`, which
+    /// count failures and lock.
     pub fn verify_password(&self, name: &str, password: &str) -> Result<bool> {
         let hash: Option<String> = self
             .db
