@@ -66,21 +66,43 @@ pub fn csv_cell(value: &str) -> String {
     }
 }
 
+/// `text` with control and bidirectional-override characters written as `\u{…}`, so that a
+/// name like `eve\r\nadmin ok` or one with U+202E cannot forge or reorder what a reader sees.
+pub fn escape_text(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{{{:04x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Accounts {
-    /// Records `entry` at `now_ms`; returns its id.
+    /// Records `entry` at `now_ms` (every text with [`escape_text`]); returns its id.
     pub fn audit(&self, entry: &AuditEntry<'_>, now_ms: i64) -> Result<i64> {
+        let e = |t: &str| escape_text(t).into_owned();
         self.db.execute(
             "INSERT INTO audit (at_ms, actor, peer, action, service, node, outcome, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 now_ms,
-                entry.actor,
-                entry.peer,
-                entry.action,
-                entry.service,
-                entry.node,
-                entry.outcome,
-                entry.detail
+                e(entry.actor),
+                e(entry.peer),
+                e(entry.action),
+                entry.service.map(e),
+                entry.node.map(e),
+                e(entry.outcome),
+                e(entry.detail)
             ],
         )?;
         Ok(self.db.last_insert_rowid())
@@ -287,6 +309,32 @@ mod tests {
     }
 
     #[test]
+    fn control_and_bidi_characters_are_escaped_in_every_field() {
+        let f = fixture();
+        let forged = "eve\r\n2026-01-01 admin ok\u{202e}nimda";
+        f.audit(
+            &AuditEntry {
+                actor: forged,
+                peer: "10.0.0.1\n",
+                action: "login",
+                outcome: "denied",
+                detail: "\u{2066}x\u{2069}",
+                ..Default::default()
+            },
+            T0,
+        )
+        .unwrap();
+        let record = &f.audit_log(&AuditFilter::default()).unwrap()[0];
+        assert_eq!(
+            record.actor,
+            "eve\\u{000d}\\u{000a}2026-01-01 admin ok\\u{202e}nimda"
+        );
+        assert_eq!(record.peer, "10.0.0.1\\u{000a}");
+        assert_eq!(record.detail, "\\u{2066}x\\u{2069}");
+        assert_eq!(escape_text("plain é"), "plain é");
+    }
+
+    #[test]
     fn csv_cells_are_quoted_and_defused() {
         assert_eq!(csv_cell("plain"), "plain");
         assert_eq!(csv_cell(""), "");
@@ -338,7 +386,7 @@ mod tests {
             csv,
             format!(
                 "id,at_ms,actor,peer,action,service,node,outcome,detail\r\n\
-                 2,{},'=cmd|' /C calc'!A0,10.0.0.2,login,,,refused,\"said \"\"hi\"\",\nthen left\"\r\n\
+                 2,{},'=cmd|' /C calc'!A0,10.0.0.2,login,,,refused,\"said \"\"hi\"\",\\u{{000a}}then left\"\r\n\
                  1,{},alice,10.0.0.1,deploy,shop,web-1,ok,v1\r\n",
                 T0 + 1,
                 T0

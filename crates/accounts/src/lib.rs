@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
-pub use audit::{AuditEntry, AuditFilter, AuditRecord, csv_cell};
-pub use login::LoginOutcome;
+pub use audit::{AuditEntry, AuditFilter, AuditRecord, csv_cell, escape_text};
+pub use login::{LoginOutcome, LoginStart, PEER_LOCK_AT, PEER_USER_LOCK_AT, PendingLogin};
 pub use roles::{Action, Role};
 pub use sessions::{NewSession, Session};
 pub use tokens::{NewToken, TokenIdentity, TokenInfo};
@@ -63,7 +63,7 @@ pub enum AccountsError {
     Hash(String),
     #[error("TOTP: {0}")]
     Totp(String),
-    #[error("audit export: {0}")]
+    #[error("accounts file: {0}")]
     Io(#[from] std::io::Error),
     #[error("audit export: {0}")]
     Json(#[from] serde_json::Error),
@@ -97,7 +97,8 @@ pub struct Accounts {
 }
 
 /// Each entry brings the schema from version `index` to `index + 1`; never edit a shipped one.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE users (
     name TEXT PRIMARY KEY,
     -- PHC string (Argon2id); '' once a bootstrap secret is spent: no password matches it.
@@ -157,7 +158,18 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"];
+",
+    "
+DROP TABLE login_failures;
+CREATE TABLE login_failures (
+    kind TEXT NOT NULL CHECK (kind IN ('peer', 'peer_user')),
+    key TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    locked_until_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, key)
+);
+",
+];
 
 impl Accounts {
     /// Opens (creating and migrating if needed) the account store at `path`.
@@ -169,6 +181,7 @@ impl Accounts {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
+        private_file(path)?;
         let mut db = Connection::open(path)?;
         db.busy_timeout(Duration::from_secs(10))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
@@ -203,6 +216,20 @@ fn migrate(db: &mut Connection) -> Result<()> {
         tx.pragma_update(None, "user_version", target)?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Creates `path` empty with mode 0600, or narrows an existing one to 0600: it holds password
+/// hashes and TOTP secrets. SQLite gives its -wal and -shm files the same mode.
+fn private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(())
 }
 
@@ -316,6 +343,26 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn the_store_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let accounts = Accounts::open(&path).unwrap();
+        accounts
+            .create_user("alice", PASSWORD, Role::Viewer)
+            .unwrap();
+        for file in ["accounts.db", "accounts.db-wal", "accounts.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+        }
     }
 
     #[test]

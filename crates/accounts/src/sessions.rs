@@ -148,6 +148,14 @@ impl Accounts {
             .execute("DELETE FROM sessions WHERE user = ?1", params![user])?)
     }
 
+    /// Ends every session of `user` but the one of `keep` (after a password change).
+    pub fn revoke_other_sessions(&self, user: &str, keep: &str) -> Result<usize> {
+        Ok(self.db.execute(
+            "DELETE FROM sessions WHERE user = ?1 AND hash != ?2",
+            params![user, digest(keep)],
+        )?)
+    }
+
     /// Deletes sessions and API tokens that are over at `now_ms` (they are refused anyway).
     pub fn prune_expired(&self, now_ms: i64) -> Result<usize> {
         let sessions = self.db.execute(
@@ -319,6 +327,11 @@ mod tests {
         assert!(f.session_user(a2.token(), T0).unwrap().is_none());
         assert!(f.session_user(a3.token(), T0).unwrap().is_none());
         assert!(f.session_user(b.token(), T0).unwrap().is_some());
+        let a4 = f.create_session("alice", "p", T0).unwrap();
+        let a5 = f.create_session("alice", "p", T0).unwrap();
+        assert_eq!(f.revoke_other_sessions("alice", a5.token()).unwrap(), 1);
+        assert!(f.session_user(a4.token(), T0).unwrap().is_none());
+        assert!(f.session_user(a5.token(), T0).unwrap().is_some());
     }
 
     #[test]

@@ -73,6 +73,32 @@ pub fn check_user_name(name: &str) -> Result<()> {
     }
 }
 
+/// Long passwords everyone tries first; compared in lower case.
+const DENIED: &[&str] = &[
+    "password1234",
+    "password12345",
+    "password123456",
+    "passwordpassword",
+    "123456789012",
+    "1234567890123",
+    "12345678901234",
+    "qwertyuiopas",
+    "qwerty123456",
+    "1q2w3e4r5t6y",
+    "administrator",
+    "administrator1",
+    "adminadmin12",
+    "changeme1234",
+    "letmein12345",
+    "iloveyou1234",
+    "welcome12345",
+    "nonstopnonstop",
+    "correcthorsebatterystaple",
+];
+
+/// Fewer different characters than this is a pattern, not a password (`aaaaaaaaaaaa`).
+const MIN_DISTINCT_CHARS: usize = 5;
+
 fn check_password(name: &str, password: &str) -> Result<()> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(AccountsError::WeakPassword("use at least 12 characters"));
@@ -80,8 +106,22 @@ fn check_password(name: &str, password: &str) -> Result<()> {
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(AccountsError::WeakPassword("use at most 1024 bytes"));
     }
-    if password.eq_ignore_ascii_case(name) {
+    let lower = password.to_lowercase();
+    if lower == name.to_lowercase() {
         return Err(AccountsError::WeakPassword("it must not be the user name"));
+    }
+    let mut distinct: Vec<char> = lower.chars().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < MIN_DISTINCT_CHARS {
+        return Err(AccountsError::WeakPassword(
+            "use at least 5 different characters (a repeated pattern is easy to guess)",
+        ));
+    }
+    if DENIED.contains(&lower.as_str()) {
+        return Err(AccountsError::WeakPassword(
+            "it is on the list of passwords guessed first; choose a passphrase of your own",
+        ));
     }
     Ok(())
 }
@@ -188,8 +228,19 @@ impl Accounts {
         Ok(())
     }
 
-    /// Checks a password without counting failures: for re-authenticating a user who already
-    /// has a session (before a password change, say). Logins go through `verify_login`.
+    /// Whether the first run's one-time secret can still be used (an admin created by
+    /// `bootstrap_admin` that has not logged in with it yet). Once it cannot, the setup route is gone.
+    pub fn setup_open(&self) -> Result<bool> {
+        Ok(self.db.query_row(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE bootstrap = 1 AND password_hash != '')",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Checks a password without counting failures (tools and tests). Anything a client can
+    /// repeat, logins and password changes, goes through `begin_login` / `finish_login`, which
+    /// count failures and lock.
     pub fn verify_password(&self, name: &str, password: &str) -> Result<bool> {
         let hash: Option<String> = self
             .db
@@ -306,9 +357,25 @@ mod tests {
             Err(AccountsError::WeakPassword(_))
         ));
         assert!(matches!(
-            f.create_user("alice", &"x".repeat(1025), Role::Viewer),
+            f.create_user("alice", &"xy".repeat(600), Role::Viewer),
             Err(AccountsError::WeakPassword(_))
         ));
+        // Long enough but a pattern, a well-known one, or the name inside.
+        for weak in [
+            "aaaaaaaaaaaa",
+            "abababababababab",
+            "abcabcabcabc",
+            "Password1234",
+            "QWERTY123456",
+        ] {
+            assert!(
+                matches!(
+                    f.create_user("alice", weak, Role::Viewer),
+                    Err(AccountsError::WeakPassword(_))
+                ),
+                "{weak}"
+            );
+        }
         assert!(f.user("alice").unwrap().is_none());
         f.create_user("alice", PASSWORD, Role::Viewer).unwrap();
         assert!(matches!(

@@ -41,8 +41,9 @@ impl Credentials {
     pub fn save(&self, state: &Path) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        private_dir(state)?;
         let dir = dir(state);
-        std::fs::create_dir_all(&dir)?;
+        private_dir(&dir)?;
         let key = dir.join("agent.key");
         let _ = std::fs::remove_file(&key);
         let mut file = std::fs::OpenOptions::new()
@@ -56,4 +57,15 @@ impl Credentials {
         std::fs::write(dir.join("ca.pem"), &self.ca_pem)?;
         std::fs::write(dir.join("name"), format!("{}\n", self.name))
     }
+}
+
+/// Makes `dir` (and its parents) and narrows it to mode 0700: it holds the agent's key, its
+/// releases and its logs.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }

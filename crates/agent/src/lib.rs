@@ -7,6 +7,7 @@
 mod host;
 mod identity;
 mod join;
+mod logs;
 mod routes;
 
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub struct Agent {
 impl Agent {
     pub async fn bind(options: &AgentOptions) -> Result<Agent, String> {
         let credentials = Credentials::load(&options.state)?;
+        identity::private_dir(&options.state)
+            .map_err(|e| format!("state directory {}: {e}", options.state.display()))?;
         let (config, source) = Config::load(&options.config).map_err(|e| e.to_string())?;
         let host = host::Host::load(&credentials.name, &config, &source, &options.state)?;
         let listen = match options.listen {

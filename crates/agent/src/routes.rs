@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -14,7 +14,6 @@ use nonstop_agent_client::protocol::{self, HostInstance, routes};
 use nonstop_ports::{
     Balancer, Instance, InstanceSpec, LbState, Member, NodeName, Replacement, Runtime,
 };
-use serde::Deserialize;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
@@ -26,13 +25,13 @@ pub struct AgentState {
     pub max_artifact: u64,
 }
 
-type Shared = Arc<AgentState>;
+pub(crate) type Shared = Arc<AgentState>;
 
 /// An error answer: status and one sentence, as JSON.
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError(status, message.into())
     }
 }
@@ -43,30 +42,78 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Result<T> = std::result::Result<T, ApiError>;
+pub(crate) type Result<T> = std::result::Result<T, ApiError>;
 
 fn port_error(e: nonstop_ports::PortError) -> ApiError {
     ApiError::new(StatusCode::BAD_GATEWAY, e.message)
 }
 
+/// The largest JSON body of any route but the upload (a real one is well under 4 KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+/// The longest service, node or artifact name, as the console's rule has it.
+const MAX_NAME: usize = 128;
+/// The longest version, as the engine's release directories have it.
+const MAX_VERSION: usize = 64;
+
 pub fn router(state: Shared) -> axum::Router {
+    use axum::extract::DefaultBodyLimit;
     use axum::routing::{get, post, put};
     axum::Router::new()
         .route(routes::INSTANCES, get(instances))
-        .route(routes::RELEASE, put(upload))
+        // Uploads stream with their own limit (--max-artifact).
+        .route(
+            routes::RELEASE,
+            put(upload).layer(DefaultBodyLimit::disable()),
+        )
         .route(routes::START, post(start))
         .route(routes::STOP, post(stop))
         .route(routes::STATUS, post(status))
-        .route(routes::LOGS, get(logs))
+        .route(routes::LOGS, get(crate::logs::logs))
         .route(routes::MEMBERS, get(members))
         .route(routes::REGISTER, post(register))
         .route(routes::STATE, post(set_state))
         .route(routes::WEIGHT, post(set_weight))
         .route(routes::SWITCH, post(switch))
-        // Uploads stream with their own limit; everything else is a small JSON body.
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        .route_layer(axum::middleware::from_fn(plain_path_names))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such operation") })
         .with_state(state)
+}
+
+/// Refuses a name or version that is not a plain one (letters, digits, `.` `_` `-` `+`, not
+/// starting with `.`): the same rule as the console's, before anything looks it up.
+pub fn check_plain(what: &str, value: &str) -> Result<()> {
+    let max = if what == "version" {
+        MAX_VERSION
+    } else {
+        MAX_NAME
+    };
+    if nonstop_ports::is_plain_name(value, max) {
+        return Ok(());
+    }
+    let shown: String = value.chars().take(80).collect();
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "{what} `{}` is not a plain name; use letters, digits, . _ - + (at most {max}, not starting with .)",
+            shown.escape_debug()
+        ),
+    ))
+}
+
+/// Every path parameter of every route (`{service}`, `{node}`, `{version}`) through
+/// [`check_plain`].
+async fn plain_path_names(
+    params: axum::extract::RawPathParams,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    for (what, value) in &params {
+        if let Err(e) = check_plain(what, value) {
+            return e.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 fn service<'a>(state: &'a AgentState, name: &str) -> Result<&'a LocalService> {
@@ -79,7 +126,7 @@ fn service<'a>(state: &'a AgentState, name: &str) -> Result<&'a LocalService> {
 }
 
 /// The service's runtime on this host, and the node if it is placed here.
-fn node<'a>(
+pub(crate) fn node<'a>(
     state: &'a AgentState,
     service_name: &str,
     node: &str,
@@ -248,6 +295,7 @@ async fn start(
     Path((service_name, node_name)): Path<(String, String)>,
     Json(request): Json<protocol::StartRequest>,
 ) -> Result<Json<Instance>> {
+    check_plain("version", request.version.as_str())?;
     let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
     let config = svc
         .node_here(&state.host.name, &node_name)
@@ -313,6 +361,7 @@ async fn stop(
     Path((service_name, node_name)): Path<(String, String)>,
     Json(request): Json<protocol::StopRequest>,
 ) -> Result<Json<serde_json::Value>> {
+    check_plain("version", request.instance.version.as_str())?;
     let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
     let store = svc.store.lock().await;
     let record = store
@@ -347,6 +396,7 @@ async fn status(
     Path((service_name, node_name)): Path<(String, String)>,
     Json(wanted): Json<protocol::InstanceRef>,
 ) -> Result<Json<protocol::Status>> {
+    check_plain("version", wanted.version.as_str())?;
     let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
     let record = svc
         .store
@@ -361,94 +411,6 @@ async fn status(
     Ok(Json(protocol::Status { running }))
 }
 
-#[derive(Deserialize)]
-struct LogQuery {
-    #[serde(default = "default_lines")]
-    lines: usize,
-    #[serde(default)]
-    follow: bool,
-}
-
-fn default_lines() -> usize {
-    100
-}
-
-/// The node's current log: its last lines, then, when following, what is appended to it.
-async fn logs(
-    State(state): State<Shared>,
-    Path((service_name, node_name)): Path<(String, String)>,
-    Query(query): Query<LogQuery>,
-) -> Result<Response> {
-    let (svc, _, node) = node(&state, &service_name, &node_name)?;
-    let record = svc
-        .store
-        .lock()
-        .await
-        .instance(&node)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no instance of {node} on this host"),
-            )
-        })?;
-    let path = record.instance.log;
-    let text = tokio::fs::read(&path)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("log: {e}")))?;
-    let mut offset = text.len() as u64;
-    let tail = tail_lines(&text, query.lines.min(10_000)).to_vec();
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<std::result::Result<bytes::Bytes, std::io::Error>>(16);
-    tokio::spawn(async move {
-        if tx.send(Ok(bytes::Bytes::from(tail))).await.is_err() || !query.follow {
-            return;
-        }
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if tx.is_closed() {
-                return;
-            }
-            let Ok(text) = tokio::fs::read(&path).await else {
-                return;
-            };
-            let len = text.len() as u64;
-            if len < offset {
-                offset = 0; // the file was truncated or replaced
-            }
-            if len > offset {
-                let fresh = bytes::Bytes::copy_from_slice(&text[offset as usize..]);
-                offset = len;
-                if tx.send(Ok(fresh)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    Ok((
-        [("content-type", "text/plain; charset=utf-8")],
-        Body::from_stream(stream),
-    )
-        .into_response())
-}
-
-fn tail_lines(text: &[u8], lines: usize) -> &[u8] {
-    let mut seen = 0;
-    let end = text
-        .len()
-        .saturating_sub(usize::from(text.ends_with(b"\n")));
-    for i in (0..end).rev() {
-        if text[i] == b'\n' {
-            seen += 1;
-            if seen == lines {
-                return &text[i + 1..];
-            }
-        }
-    }
-    if lines == 0 { &[] } else { text }
-}
-
 async fn members(
     State(state): State<Shared>,
     Path(service_name): Path<String>,
@@ -458,6 +420,7 @@ async fn members(
 }
 
 fn balanced_node(state: &AgentState, service_name: &str, node: &NodeName) -> Result<String> {
+    check_plain("node", node.as_str())?;
     let svc = service(state, service_name)?;
     svc.config
         .node(node.as_str())
@@ -475,6 +438,7 @@ async fn register(
     Path(service_name): Path<String>,
     Json(request): Json<protocol::RegisterRequest>,
 ) -> Result<Json<serde_json::Value>> {
+    check_plain("node", request.node.as_str())?;
     let balancer = balancer(&state, &service_name)?;
     let addr = balanced_node(&state, &service_name, &request.node)?;
     balancer
@@ -489,6 +453,7 @@ async fn set_state(
     Path(service_name): Path<String>,
     Json(request): Json<protocol::StateRequest>,
 ) -> Result<Json<serde_json::Value>> {
+    check_plain("node", request.node.as_str())?;
     let balancer = balancer(&state, &service_name)?;
     balanced_node(&state, &service_name, &request.node)?;
     balancer
@@ -504,6 +469,7 @@ async fn set_weight(
     Path(service_name): Path<String>,
     Json(request): Json<protocol::WeightRequest>,
 ) -> Result<Json<serde_json::Value>> {
+    check_plain("node", request.node.as_str())?;
     let balancer = balancer(&state, &service_name)?;
     balanced_node(&state, &service_name, &request.node)?;
     balancer
@@ -518,6 +484,9 @@ async fn switch(
     Path(service_name): Path<String>,
     Json(request): Json<protocol::SwitchRequest>,
 ) -> Result<Json<serde_json::Value>> {
+    for change in &request.changes {
+        check_plain("node", change.node.as_str())?;
+    }
     let balancer = balancer(&state, &service_name)?;
     let mut changes: Vec<(NodeName, LbState, Option<u32>)> = Vec::new();
     for change in request.changes {
@@ -526,17 +495,4 @@ async fn switch(
     }
     balancer.switch(&changes).await.map_err(port_error)?;
     Ok(Json(serde_json::json!({})))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tail_lines;
-
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        assert_eq!(tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
-        assert_eq!(tail_lines(b"a\nb\nc", 2), b"b\nc");
-        assert_eq!(tail_lines(b"a\nb\n", 5), b"a\nb\n");
-        assert_eq!(tail_lines(b"a\nb\n", 0), b"");
-    }
 }

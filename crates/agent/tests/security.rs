@@ -349,3 +349,208 @@ async fn bad_uploads_and_requests_get_clear_errors_and_change_nothing() {
         .unwrap();
     assert!(!after.running);
 }
+
+/// A route's path with every parameter set to `value` (percent-encoded as a client would).
+fn route_path_with(route: &str, value: &str) -> String {
+    nonstop_agent_client::path(
+        route,
+        &[("service", value), ("node", value), ("version", value)],
+    )
+}
+
+#[tokio::test]
+async fn every_route_checks_names_versions_and_body_size_before_acting() {
+    let setup = Setup::start(1 << 20).await;
+    let console = setup.console();
+    let with_params: Vec<_> = routes::ALL
+        .iter()
+        .filter(|(_, route)| route.contains('{'))
+        .collect();
+    assert_eq!(
+        with_params.len(),
+        routes::ALL.len() - 1,
+        "all but INSTANCES"
+    );
+    for (method, route) in with_params {
+        for bad in ["../../escape", "..", "a b", ".hidden", "x\u{202e}"] {
+            let path = route_path_with(route, bad);
+            let status = status_of(&console, method, &path).await.unwrap();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}");
+        }
+    }
+
+    // A traversing version in a body: refused before a release is looked up outside the state
+    // dir, even where a release.json waits there.
+    let artifact = setup.dir.path().join("app.bin");
+    std::fs::write(&artifact, b"release v1\n").unwrap();
+    console.upload("shop", "v1", &artifact).await.unwrap();
+    let outside = setup.dir.path().join("outside-release");
+    copy_dir(
+        &setup.dir.path().join("agent/services/shop/releases/v1"),
+        &outside,
+    );
+    let before = list(&outside);
+    let start = route_path(routes::START);
+    let err = console
+        .post::<_, serde_json::Value>(
+            &start,
+            &serde_json::json!({ "version": "../../../../outside-release" }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, Some(StatusCode::BAD_REQUEST), "{err}");
+    assert!(err.message.contains("not a plain name"), "{err}");
+    assert_eq!(
+        list(&outside),
+        before,
+        "nothing created outside the state dir"
+    );
+    for (route, body) in [
+        (
+            routes::STATUS,
+            serde_json::json!({"version": "../v1", "pid": 1, "start_ticks": 0}),
+        ),
+        (
+            routes::STOP,
+            serde_json::json!({"instance": {"version": "../v1", "pid": 1, "start_ticks": 0}, "grace_ms": 10}),
+        ),
+        (routes::REGISTER, serde_json::json!({"node": "../a1"})),
+        (
+            routes::STATE,
+            serde_json::json!({"node": "a1/../..", "state": "active"}),
+        ),
+    ] {
+        let err = console
+            .post::<_, serde_json::Value>(&route_path(route), &body)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, Some(StatusCode::BAD_REQUEST), "{route}: {err}");
+    }
+
+    // A JSON body larger than any real one is refused unread (uploads have their own limit).
+    let mut huge = b"{\"version\": \"v1\"".to_vec();
+    huge.resize(huge.len() + 2 * 1024 * 1024, b' ');
+    huge.push(b'}');
+    let response = console
+        .send(
+            Method::POST,
+            &start,
+            &[("content-type", "application/json".into())],
+            full(huge),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn list(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Bytes this process has read through read(2) and friends so far.
+fn bytes_read() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn following_a_big_log_reads_only_what_is_appended() {
+    use std::io::Write;
+    let setup = Setup::start(1 << 20).await;
+    let console = setup.console();
+    let artifact = setup.dir.path().join("app.bin");
+    std::fs::write(&artifact, b"release v1\n").unwrap();
+    console.upload("shop", "v1", &artifact).await.unwrap();
+    let instance: nonstop_ports::Instance = console
+        .post(
+            &route_path(routes::START),
+            &serde_json::json!({ "version": "v1" }),
+        )
+        .await
+        .unwrap();
+    // 32 MiB of log lines.
+    let line = format!("{}\n", "x".repeat(1023));
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&instance.log)
+        .unwrap();
+    for _ in 0..32 * 1024 {
+        log.write_all(line.as_bytes()).unwrap();
+    }
+    log.write_all(b"last old line\n").unwrap();
+    let response = console.logs("shop", "a1", 2, true).await.unwrap();
+    let mut body = response.into_body();
+    let mut seen = String::new();
+    wait_for(&mut body, &mut seen, "last old line").await;
+    let baseline = bytes_read();
+    for i in 0..5 {
+        writeln!(log, "marker {i}").unwrap();
+        wait_for(&mut body, &mut seen, &format!("marker {i}")).await;
+    }
+    let read = bytes_read() - baseline;
+    assert!(
+        read < 4 * 1024 * 1024,
+        "following 5 appended lines read {read} bytes (the log is 32 MiB)"
+    );
+    assert!(
+        !seen.contains(&line[..1023].repeat(3)),
+        "only the last 2 old lines were sent"
+    );
+}
+
+/// Reads `body` into `seen` until `marker` is in it.
+async fn wait_for(body: &mut hyper::body::Incoming, seen: &mut String, marker: &str) {
+    use http_body_util::BodyExt;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains(marker) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let frame = tokio::time::timeout(left, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no `{marker}` within 20 s"))
+            .expect("the stream stays open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_state_directory_and_identity_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::start(1 << 20).await;
+    let mode = |path: &str| {
+        std::fs::metadata(setup.dir.path().join(path))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("agent"), 0o700);
+    assert_eq!(mode("agent/identity"), 0o700);
+    assert_eq!(mode("agent/identity/agent.key"), 0o600);
+}

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header::{RETRY_AFTER, SET_COOKIE};
 use http::{HeaderValue, StatusCode};
-use nonstop_accounts::{BOOTSTRAP_ADMIN, LoginOutcome, User, now_ms};
+use nonstop_accounts::{BOOTSTRAP_ADMIN, LoginOutcome, LoginStart, User, now_ms};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -35,6 +35,9 @@ pub struct PasswordRequest {
     /// Required unless the account must set a new password (first run, one-time secret).
     #[serde(default)]
     current: Option<String>,
+    /// Required with `current` once the account has TOTP.
+    #[serde(default)]
+    totp: Option<String>,
     password: String,
 }
 
@@ -64,18 +67,12 @@ pub async fn login(
         actor: Some(claimed(&request.user)),
         ..Default::default()
     };
-    let peer = caller.peer.clone();
     let LoginRequest {
         user,
         password,
         totp,
     } = request;
-    let outcome = app
-        .accounts(move |a| {
-            let code = totp.as_deref().map(str::trim).filter(|c| !c.is_empty());
-            a.verify_login(&user, &password, code, &peer, now_ms())
-        })
-        .await;
+    let outcome = check_login(&app, user, password, totp, caller.peer.clone()).await;
     let response = match outcome {
         Ok(LoginOutcome::Ok(user)) => start_session(&app, user, &caller.peer).await,
         Ok(LoginOutcome::WrongCredentials) => Err(ApiError::unauthorized(
@@ -95,11 +92,41 @@ pub async fn login(
     with_note(response.unwrap_or_else(IntoResponse::into_response), note)
 }
 
+/// Password (and TOTP code) of `name` from `peer`, through the lockout. The store is locked to
+/// read the account and to write the outcome, not while Argon2 runs on a blocking thread.
+pub async fn check_login(
+    app: &App,
+    name: String,
+    password: String,
+    totp: Option<String>,
+    peer: String,
+) -> ApiResult<LoginOutcome> {
+    let now = now_ms();
+    let start = app
+        .accounts(move |a| a.begin_login(&name, &peer, now))
+        .await?;
+    let pending = match start {
+        LoginStart::Locked { until_ms } => return Ok(LoginOutcome::Locked { until_ms }),
+        LoginStart::Pending(pending) => pending,
+    };
+    let (pending, matched) = tokio::task::spawn_blocking(move || {
+        let matched = pending.password_matches(&password);
+        (pending, matched)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("password check: {e}")))?;
+    app.accounts(move |a| {
+        let code = totp.as_deref().map(str::trim).filter(|c| !c.is_empty());
+        a.finish_login(pending, matched, code, now_ms())
+    })
+    .await
+}
+
 fn locked(until_ms: i64) -> Response {
     let seconds = ((until_ms - now_ms()).max(0) + 999) / 1000;
     let mut response = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        format!("too many failed logins for this user or address; try again in {seconds} s"),
+        format!("too many failed logins from this address; try again in {seconds} s"),
     )
     .into_response();
     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
@@ -144,18 +171,26 @@ pub async fn setup(
         actor: Some(BOOTSTRAP_ADMIN.to_string()),
         ..AuditNote::detail("one-time secret")
     };
-    let peer = caller.peer.clone();
-    let outcome = app
-        .accounts(move |a| {
-            a.verify_login(
-                BOOTSTRAP_ADMIN,
-                request.secret.trim(),
-                None,
-                &peer,
-                now_ms(),
+    // Once the secret is spent the route is gone: nothing is checked or counted against admin.
+    if !app.accounts(|a| a.setup_open()).await.unwrap_or(false) {
+        return with_note(
+            ApiError::new(
+                StatusCode::GONE,
+                "the console is already set up: log in at /login",
             )
-        })
-        .await;
+            .into_response(),
+            note,
+        );
+    }
+    let secret = request.secret.trim().to_string();
+    let outcome = check_login(
+        &app,
+        BOOTSTRAP_ADMIN.to_string(),
+        secret,
+        None,
+        caller.peer.clone(),
+    )
+    .await;
     let response = match outcome {
         Ok(LoginOutcome::Ok(user)) if user.setup_pending() => {
             start_session(&app, user, &caller.peer).await
@@ -221,27 +256,54 @@ pub async fn logout(
     Ok(response)
 }
 
-/// Sets a new password: with the current one, or without when the account must change it.
+/// Sets a new password: with the current one and a TOTP code (through the login lockout), or
+/// without when the account must change it; every other session of the account ends.
 pub async fn password(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
     ApiJson(request): ApiJson<PasswordRequest>,
 ) -> ApiResult<Response> {
     let user = session_user(&caller)?;
-    let name = user.name.clone();
-    let must = user.must_change_password;
-    app.accounts(move |a| {
-        if !must {
-            let current = request.current.unwrap_or_default();
-            if !a.verify_password(&name, &current)? {
-                return Ok(Err(ApiError::forbidden("the current password is wrong")));
+    let Who::User { token, .. } = &caller.who else {
+        return Err(ApiError::forbidden("no session"));
+    };
+    if !user.must_change_password {
+        let current = request.current.clone().unwrap_or_default();
+        let outcome = check_login(
+            &app,
+            user.name.clone(),
+            current,
+            request.totp.clone(),
+            caller.peer.clone(),
+        )
+        .await?;
+        match outcome {
+            LoginOutcome::Ok(_) => {}
+            LoginOutcome::Locked { until_ms } => return Ok(locked(until_ms)),
+            LoginOutcome::TotpRequired => {
+                return Err(ApiError::bad_request(
+                    "enter the 6-digit code from your authenticator app with the current password",
+                ));
+            }
+            LoginOutcome::WrongCredentials => {
+                return Err(ApiError::forbidden(
+                    "the current password or the TOTP code is wrong",
+                ));
             }
         }
-        a.set_password(&name, &request.password)?;
-        Ok(Ok(()))
-    })
-    .await??;
-    Ok(axum::Json(json!({"ok": true})).into_response())
+    }
+    let (name, keep) = (user.name.clone(), token.clone());
+    let ended = app
+        .accounts(move |a| {
+            a.set_password(&name, &request.password)?;
+            a.revoke_other_sessions(&name, &keep)
+        })
+        .await?;
+    let mut response = axum::Json(json!({"ok": true, "sessions_ended": ended})).into_response();
+    response
+        .extensions_mut()
+        .insert(AuditNote::detail(format!("{ended} other sessions ended")));
+    Ok(response)
 }
 
 /// Starts TOTP enrolment for an account that has none yet: the secret and its QR code.
@@ -268,15 +330,32 @@ pub async fn totp_begin(
     .into_response())
 }
 
-/// Confirms TOTP enrolment with a code from the app; the account is then complete.
+/// Confirms TOTP enrolment with a code from the app; the account is then complete, and its
+/// session is replaced by a new one (new cookie, new CSRF token) so that a session id seen
+/// during the setup is worth nothing after it.
 pub async fn totp_confirm(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
     ApiJson(request): ApiJson<CodeRequest>,
 ) -> ApiResult<Response> {
     let user = session_user(&caller)?;
-    let name = user.name.clone();
-    app.accounts(move |a| a.confirm_totp(&name, request.code.trim(), now_ms()))
+    let Who::User { token, .. } = &caller.who else {
+        return Err(ApiError::forbidden("no session"));
+    };
+    let (name, old) = (user.name.clone(), token.clone());
+    app.accounts(move |a| {
+        a.confirm_totp(&name, request.code.trim(), now_ms())?;
+        a.revoke_session(&old)
+    })
+    .await?;
+    let user = app
+        .accounts({
+            let name = user.name.clone();
+            move |a| {
+                a.user(&name)?
+                    .ok_or_else(|| nonstop_accounts::AccountsError::NoSuchUser(name))
+            }
+        })
         .await?;
-    Ok(axum::Json(json!({"ok": true})).into_response())
+    start_session(&app, user, &caller.peer).await
 }

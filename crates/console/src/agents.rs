@@ -67,7 +67,8 @@ pub async fn issue_token(
     headers: HeaderMap,
     ApiJson(request): ApiJson<IssueRequest>,
 ) -> ApiResult<Response> {
-    nonstop_pki::check_name(&request.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    nonstop_pki::check_agent_name(&request.name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let hours = i64::from(request.hours.unwrap_or(24).clamp(1, 168));
     let expires_ms = now_ms() + hours * 3_600_000;
     let token = {

@@ -4,9 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::Extension;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use nonstop_accounts::Action;
 use serde::Serialize;
+use serde_json::json;
 
+use crate::auth::{Caller, may};
 use crate::error::{ApiError, ApiResult};
+use crate::state::App;
 
 const MAX_NAME: usize = 255;
 
@@ -64,7 +71,35 @@ pub struct Artifact {
     pub modified_ms: Option<i64>,
 }
 
-/// The artifacts of the drop directory with acceptable names, by name.
+/// The artifacts the deploy form offers: the drop directory's, to a caller who may deploy some
+/// service (to anyone else the list is empty, the directory not even read).
+pub async fn offered(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    let config = app.drivers.load()?;
+    let mut deployer = false;
+    for service in config.services.keys() {
+        if may(&app, &caller, service, Action::Deploy).await? {
+            deployer = true;
+            break;
+        }
+    }
+    let list = if deployer {
+        list(app.options.artifacts.as_deref()).await?
+    } else {
+        Vec::new()
+    };
+    Ok(axum::Json(json!({
+        "drop_dir": app.options.artifacts.is_some(),
+        "upload_limit": app.options.upload_limit,
+        "artifacts": list,
+    }))
+    .into_response())
+}
+
+/// The artifacts of the drop directory with acceptable names, by name: regular files, and links
+/// only if what they reach is a file inside the directory (what a deploy would take).
 pub async fn list(dir: Option<&Path>) -> ApiResult<Vec<Artifact>> {
     let Some(dir) = dir else {
         return Ok(Vec::new());
@@ -75,7 +110,7 @@ pub async fn list(dir: Option<&Path>) -> ApiResult<Vec<Artifact>> {
     let mut found = Vec::new();
     while let Ok(Some(entry)) = entries.next_entry().await {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if check_name(&name).is_err() {
+        if check_name(&name).is_err() || in_drop_dir(Some(dir), &name).is_err() {
             continue;
         }
         let Ok(meta) = tokio::fs::metadata(entry.path()).await else {
@@ -181,6 +216,20 @@ mod tests {
             404
         );
         assert_eq!(in_drop_dir(None, "app.jar").unwrap_err().status, 400);
+        // The listing shows the file, not the link to the outside (nor its target's size).
+        std::fs::write(dir.path().join("big"), vec![b'x'; 4096]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("big"), drop.join("big.jar")).unwrap();
+        std::os::unix::fs::symlink(drop.join("app.jar"), drop.join("inside.jar")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let names: Vec<String> = rt
+            .block_on(list(Some(&drop)))
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(names, ["app.jar", "inside.jar"]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use nonstop_accounts::{Action, Session, TokenIdentity, User};
 use crate::error::{ApiError, ErrorMessage};
 use crate::routes::{Access, Kind, Route};
 use crate::state::{App, AuditRecordOwned};
+use crate::streams;
 
 /// The session cookie: `__Host-` pins it to this origin, path `/`, and HTTPS.
 pub const SESSION_COOKIE: &str = "__Host-nonstop-session";
@@ -189,7 +190,13 @@ pub async fn guard(
     let changes = state_changing(&parts.method);
     let caller = match authenticate(&app, &route, &parts.headers, &client).await {
         Ok(caller) => caller,
-        Err(e) => return refuse(route.kind, e, false),
+        Err(e) => {
+            if changes {
+                audit_refused_credential(&app, &route, &client, &audit_peer, service.clone(), &e)
+                    .await;
+            }
+            return refuse(route.kind, e, false);
+        }
     };
     let record = |outcome: &str, note: Option<&AuditNote>, detail: String| AuditRecordOwned {
         actor: note
@@ -221,7 +228,24 @@ pub async fn guard(
         return refuse(route.kind, e, pending);
     }
     parts.extensions.insert(caller.clone());
-    let response = next.run(Request::from_parts(parts, body)).await;
+    let headers = (!changes).then(|| parts.headers.clone());
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(headers) = headers
+        && is_stream(&response)
+    {
+        let authority = streams::Authority {
+            app: app.clone(),
+            route,
+            headers,
+            client: client.clone(),
+            service: service.clone(),
+        };
+        let (head, body) = response.into_parts();
+        response = Response::from_parts(head, streams::guarded(body, authority));
+    }
+    if changes && response.status().is_success() {
+        app.changed();
+    }
     if changes {
         let note = response.extensions().get::<AuditNote>().cloned();
         let status = response.status();
@@ -247,8 +271,51 @@ pub async fn guard(
     response
 }
 
+fn is_stream(response: &Response) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// A state-changing request whose credential was refused (expired, revoked, junk): recorded,
+/// within the refusal budget, so a flood cannot fill the disk.
+async fn audit_refused_credential(
+    app: &App,
+    route: &Route,
+    client: &str,
+    audit_peer: &str,
+    service: Option<String>,
+    error: &ApiError,
+) {
+    let admitted = match app.refusals.lock() {
+        Ok(mut refusals) => refusals.admit(client, std::time::Instant::now()),
+        Err(_) => None,
+    };
+    let Some(left_out) = admitted else {
+        return;
+    };
+    let mut detail = format!("{} {}", error.status.as_u16(), error.message);
+    if left_out > 0 {
+        detail.push_str(&format!(
+            " ({left_out} refusals before this one were not recorded: rate limit)"
+        ));
+    }
+    app.audit(AuditRecordOwned {
+        actor: "anonymous".into(),
+        peer: audit_peer.to_string(),
+        action: route.name.to_string(),
+        service,
+        node: None,
+        outcome: "denied".into(),
+        detail,
+    })
+    .await;
+}
+
 /// Establishes the caller from the request's credentials; `Public` routes need none.
-async fn authenticate(
+pub(crate) async fn authenticate(
     app: &App,
     route: &Route,
     headers: &HeaderMap,
@@ -316,7 +383,7 @@ fn user_caller(session: Session, token: String, client: &str) -> Caller {
 }
 
 /// CSRF for sessions, then the route's rule.
-async fn authorize(
+pub(crate) async fn authorize(
     app: &App,
     route: &Route,
     caller: &Caller,

@@ -515,17 +515,6 @@ async fn text_field(field: axum::extract::multipart::Field<'_>) -> ApiResult<Str
     Ok(text)
 }
 
-/// The artifacts in the drop directory the deploy form offers.
-pub async fn artifacts(State(app): State<App>) -> ApiResult<Response> {
-    let list = artifacts::list(app.options.artifacts.as_deref()).await?;
-    Ok(axum::Json(json!({
-        "drop_dir": app.options.artifacts.is_some(),
-        "upload_limit": app.options.upload_limit,
-        "artifacts": list,
-    }))
-    .into_response())
-}
-
 fn job_of(app: &App, service: &str, id: u64) -> ApiResult<Arc<Job>> {
     app.jobs
         .get(id)

@@ -11,10 +11,12 @@ mod drivers;
 mod error;
 mod logs;
 mod pages;
+mod refusals;
 pub mod routes;
 mod server;
 mod services;
 mod state;
+mod streams;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,7 +30,7 @@ use tokio::net::TcpListener;
 
 pub use auth::{CSRF_HEADER, SESSION_COOKIE};
 pub use routes::{Access, Kind, Method, Route, routes};
-pub use server::server_names;
+pub use server::{Limits, server_names};
 pub use state::ConsoleOptions;
 
 use crate::deploys::Jobs;
@@ -64,6 +66,7 @@ pub struct Console {
     tls: Arc<rustls::ServerConfig>,
     local_addr: SocketAddr,
     bootstrap: Option<nonstop_accounts::BootstrapSecret>,
+    limits: Limits,
 }
 
 impl Console {
@@ -107,6 +110,8 @@ impl Console {
                 authority,
                 join_tokens: Mutex::new(join_tokens),
                 jobs: Jobs::default(),
+                changes: tokio::sync::watch::channel(0).0,
+                refusals: Mutex::new(refusals::Refusals::default()),
             }),
         };
         Ok(Console {
@@ -115,7 +120,14 @@ impl Console {
             tls: Arc::new(tls),
             local_addr,
             bootstrap,
+            limits: Limits::default(),
         })
+    }
+
+    /// Replaces the connection limits (timeouts, connections per address).
+    pub fn with_limits(mut self, limits: Limits) -> Console {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -158,7 +170,16 @@ impl Console {
             }
         });
         let router = routes::router(self.app.clone());
-        server::serve(self.listener, self.tls, router, shutdown).await;
+        let trusted = self.app.options.trusted_proxies.clone();
+        server::serve(
+            self.listener,
+            self.tls,
+            router,
+            self.limits,
+            trusted,
+            shutdown,
+        )
+        .await;
         pruner.abort();
     }
 }

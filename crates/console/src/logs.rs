@@ -113,24 +113,49 @@ impl Tail {
     }
 }
 
-/// Byte offset where the last `lines` lines of `path` begin.
+/// The most of a log's end looked at for its last lines: opening a stream on a big log must not
+/// read all of it.
+const TAIL_WINDOW: u64 = 1 << 20;
+
+/// Byte offset where the last `lines` lines of `path` begin (within its last [`TAIL_WINDOW`]
+/// bytes; a longer history starts at the first line that begins inside it).
 async fn tail_offset(path: &std::path::Path, lines: usize) -> u64 {
-    let Ok(bytes) = tokio::fs::read(path).await else {
+    let Ok(mut file) = tokio::fs::File::open(path).await else {
         return 0;
     };
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     if lines == 0 {
-        return bytes.len() as u64;
+        return len;
+    }
+    // One byte more than the window, to see whether the window starts a line.
+    let start = len.saturating_sub(TAIL_WINDOW + 1);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).await.is_err()
+        || (&mut file)
+            .take(len - start)
+            .read_to_end(&mut bytes)
+            .await
+            .is_err()
+    {
+        return len;
     }
     let mut seen = 0;
     for (i, b) in bytes.iter().enumerate().rev() {
         if *b == b'\n' && i + 1 != bytes.len() {
             seen += 1;
             if seen == lines {
-                return (i + 1) as u64;
+                return start + (i + 1) as u64;
             }
         }
     }
-    0
+    if start == 0 {
+        return 0;
+    }
+    // The window starts mid-line: begin at the first whole line in it.
+    bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(len, |i| start + (i + 1) as u64)
 }
 
 type Events = futures_util::stream::BoxStream<'static, Result<SseEvent, Infallible>>;
@@ -222,4 +247,27 @@ fn line_event(line: &[u8]) -> SseEvent {
     SseEvent::default()
         .event("line")
         .data(text.trim_end_matches('\r'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_tail_is_found_in_the_end_of_the_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.log");
+        std::fs::write(&small, b"a\nb\nc\n").unwrap();
+        assert_eq!(tail_offset(&small, 2).await, 2);
+        assert_eq!(tail_offset(&small, 9).await, 0);
+        assert_eq!(tail_offset(&small, 0).await, 6);
+        // 3 MiB of lines: the last two are found without reading the rest.
+        let big = dir.path().join("big.log");
+        let line = format!("{}\n", "x".repeat(1023));
+        std::fs::write(&big, line.repeat(3 * 1024)).unwrap();
+        let len = 3 * 1024 * 1024;
+        assert_eq!(tail_offset(&big, 2).await, len - 2048);
+        // More history than the window holds starts at the window's first whole line.
+        assert_eq!(tail_offset(&big, 5000).await, len - TAIL_WINDOW);
+    }
 }

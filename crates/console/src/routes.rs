@@ -12,7 +12,7 @@ use nonstop_accounts::Action;
 
 use crate::error::ApiError;
 use crate::state::App;
-use crate::{account, admin, agents, auth, deploys, logs, pages, services};
+use crate::{account, admin, agents, artifacts, auth, deploys, logs, pages, services};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -152,7 +152,7 @@ fn table() -> Vec<Entry> {
         entry(Post, "/api/account/totp/confirm", Session, Api, "totp-confirm", account::totp_confirm),
         // Services.
         entry(Get, "/api/services", Signed, Api, "services", services::list),
-        entry(Get, "/api/artifacts", Signed, Api, "artifacts", deploys::artifacts),
+        entry(Get, "/api/artifacts", Signed, Api, "artifacts", artifacts::offered),
         entry(Get, "/api/services/{service}", service(View), Api, "service", services::one),
         upload,
         entry(Post, "/api/services/{service}/rollback", service(Rollback), Api, "rollback", deploys::rollback),

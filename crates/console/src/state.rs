@@ -46,6 +46,11 @@ pub struct Inner {
     pub join_tokens: Mutex<JoinTokens>,
     pub jobs: Jobs,
     pub drivers: Drivers,
+    /// Counts every change that went through (a logout, a revoked grant, a deleted user…):
+    /// open streams re-check their authority when it moves.
+    pub changes: tokio::sync::watch::Sender<u64>,
+    /// How many refused credentials are still written to the audit log this minute.
+    pub refusals: Mutex<crate::refusals::Refusals>,
 }
 
 impl std::ops::Deref for App {
@@ -89,6 +94,11 @@ impl App {
     pub async fn audit(&self, record: AuditRecordOwned) {
         let accounts = self.accounts.clone();
         let _ = tokio::task::spawn_blocking(move || write_audit(&accounts, &record)).await;
+    }
+
+    /// Tells open streams that something changed that may end their authority.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The audit record of `caller` doing `action`.

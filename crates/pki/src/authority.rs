@@ -8,7 +8,7 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
-use crate::{CONSOLE_NAME, PkiError, check_name};
+use crate::{CONSOLE_NAME, PkiError, check_agent_name};
 
 /// A certificate chain and its private key, both PEM.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ pub struct AgentRequest {
 
 impl AgentRequest {
     pub fn new(agent: &str) -> Result<AgentRequest, PkiError> {
-        check_name(agent)?;
+        check_agent_name(agent)?;
         let key = KeyPair::generate()?;
         let csr = CertificateParams::new(vec![agent.to_string()])?.serialize_request(&key)?;
         Ok(AgentRequest {
@@ -101,10 +101,7 @@ impl Authority {
     /// Signs an agent's CSR for the name the console chose. Only the CSR's public key is used:
     /// names, extensions and CA flags asked for in it are ignored.
     pub fn sign_agent(&self, csr_pem: &str, agent: &str) -> Result<String, PkiError> {
-        check_name(agent)?;
-        if agent == CONSOLE_NAME {
-            return Err(PkiError::Reserved(agent.to_string()));
-        }
+        check_agent_name(agent)?;
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         let mut params = CertificateParams::new(vec![agent.to_string()])?;
         params.distinguished_name.push(DnType::CommonName, agent);

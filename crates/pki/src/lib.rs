@@ -2,10 +2,12 @@
 //! get a client certificate, and rustls configs that accept only peers holding one.
 
 mod authority;
+mod names;
 mod tls;
 mod tokens;
 
 pub use authority::{AgentRequest, Authority, Identity};
+pub use names::check_agent_name;
 pub use tls::{ca_fingerprint, client_config, peer_name, pinned_client_config, server_config};
 pub use tokens::{JoinTokens, TokenError};
 
@@ -22,7 +24,9 @@ pub enum PkiError {
     Tls(String),
     #[error("`{0}` is not a valid agent name (letters, digits, `-`, `.`; at most 63)")]
     BadName(String),
-    #[error("`{0}` is the console's own name; choose another for an agent")]
+    #[error(
+        "`{0}` is reserved (the console's own name, localhost, or an address); choose a host name for the agent"
+    )]
     Reserved(String),
 }
 

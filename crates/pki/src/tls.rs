@@ -7,7 +7,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::{Identity, PkiError};
+use crate::{CONSOLE_NAME, Identity, PkiError};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -88,10 +88,11 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A client for an agent's first call, before it has the CA: it trusts a server only if the
-/// chain it sends contains the CA whose fingerprint the operator was given with the join token,
-/// and the server's certificate verifies against that CA. A stolen token is useless to a
-/// man in the middle, who cannot present that CA.
+/// A client of the console (`agent join`, `deploy --console`): it trusts a server only if the
+/// chain it sends contains the CA whose fingerprint the operator was given, and the server's
+/// certificate verifies against that CA **for the name [`CONSOLE_NAME`]**, whatever host the URL
+/// names. The CA never signs that name for an agent (nor `localhost` or an address), so an
+/// enrolled agent cannot pose as the console; a man in the middle cannot present the CA at all.
 pub fn pinned_client_config(fingerprint: &str) -> Result<ClientConfig, PkiError> {
     let verifier = PinnedCa {
         fingerprint: fingerprint.to_ascii_lowercase(),
@@ -105,6 +106,10 @@ pub fn pinned_client_config(fingerprint: &str) -> Result<ClientConfig, PkiError>
         .with_no_client_auth())
 }
 
+fn console_name() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from(CONSOLE_NAME).expect("a valid DNS name")
+}
+
 #[derive(Debug)]
 struct PinnedCa {
     fingerprint: String,
@@ -116,7 +121,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        server_name: &rustls::pki_types::ServerName<'_>,
+        _server_name: &rustls::pki_types::ServerName<'_>,
         ocsp: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
@@ -138,7 +143,12 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
         )
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?
-        .verify_server_cert(end_entity, &[], server_name, ocsp, now)
+        .verify_server_cert(end_entity, &[], &console_name(), ocsp, now)
+        .map_err(|e| {
+            rustls::Error::General(format!(
+                "the server's certificate is not the console's (it must be for `{CONSOLE_NAME}`, which agents never get): {e}"
+            ))
+        })
     }
 
     fn verify_tls12_signature(

@@ -6,7 +6,7 @@ use std::path::Path;
 use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 
-use crate::{PkiError, check_name};
+use crate::{PkiError, check_agent_name};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -31,8 +31,21 @@ fn digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 impl JoinTokens {
+    /// Opens the store at `path`, mode 0600 (a token's hash is as good as a guess check).
     pub fn open(path: &Path) -> Result<JoinTokens, TokenError> {
+        private_file(path).map_err(|e| TokenError::Store(format!("{}: {e}", path.display())))?;
         let db = Connection::open(path)?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -48,7 +61,7 @@ impl JoinTokens {
 
     /// A new token for `agent`, valid until `expires_ms`; the plaintext is returned only here.
     pub fn issue(&self, agent: &str, expires_ms: i64) -> Result<String, PkiError> {
-        check_name(agent)?;
+        check_agent_name(agent)?;
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| PkiError::Tls(format!("no randomness: {e}")))?;
         let token = format!(

@@ -172,3 +172,78 @@ fn the_ca_persists_with_a_private_key_and_ignores_what_a_csr_asks_for() {
     assert_eq!(peer_name(&der).as_deref(), Some("web-3"));
     assert!(AgentRequest::new("../etc").is_err());
 }
+
+/// A server presenting `chain` (PEM, leaf first) for one connection.
+async fn server_with(identity: Identity) -> u16 {
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        if let Ok(mut tls) = TlsAcceptor::from(Arc::new(config)).accept(tcp).await {
+            let _ = tls.write_all(b"hi").await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn the_pinned_console_client_takes_only_the_consoles_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::open(dir.path(), "console").unwrap();
+    let pin = nonstop_pki::ca_fingerprint(&authority.cert_pem).unwrap();
+    let with_ca = |identity: Identity| Identity {
+        cert_pem: format!("{}{}", identity.cert_pem, authority.cert_pem),
+        key_pem: identity.key_pem,
+    };
+    let connect = |port: u16| {
+        let config = nonstop_pki::pinned_client_config(&pin).unwrap();
+        async move {
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            // The URL's host does not matter: the name checked is the console's.
+            TlsConnector::from(Arc::new(config))
+                .connect(ServerName::try_from("web-1").unwrap(), tcp)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let console = authority
+        .issue_server(&[nonstop_pki::CONSOLE_NAME.into(), "localhost".into()])
+        .unwrap();
+    connect(server_with(with_ca(console)).await).await.unwrap();
+    // An enrolled agent's certificate (server auth, same CA) is not the console's.
+    let request = AgentRequest::new("web-1").unwrap();
+    let agent = Identity {
+        cert_pem: authority.sign_agent(&request.csr_pem, "web-1").unwrap(),
+        key_pem: request.key_pem,
+    };
+    let refused = connect(server_with(with_ca(agent)).await)
+        .await
+        .unwrap_err();
+    assert!(refused.contains("not the console's"), "{refused}");
+    // Nor is the console's own client identity (client auth only).
+    let client = authority.console_identity(dir.path()).unwrap();
+    assert!(connect(server_with(with_ca(client)).await).await.is_err());
+    // And the CA will not sign the console's name, localhost or an address for an agent.
+    for reserved in [nonstop_pki::CONSOLE_NAME, "localhost", "127.0.0.1"] {
+        assert!(
+            authority.sign_agent(&request.csr_pem, reserved).is_err(),
+            "{reserved}"
+        );
+        assert!(AgentRequest::new(reserved).is_err(), "{reserved}");
+    }
+}

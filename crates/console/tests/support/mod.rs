@@ -131,6 +131,9 @@ pub struct Setup {
     pub listen: SocketAddr,
     /// The config file's text (`{dir}` is the console's temp dir); default [`write_config`]'s.
     pub config: Option<String>,
+    /// Peers whose `X-Forwarded-For` is believed (tests play several client addresses so).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub limits: Option<nonstop_console::Limits>,
 }
 
 impl Default for Setup {
@@ -140,6 +143,8 @@ impl Default for Setup {
             artifacts: true,
             listen: "127.0.0.1:0".parse().unwrap(),
             config: None,
+            trusted_proxies: vec![],
+            limits: None,
         }
     }
 }
@@ -165,11 +170,15 @@ impl TestConsole {
             listen: setup.listen,
             state: state.clone(),
             artifacts: setup.artifacts.then_some(artifacts),
-            trusted_proxies: vec![],
+            trusted_proxies: setup.trusted_proxies.clone(),
             upload_limit: setup.upload_limit,
         })
         .await
         .unwrap();
+        let console = match setup.limits {
+            Some(limits) => console.with_limits(limits),
+            None => console,
+        };
         let addr = console.local_addr();
         let secret = console.bootstrap_secret().map(str::to_string);
         let client = Client::new(addr, console.ca_pem());
@@ -203,7 +212,7 @@ impl TestConsole {
             .post_json("/api/setup", &json!({ "secret": secret }), &[])
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
-        let mut login = Login::from_response(&r);
+        let login = Login::from_response(&r);
         let r = self
             .client
             .post_json(
@@ -213,8 +222,7 @@ impl TestConsole {
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
-        login.totp = enrol_totp(&self.client, &login).await;
-        login
+        enrol_totp(&self.client, &login).await
     }
 
     /// Creates `name` with `role` (and a grant on shop) as `admin`, then logs in and enrols.
@@ -249,9 +257,8 @@ impl TestConsole {
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["setup_pending"], true);
-        let mut login = Login::from_response(&r);
-        login.totp = enrol_totp(&self.client, &login).await;
-        login
+        let login = Login::from_response(&r);
+        enrol_totp(&self.client, &login).await
     }
 
     /// A CI token of `owner` for shop.
@@ -269,7 +276,8 @@ impl TestConsole {
     }
 }
 
-async fn enrol_totp(client: &Client, login: &Login) -> String {
+/// Enrols TOTP for the session's account; returns the new session that replaces the setup's.
+pub async fn enrol_totp(client: &Client, login: &Login) -> Login {
     let r = client
         .post_json("/api/account/totp/begin", &json!({}), &login.headers())
         .await;
@@ -283,7 +291,13 @@ async fn enrol_totp(client: &Client, login: &Login) -> String {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    secret
+    let mut rotated = Login::from_response(&r);
+    assert_ne!(
+        rotated.cookie, login.cookie,
+        "the session id is rotated at the end of setup"
+    );
+    rotated.totp = secret;
+    rotated
 }
 
 /// The TOTP code for now + `steps_ahead` × 30 s (a login right after enrolment needs the next one).
@@ -327,6 +341,34 @@ impl Login {
     /// Cookie only.
     pub fn cookie_only(&self) -> Vec<(&'static str, String)> {
         vec![("cookie", self.cookie.clone())]
+    }
+}
+
+/// Headers that make a request come from `ip` (through a trusted proxy, see `Setup`).
+pub fn from_ip(ip: &str, mut headers: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
+    headers.push(("x-forwarded-for", ip.to_string()));
+    headers
+}
+
+/// Waits until `body` ends; `Err` with what it sent if it is still open after `within`.
+pub async fn ends_within(
+    body: &mut hyper::body::Incoming,
+    within: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let until = started + within;
+    let mut got = String::new();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, body.frame()).await {
+            Err(_) => return Err(format!("still open after {within:?}; sent: {got:?}")),
+            Ok(None) | Ok(Some(Err(_))) => return Ok(started.elapsed()),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    got.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+        }
     }
 }
 
@@ -486,6 +528,24 @@ impl Client {
             body,
         )
         .await
+    }
+
+    /// Opens a stream (SSE) at `path`; the answer's body is read by the caller.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> http::Response<hyper::body::Incoming> {
+        let mut builder = http::Request::builder()
+            .method("GET")
+            .uri(path)
+            .header("host", "localhost")
+            .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        self.send(builder.body(Full::new(Bytes::new())).unwrap())
+            .await
     }
 
     /// Reads server-sent events from `path` until `done` says so or the deadline passes;
