@@ -125,18 +125,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         node: &NodeName,
         version: &Version,
     ) -> Result<String, StepError> {
+        // Not running, as far as the runtime can tell: the record stays, since a runtime that
+        // cannot be reached (an agent down) cannot tell; a start on the node replaces it.
         let Some(instance) = self.instance_of(run, node, version).await else {
-            if self
-                .store
-                .instance(node)
-                .ok()
-                .flatten()
-                .is_some_and(|r| &r.instance.version == version)
-            {
-                self.store
-                    .remove_instance(node)
-                    .map_err(|e| StepError::Environment(e.to_string()))?;
-            }
             return Ok(format!("{node} {version} was not running"));
         };
         let started = Instant::now();
