@@ -78,7 +78,7 @@ impl Host {
             let base = state.join("services").join(service);
             std::fs::create_dir_all(&base)
                 .map_err(|e| format!("cannot create {}: {e}", base.display()))?;
-            let store = Store::open(&nonstop_engine::store_path(&base), service)
+            let store = Store::open(&nonstop_releases::store_path(&base), service)
                 .map_err(|e| e.to_string())?;
             services.insert(
                 service.clone(),

@@ -205,7 +205,7 @@ async fn upload(
             ),
         ));
     }
-    nonstop_engine::releases::check_version(&version)
+    nonstop_releases::check_version(&version)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let expected = header(&headers, protocol::SHA256_HEADER)?.to_ascii_lowercase();
     let name = header(&headers, protocol::ARTIFACT_NAME_HEADER)?.to_string();
@@ -234,7 +234,7 @@ async fn upload(
             let version = nonstop_ports::Version(version.clone());
             let path = file_path.clone();
             tokio::task::spawn_blocking(move || {
-                nonstop_engine::releases::install(&base, &path, Some(version), Default::default())
+                nonstop_releases::install(&base, &path, Some(version), Default::default())
             })
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
@@ -300,7 +300,7 @@ async fn start(
     let config = svc
         .node_here(&state.host.name, &node_name)
         .expect("checked by node()");
-    let release = nonstop_engine::releases::load(&svc.base, &request.version).ok_or_else(|| {
+    let release = nonstop_releases::load(&svc.base, &request.version).ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             format!("release {} was not uploaded to this host", request.version),
@@ -322,7 +322,7 @@ async fn start(
     let grace = svc.config.runtime.shared.stop_grace.0;
     // A runtime whose server keeps the node's port (Tomcat manager mode) holds it on purpose.
     if runtime.replacement() == Replacement::StopFirst
-        && !nonstop_engine::wait_port_free(config.ip(), port, grace).await
+        && !nonstop_runtime_process::wait_port_free(config.ip(), port, grace).await
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -16,13 +16,11 @@ mod instances;
 pub mod plan;
 pub mod reconcile;
 mod recovery;
-pub mod releases;
 pub mod spec;
 pub mod status;
 pub mod strategies;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use nonstop_config::service::ServiceConfig;
 use nonstop_ports::{Balancer, NodeName, Probe, Runtime};
@@ -32,8 +30,8 @@ pub use deploy::{DeployReport, DeployRequest, NodeSnapshot, Snapshot};
 pub use error::{DeployError, StepError};
 pub use events::{Event, EventKind};
 pub use executor::JournalData;
+pub use nonstop_releases::{self as releases, Release, store_path};
 pub use plan::{Change, Plan, SetPurpose, Step};
-pub use releases::Release;
 pub use spec::ServiceSpec;
 pub use status::{NodeStatus, ServiceStatus};
 pub use strategies::{Observed, canary_weights, judge};
@@ -111,27 +109,6 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             message: message.into(),
         });
     }
-}
-
-/// Whether `ip:port` can be bound, waiting up to `grace` for it: an instance just stopped may
-/// still be exiting (a stop hook that only signals it). A port something else holds would make
-/// a health check lie, so a start refuses it (on a remote host, the agent checks).
-pub async fn wait_port_free(ip: &str, port: u16, grace: Duration) -> bool {
-    let since = Instant::now();
-    loop {
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return true;
-        }
-        if since.elapsed() >= grace {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Where a service's store lives: next to its releases.
-pub fn store_path(base: &Path) -> PathBuf {
-    base.join("nonstop.db")
 }
 
 /// `releases.dir` made absolute against the directory of the config file.

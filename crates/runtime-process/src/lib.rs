@@ -138,6 +138,22 @@ pub fn find(spec: &InstanceSpec) -> Option<Instance> {
     })
 }
 
+/// Whether `ip:port` can be bound, waiting up to `grace` for it: an instance just stopped may
+/// still be exiting (a stop hook that only signals it). A port something else holds would make
+/// a health check lie, so a start refuses it (on a remote host, the agent checks).
+pub async fn wait_port_free(ip: &str, port: u16, grace: Duration) -> bool {
+    let since = std::time::Instant::now();
+    loop {
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return true;
+        }
+        if since.elapsed() >= grace {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A child started by [`spawn_detached`].
 pub struct Detached {
     pub pid: i32,

@@ -152,7 +152,7 @@ pub fn install(
             artifact_name: artifact_name.clone(),
             checksum: sum.clone(),
             env,
-            created_ms: nonstop_store::now_ms(),
+            created_ms: now_ms(),
             dir: root.join(version.as_str()),
         };
         let json = serde_json::to_vec_pretty(&release).expect("plain data");
@@ -207,6 +207,17 @@ pub fn prune(base: &Path, keep: usize, protect: &[Version]) -> Vec<Version> {
         }
     }
     removed
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where a service's store lives: next to its releases.
+pub fn store_path(base: &Path) -> PathBuf {
+    base.join("nonstop.db")
 }
 
 #[cfg(test)]
