@@ -4,6 +4,7 @@
 pub mod driver;
 mod error;
 pub mod hosts;
+pub mod lifecycle;
 pub mod proxy;
 pub mod service;
 mod units;

@@ -37,6 +37,9 @@ pub struct ServiceConfig {
     pub canary: CanaryConfig,
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
+    /// The operator's commands at named points of every deploy.
+    #[serde(default)]
+    pub hooks: crate::lifecycle::LifecycleHooks,
 }
 
 fn default_strategy() -> Spanned<Strategy> {
@@ -366,6 +369,23 @@ impl ServiceConfig {
         source: &Source,
     ) -> Result<(), ConfigError> {
         self.resolve_hosts(name, hosts, source)?;
+        self.hooks.check(name, source)?;
+        if self.on_hosts() {
+            let per_node = [
+                ("after_install", &self.hooks.after_install),
+                ("before_traffic", &self.hooks.before_traffic),
+                ("after_traffic", &self.hooks.after_traffic),
+            ];
+            if let Some((point, Some(hook))) = per_node.into_iter().find(|(_, h)| h.is_some()) {
+                return Err(source.error_at(
+                    hook.run.span(),
+                    format!(
+                        "service `{name}`: the per-node hook `{point}` would run on this machine, but the nodes run on [hosts] through agents"
+                    ),
+                    Some("per-node hooks through agents are not supported yet; use before_deploy / after_deploy, which run where `nonstop deploy` runs".into()),
+                ));
+            }
+        }
         let path = ["services", name, "runtime"];
         self.runtime.shared = self
             .runtime

@@ -221,6 +221,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         );
         let mut run = Run::new(id, release.clone(), &observed.members);
         run.crash_at = self.crash_at;
+        run.from = snapshot.current.clone();
+        run.strategy = strategy.as_str().to_string();
         let outcome = self.execute(&mut run, &plan.steps).await;
         let result = match outcome {
             Ok(()) => self.succeeded(&run, &plan, &snapshot, kind, started),
@@ -334,6 +336,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 (Outcome::RolledBack, (message, err))
             }
             Err(e) => {
+                if let Some(hook) = self.hook_step(crate::HookPoint::OnFailure, None) {
+                    let _ = self.execute_one(run, &hook).await;
+                }
                 let message = format!(
                     "{kind} #{id} of {version} stopped ({reason}) and undoing it did not fully succeed: {e}"
                 );
@@ -402,6 +407,10 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             self.store
                 .set_releases(current, snapshot.previous.as_ref())
                 .map_err(|e| e.to_string())?;
+        }
+        if let Some(hook) = self.hook_step(crate::HookPoint::OnRollback, None) {
+            // Reported, never undoing the undo.
+            let _ = self.execute_one(run, &hook).await;
         }
         Ok(())
     }

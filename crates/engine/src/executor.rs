@@ -49,6 +49,9 @@ pub struct Run {
     pub index: usize,
     /// Test hook: behave as if the process were killed right after journaling step k.
     pub crash_at: Option<usize>,
+    /// The release serving before the deploy, and the strategy (what hooks are told).
+    pub from: Option<nonstop_ports::Version>,
+    pub strategy: String,
 }
 
 impl Run {
@@ -66,6 +69,8 @@ impl Run {
             undoing: false,
             index: 0,
             crash_at: None,
+            from: None,
+            strategy: String::new(),
         }
     }
 }
@@ -292,7 +297,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             | Step::Eligible { .. }
             | Step::Drain { .. }
             | Step::Verify { .. }
-            | Step::KeepWarm { .. } => Vec::new(),
+            | Step::KeepWarm { .. }
+            | Step::Hook { .. } => Vec::new(),
         })
     }
 
@@ -333,6 +339,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 window,
             } => self.canary(run, nodes, live, *share, *window).await,
             Step::Verify { nodes, window } => self.verify(run, nodes, *window).await,
+            Step::Hook { point, node } => self.run_hook(run, *point, node.as_ref()).await,
             Step::KeepWarm { node, until_ms } => {
                 self.store
                     .set_warm_until(node, *until_ms)

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 mod executor;
 mod gate;
+mod hooks;
 mod instances;
 pub mod plan;
 pub mod reconcile;
@@ -32,7 +33,7 @@ pub use events::{Event, EventKind};
 pub use executor::JournalData;
 pub use nonstop_releases::{self as releases, Release, store_path};
 pub use plan::{Change, Plan, SetPurpose, Step};
-pub use spec::ServiceSpec;
+pub use spec::{HookPoint, ServiceSpec};
 pub use status::{NodeStatus, ServiceStatus};
 pub use strategies::{Observed, canary_weights, judge};
 

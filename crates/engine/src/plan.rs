@@ -102,6 +102,11 @@ pub enum Step {
         #[serde(with = "humantime_serde_ms")]
         window: Duration,
     },
+    /// The operator's hook at `point` (for `node`, at the per-node points).
+    Hook {
+        point: crate::spec::HookPoint,
+        node: Option<NodeName>,
+    },
     /// The old slot stays running (disabled) until `until_ms` for an instant rollback; `None`
     /// clears the mark (the slot serves again).
     KeepWarm {
@@ -157,6 +162,7 @@ impl Step {
             Step::Canary { .. } => "canary",
             Step::Verify { .. } => "verify",
             Step::KeepWarm { .. } => "keep-warm",
+            Step::Hook { .. } => "hook",
         }
     }
 
@@ -172,6 +178,7 @@ impl Step {
             | Step::StopBeside { node, .. }
             | Step::Gate { node, .. }
             | Step::KeepWarm { node, .. } => Some(node),
+            Step::Hook { node, .. } => node.as_ref(),
             _ => None,
         }
     }
@@ -264,6 +271,10 @@ impl std::fmt::Display for Step {
                 humantime::format_duration(*window),
                 names(nodes)
             ),
+            Step::Hook { point, node } => match node {
+                Some(node) => write!(f, "hook {} for {node}", point.as_str()),
+                None => write!(f, "hook {}", point.as_str()),
+            },
             Step::KeepWarm { node, until_ms } => match until_ms {
                 Some(_) => write!(f, "keep {node} running (disabled) for an instant rollback"),
                 None => write!(f, "{node} serves again: no longer kept warm"),

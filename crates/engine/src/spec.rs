@@ -3,8 +3,60 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use nonstop_config::service::{ServiceConfig, Strategy};
 use nonstop_ports::NodeName;
+use serde::{Deserialize, Serialize};
+
+/// A named point of a deploy where the operator's hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookPoint {
+    BeforeDeploy,
+    AfterInstall,
+    BeforeTraffic,
+    AfterTraffic,
+    AfterDeploy,
+    OnRollback,
+    OnFailure,
+}
+
+impl HookPoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookPoint::BeforeDeploy => "before_deploy",
+            HookPoint::AfterInstall => "after_install",
+            HookPoint::BeforeTraffic => "before_traffic",
+            HookPoint::AfterTraffic => "after_traffic",
+            HookPoint::AfterDeploy => "after_deploy",
+            HookPoint::OnRollback => "on_rollback",
+            HookPoint::OnFailure => "on_failure",
+        }
+    }
+
+    fn parse(name: &str) -> Option<HookPoint> {
+        [
+            HookPoint::BeforeDeploy,
+            HookPoint::AfterInstall,
+            HookPoint::BeforeTraffic,
+            HookPoint::AfterTraffic,
+            HookPoint::AfterDeploy,
+            HookPoint::OnRollback,
+            HookPoint::OnFailure,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookSpec {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+    /// Whether a failure rolls the deploy back (always before traffic; configurable after).
+    pub aborts: bool,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeSpec {
@@ -56,6 +108,7 @@ pub struct ServiceSpec {
     pub keep_releases: usize,
     /// Nodes run on other hosts (through agents): local port checks do not apply.
     pub on_hosts: bool,
+    pub hooks: BTreeMap<HookPoint, HookSpec>,
 }
 
 impl ServiceSpec {
@@ -97,6 +150,30 @@ impl ServiceSpec {
             stop_grace: config.runtime.shared.stop_grace.0,
             keep_releases: *config.releases.keep.get_ref(),
             on_hosts: config.on_hosts(),
+            hooks: config
+                .hooks
+                .all()
+                .into_iter()
+                .filter_map(|(name, hook)| {
+                    let point = HookPoint::parse(name)?;
+                    let hook = hook?;
+                    let aborts = match point {
+                        HookPoint::BeforeDeploy
+                        | HookPoint::AfterInstall
+                        | HookPoint::BeforeTraffic => true,
+                        HookPoint::AfterTraffic | HookPoint::AfterDeploy => hook.rollback,
+                        HookPoint::OnRollback | HookPoint::OnFailure => false,
+                    };
+                    Some((
+                        point,
+                        HookSpec {
+                            argv: hook.run.get_ref().clone(),
+                            timeout: hook.timeout.0,
+                            aborts,
+                        },
+                    ))
+                })
+                .collect(),
         }
     }
 

@@ -4,9 +4,9 @@
 use nonstop_ports::{Balancer, LbState, NodeName, Probe, Runtime, Version};
 
 use super::Observed;
-use crate::Engine;
 use crate::error::DeployError;
 use crate::plan::{Change, SetPurpose, Step};
+use crate::{Engine, HookPoint};
 
 impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     pub(super) async fn blue_green(
@@ -33,6 +33,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 node: node.clone(),
                 addr: self.spec.node(node).map(|n| n.addr()).unwrap_or_default(),
             });
+            steps.extend(self.hook_step(HookPoint::AfterInstall, Some(node)));
             match observed.live.get(node) {
                 Some(i) if &i.version == version => steps.push(Step::Reuse {
                     node: node.clone(),
@@ -96,10 +97,16 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 .iter()
                 .map(|n| Change::new(n, LbState::Draining, observed.weight(n))),
         );
+        for node in &targets {
+            steps.extend(self.hook_step(HookPoint::BeforeTraffic, Some(node)));
+        }
         steps.push(Step::Set {
             purpose: SetPurpose::Switch,
             changes: switch,
         });
+        for node in &targets {
+            steps.extend(self.hook_step(HookPoint::AfterTraffic, Some(node)));
+        }
         if !others.is_empty() {
             steps.push(Step::Drain {
                 nodes: others.clone(),

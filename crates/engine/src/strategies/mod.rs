@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use nonstop_config::service::Strategy;
 use nonstop_ports::{Balancer, Instance, LbState, NodeName, Probe, Runtime, Version};
 
-use crate::Engine;
 use crate::error::DeployError;
 use crate::plan::{Plan, Step};
 use crate::reconcile::Members;
+use crate::{Engine, HookPoint};
 
 /// What the planner looks at: the balancer's view, the live instances nonstop started, and
 /// the releases the store records.
@@ -92,6 +92,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         mut observed: Observed,
     ) -> Result<Plan, DeployError> {
         let mut steps = self.reap_steps(&mut observed);
+        steps.extend(self.hook_step(HookPoint::BeforeDeploy, None));
         let mut notes = Vec::new();
         if !self.balancer.knows_health_of_disabled() {
             notes.push("this balancer judges a node's health once it is active: the engine waits for it before taking the old one out".into());
@@ -101,6 +102,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             Strategy::Canary => self.blue_green(version, &observed, true).await?,
             Strategy::Rolling => self.rolling(version, &observed),
         });
+        steps.extend(self.hook_step(HookPoint::AfterDeploy, None));
         self.check_ports(&steps, &observed).await?;
         Ok(Plan {
             service: self.service.clone(),

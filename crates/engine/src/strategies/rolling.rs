@@ -4,8 +4,8 @@
 use nonstop_ports::{Balancer, LbState, NodeName, Probe, Replacement, Runtime, Version};
 
 use super::Observed;
-use crate::Engine;
 use crate::plan::{Change, SetPurpose, Step};
+use crate::{Engine, HookPoint};
 
 impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     pub(super) fn rolling(&self, version: &Version, observed: &Observed) -> Vec<Step> {
@@ -45,6 +45,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                     node: node.clone(),
                     addr: self.spec.node(node).map(|n| n.addr()).unwrap_or_default(),
                 });
+                steps.extend(self.hook_step(HookPoint::AfterInstall, Some(node)));
                 match observed.live.get(node) {
                     Some(i) if &i.version == version => steps.push(Step::Reuse {
                         node: node.clone(),
@@ -90,6 +91,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             steps.push(Step::Eligible {
                 nodes: batch.to_vec(),
             });
+            for node in batch {
+                steps.extend(self.hook_step(HookPoint::BeforeTraffic, Some(node)));
+            }
             steps.push(Step::Set {
                 purpose: SetPurpose::Enable,
                 changes: batch
@@ -97,6 +101,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                     .map(|n| Change::new(n, LbState::Active, observed.weight(n)))
                     .collect(),
             });
+            for node in batch {
+                steps.extend(self.hook_step(HookPoint::AfterTraffic, Some(node)));
+            }
         }
         if !self.spec.verify.is_zero() {
             steps.push(Step::Verify {
