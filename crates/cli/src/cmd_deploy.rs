@@ -73,6 +73,17 @@ pub struct ServiceArgs {
 }
 
 #[derive(clap::Args)]
+pub struct RollbackArgs {
+    pub service: String,
+    /// Roll back even past a database migration that cannot be undone (the previous release
+    /// then runs on the migrated database).
+    #[arg(long)]
+    pub force_past_migration: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(clap::Args)]
 pub struct HistoryArgs {
     pub service: String,
     /// How many deploys to list, newest first.
@@ -300,7 +311,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     Ok(conclude(json, &renderer, result))
 }
 
-pub fn rollback(args: ServiceArgs) -> anyhow::Result<ExitCode> {
+pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let json = args.common.json;
     let (renderer, emit) = Renderer::new(json);
     let rt = runtime()?;
@@ -311,7 +322,7 @@ pub fn rollback(args: ServiceArgs) -> anyhow::Result<ExitCode> {
             rt.block_on(async {
                 let _hangup = ignore_hangup();
                 let finished = tokio::select! {
-                    result = engine.rollback() => Some(result),
+                    result = engine.rollback_with(args.force_past_migration) => Some(result),
                     // Ctrl-C or SIGTERM: the deploy stops at its next step and rolls back.
                 () = crate::signals::interrupted() => None,
                 };

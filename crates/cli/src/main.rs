@@ -40,7 +40,7 @@ enum Command {
     /// Deploy ARTIFACT to SERVICE with its strategy; rolls back by itself on failure (exit 2).
     Deploy(cmd_deploy::DeployArgs),
     /// Put the previous release of SERVICE back (instant while blue-green keeps it warm).
-    Rollback(cmd_deploy::ServiceArgs),
+    Rollback(cmd_deploy::RollbackArgs),
     /// Nodes, versions, balancer state and health of SERVICE.
     Status(cmd_deploy::ServiceArgs),
     /// Past deploys of SERVICE with outcome and duration; `--deploy N` shows its steps.

@@ -36,6 +36,79 @@ fn default_timeout() -> HumanDuration {
     HumanDuration::secs(60)
 }
 
+/// `migrate`: the database migration of a release, run once per deploy before the first node
+/// gets it. Not reversible unless it says so (and then `down` undoes it on a rollback).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    pub run: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub down: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub reversible: bool,
+    #[serde(default = "default_migration_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_migration_timeout() -> HumanDuration {
+    HumanDuration::secs(600)
+}
+
+impl Migration {
+    pub fn check(&self, service: &str, source: &Source) -> Result<(), ConfigError> {
+        for (what, argv) in [("run", Some(&self.run)), ("down", self.down.as_ref())] {
+            let Some(argv) = argv else { continue };
+            check_argv(service, &format!("`migrate.{what}`"), argv, source)?;
+        }
+        if self.down.is_some() && !self.reversible {
+            return Err(source.error_at(
+                self.run.span(),
+                format!("service `{service}`: `migrate.down` is given but `reversible` is false"),
+                Some(
+                    "set `reversible = true` if `down` undoes the migration, or drop `down`".into(),
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_argv(
+    service: &str,
+    name: &str,
+    run: &Spanned<Vec<String>>,
+    source: &Source,
+) -> Result<(), ConfigError> {
+    let argv = run.get_ref();
+    if argv.first().is_none_or(|p| p.trim().is_empty()) {
+        return Err(source.error_at(
+            run.span(),
+            format!("service `{service}`: {name} needs a program first"),
+            Some(
+                "e.g. run = [\"/opt/shop/bin/migrate\", \"{version}\"]; it is never run by a shell"
+                    .to_string(),
+            ),
+        ));
+    }
+    for arg in argv {
+        if let Some(bad) = nonstop_ports::template::unknown_placeholder(arg, HOOK_PLACEHOLDERS) {
+            return Err(source.error_at(
+                run.span(),
+                format!("service `{service}`: {name} uses the unknown placeholder `{{{bad}}}`"),
+                Some(format!(
+                    "placeholders are {}",
+                    HOOK_PLACEHOLDERS
+                        .iter()
+                        .map(|p| format!("{{{p}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LifecycleHooks {
@@ -64,27 +137,8 @@ impl LifecycleHooks {
     /// Every hook has a program and only known placeholders, else the error names its line.
     pub fn check(&self, service: &str, source: &Source) -> Result<(), ConfigError> {
         for (name, hook) in self.all() {
-            let Some(hook) = hook else { continue };
-            let argv = hook.run.get_ref();
-            if argv.first().is_none_or(|p| p.trim().is_empty()) {
-                return Err(source.error_at(
-                    hook.run.span(),
-                    format!("service `{service}`: hook `{name}` needs a program first"),
-                    Some(format!(
-                        "e.g. run = [\"/opt/shop/bin/{name}\", \"{{version}}\"]; it is never run by a shell"
-                    )),
-                ));
-            }
-            for arg in argv {
-                if let Some(bad) =
-                    nonstop_ports::template::unknown_placeholder(arg, HOOK_PLACEHOLDERS)
-                {
-                    return Err(source.error_at(
-                        hook.run.span(),
-                        format!("service `{service}`: hook `{name}` uses the unknown placeholder `{{{bad}}}`"),
-                        Some(format!("placeholders are {}", HOOK_PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", "))),
-                    ));
-                }
+            if let Some(hook) = hook {
+                check_argv(service, &format!("hook `{name}`"), &hook.run, source)?;
             }
         }
         Ok(())

@@ -40,6 +40,9 @@ pub struct ServiceConfig {
     /// The operator's commands at named points of every deploy.
     #[serde(default)]
     pub hooks: crate::lifecycle::LifecycleHooks,
+    /// The release's database migration, run once per deploy.
+    #[serde(default)]
+    pub migrate: Option<crate::lifecycle::Migration>,
 }
 
 fn default_strategy() -> Spanned<Strategy> {
@@ -370,6 +373,9 @@ impl ServiceConfig {
     ) -> Result<(), ConfigError> {
         self.resolve_hosts(name, hosts, source)?;
         self.hooks.check(name, source)?;
+        if let Some(migrate) = &self.migrate {
+            migrate.check(name, source)?;
+        }
         if self.on_hosts() {
             let per_node = [
                 ("after_install", &self.hooks.after_install),

@@ -122,6 +122,15 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     /// Puts the previous release back with the service's strategy (a canary is not re-watched):
     /// a slot that still runs it takes the traffic at once.
     pub async fn rollback(&mut self) -> Result<DeployReport, DeployError> {
+        self.rollback_with(false).await
+    }
+
+    /// [`Engine::rollback`], which is refused past a migration that cannot be undone unless
+    /// `force_past_migration`.
+    pub async fn rollback_with(
+        &mut self,
+        force_past_migration: bool,
+    ) -> Result<DeployReport, DeployError> {
         if let Some(stale) = self.store.acquire(&self.holder)? {
             let result = self.recover(stale, "found at rollback").await;
             self.unlock();
@@ -132,13 +141,16 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             ));
         }
         let result = async {
-            let (_, previous) = self.store.releases()?;
+            let (current, previous) = self.store.releases()?;
             let previous = previous.ok_or_else(|| {
                 DeployError::Refused(format!(
                     "{} has no previous release to roll back to (see `nonstop history {}`)",
                     self.service, self.service
                 ))
             })?;
+            if let Some(current) = &current {
+                self.check_rollback_past_migration(current, &previous, force_past_migration)?;
+            }
             let release = releases::load(&self.base, &previous).ok_or_else(|| {
                 DeployError::Refused(format!(
                     "release {previous} is no longer on disk in {}; deploy an artifact instead",

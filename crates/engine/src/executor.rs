@@ -298,7 +298,15 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             | Step::Drain { .. }
             | Step::Verify { .. }
             | Step::KeepWarm { .. }
+            | Step::MigrateDown { .. }
             | Step::Hook { .. } => Vec::new(),
+            // A reversible migration is undone by its down command; another stays applied.
+            Step::Migrate { version } => match &self.spec.migrate {
+                Some(m) if m.reversible && m.down.is_some() => vec![Step::MigrateDown {
+                    version: version.clone(),
+                }],
+                _ => Vec::new(),
+            },
         })
     }
 
@@ -340,6 +348,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             } => self.canary(run, nodes, live, *share, *window).await,
             Step::Verify { nodes, window } => self.verify(run, nodes, *window).await,
             Step::Hook { point, node } => self.run_hook(run, *point, node.as_ref()).await,
+            Step::Migrate { version } => self.migrate(run, version, false).await,
+            Step::MigrateDown { version } => self.migrate(run, version, true).await,
             Step::KeepWarm { node, until_ms } => {
                 self.store
                     .set_warm_until(node, *until_ms)

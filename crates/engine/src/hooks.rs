@@ -30,7 +30,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     /// What a hook sees: the same values as `{placeholders}` in its argv and as `NONSTOP_*`.
-    fn hook_values(
+    pub(crate) fn hook_values(
         &self,
         run: &Run,
         point: HookPoint,
@@ -75,7 +75,16 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             .map(|a| nonstop_ports::template::fill(a, &values))
             .collect();
         let started = Instant::now();
-        let outcome = self.spawn_hook(&argv, &values, hook.timeout, node).await;
+        let outcome = self
+            .spawn_logged(
+                &argv,
+                &values,
+                &Default::default(),
+                None,
+                hook.timeout,
+                node,
+            )
+            .await;
         let took = crate::executor::took(started.elapsed());
         match outcome {
             Ok(tail) => Ok(format!("hook {} passed in {took}{tail}", point.as_str())),
@@ -94,22 +103,29 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         }
     }
 
-    /// Runs `argv` to its end within `timeout`; `Ok` carries the last lines it printed.
-    async fn spawn_hook(
+    /// Runs `argv` to its end within `timeout` (output shown as progress, and appended to
+    /// `log` if given); `Ok` carries the last lines it printed.
+    pub(crate) async fn spawn_logged(
         &self,
         argv: &[String],
         values: &BTreeMap<&'static str, String>,
+        env: &BTreeMap<String, String>,
+        cwd: Option<&std::path::Path>,
         timeout: std::time::Duration,
         node: Option<&NodeName>,
     ) -> Result<String, String> {
-        let (program, args) = argv.split_first().ok_or("the hook has no program")?;
+        let (program, args) = argv.split_first().ok_or("no program")?;
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
         for (name, value) in values.iter().filter(|(_, v)| !v.is_empty()) {
             command.env(format!("NONSTOP_{}", name.to_uppercase()), value);
         }

@@ -14,6 +14,7 @@ mod executor;
 mod gate;
 mod hooks;
 mod instances;
+mod migrate;
 pub mod plan;
 pub mod reconcile;
 mod recovery;

@@ -102,6 +102,10 @@ pub enum Step {
         #[serde(with = "humantime_serde_ms")]
         window: Duration,
     },
+    /// The release's database migration, once per deploy, before any node gets the release.
+    Migrate { version: Version },
+    /// The undo of a reversible migration: its `down` command.
+    MigrateDown { version: Version },
     /// The operator's hook at `point` (for `node`, at the per-node points).
     Hook {
         point: crate::spec::HookPoint,
@@ -163,6 +167,8 @@ impl Step {
             Step::Verify { .. } => "verify",
             Step::KeepWarm { .. } => "keep-warm",
             Step::Hook { .. } => "hook",
+            Step::Migrate { .. } => "migrate",
+            Step::MigrateDown { .. } => "migrate-down",
         }
     }
 
@@ -271,6 +277,13 @@ impl std::fmt::Display for Step {
                 humantime::format_duration(*window),
                 names(nodes)
             ),
+            Step::Migrate { version } => write!(f, "migrate the database for {version} (once)"),
+            Step::MigrateDown { version } => {
+                write!(
+                    f,
+                    "undo the database migration of {version} (its down command)"
+                )
+            }
             Step::Hook { point, node } => match node {
                 Some(node) => write!(f, "hook {} for {node}", point.as_str()),
                 None => write!(f, "hook {}", point.as_str()),

@@ -51,6 +51,14 @@ impl HookPoint {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct MigrationSpec {
+    pub run: Vec<String>,
+    pub down: Option<Vec<String>>,
+    pub reversible: bool,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct HookSpec {
     pub argv: Vec<String>,
     pub timeout: Duration,
@@ -109,6 +117,7 @@ pub struct ServiceSpec {
     /// Nodes run on other hosts (through agents): local port checks do not apply.
     pub on_hosts: bool,
     pub hooks: BTreeMap<HookPoint, HookSpec>,
+    pub migrate: Option<MigrationSpec>,
 }
 
 impl ServiceSpec {
@@ -174,6 +183,12 @@ impl ServiceSpec {
                     ))
                 })
                 .collect(),
+            migrate: config.migrate.as_ref().map(|m| MigrationSpec {
+                run: m.run.get_ref().clone(),
+                down: m.down.as_ref().map(|d| d.get_ref().clone()),
+                reversible: m.reversible,
+                timeout: m.timeout.0,
+            }),
         }
     }
 

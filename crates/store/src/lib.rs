@@ -234,6 +234,14 @@ CREATE TABLE IF NOT EXISTS instances (
     warm_until_ms INTEGER,
     PRIMARY KEY (service, node)
 );
+CREATE TABLE IF NOT EXISTS migrations (
+    service TEXT NOT NULL,
+    version TEXT NOT NULL,
+    reversible INTEGER NOT NULL,
+    deploy INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (service, version)
+);
 CREATE TABLE IF NOT EXISTS releases (
     service TEXT PRIMARY KEY,
     current TEXT,
@@ -600,6 +608,39 @@ impl Store {
             .execute(
                 "UPDATE instances SET warm_until_ms = ?1 WHERE service = ?2 AND node = ?3",
                 params![until_ms, self.service, node.as_str()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Records that `version`'s database migration ran (in deploy `deploy`).
+    pub fn record_migration(&self, version: &Version, reversible: bool, deploy: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO migrations (service, version, reversible, deploy, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![self.service, version.as_str(), reversible, deploy, now_ms()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Whether `version` ran a migration, and whether it was reversible.
+    pub fn migration(&self, version: &Version) -> Result<Option<(bool, i64)>> {
+        self.conn
+            .query_row(
+                "SELECT reversible, at_ms FROM migrations WHERE service = ?1 AND version = ?2",
+                params![self.service, version.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn forget_migration(&self, version: &Version) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM migrations WHERE service = ?1 AND version = ?2",
+                params![self.service, version.as_str()],
             )
             .map(drop)
             .map_err(|e| self.sql(e))

@@ -10,6 +10,7 @@ pub mod client;
 pub mod fakes;
 pub mod hello;
 pub mod netns;
+pub mod postgres;
 pub mod process;
 pub mod systemd;
 pub mod tomcat;

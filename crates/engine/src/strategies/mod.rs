@@ -102,6 +102,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             Strategy::Canary => self.blue_green(version, &observed, true).await?,
             Strategy::Rolling => self.rolling(version, &observed),
         });
+        if observed.current.as_ref() != Some(version) {
+            self.place_migration(version, &mut steps);
+        }
         steps.extend(self.hook_step(HookPoint::AfterDeploy, None));
         self.check_ports(&steps, &observed).await?;
         Ok(Plan {
