@@ -2,6 +2,7 @@
 //! in the blue-green `set $VAR` style, one `set $VAR http://ADDR;` line) and changes it by atomic
 //! write with backup → `nginx -t` → SIGHUP → confirmed new workers (docs/balancers/nginx.md).
 
+mod conf;
 mod files;
 mod proc;
 mod render;
@@ -137,6 +138,10 @@ pub enum NginxError {
         include: String,
         message: String,
     },
+    #[error(
+        "nginx's own configuration is broken outside nonstop's include {include} (`nginx -t` fails with the previous include too); nothing was changed. Fix nginx's configuration, check it with `nginx -t`, then deploy again. nginx said:\n{message}"
+    )]
+    Broken { include: String, message: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -154,9 +159,27 @@ pub enum NginxError {
     Reload(String),
 }
 
+impl NginxError {
+    /// nginx or the host is broken whatever the deploy does: nginx's config elsewhere, no nginx
+    /// binary, no running master, a file nonstop cannot write.
+    pub fn is_environment(&self) -> bool {
+        matches!(
+            self,
+            NginxError::Broken { .. }
+                | NginxError::Io { .. }
+                | NginxError::Spawn { .. }
+                | NginxError::Reload(_)
+        )
+    }
+}
+
 impl From<NginxError> for PortError {
     fn from(e: NginxError) -> Self {
-        PortError::new(e.to_string())
+        if e.is_environment() {
+            PortError::environment(e.to_string())
+        } else {
+            PortError::new(e.to_string())
+        }
     }
 }
 
@@ -217,13 +240,22 @@ impl NginxBalancer {
             // nonstop switched between its own members: the operator's old target is history.
             set.adopted = None;
         }
-        self.apply(&set, current.as_deref()).await?;
+        let text = render(&self.config, &set, current.as_deref())?;
+        match current.as_deref() {
+            // nginx would read the new file as it reads the one it runs: no test, no reload
+            // (a reload closes every idle keep-alive connection of the old workers).
+            Some(old) if conf::same_directives(old, &text) => {
+                if old != text {
+                    files::replace_with_backup(&self.config.include, text.as_bytes()).await?;
+                }
+            }
+            _ => self.apply(&text, current.as_deref()).await?,
+        }
         files::write_atomic(&state_path, &serde_json::to_vec_pretty(&set).expect("json")).await
     }
 
     /// Writes the include, validates it with nginx, reloads and waits for the new workers.
-    async fn apply(&self, set: &DesiredSet, current: Option<&str>) -> Result<(), NginxError> {
-        let text = render(&self.config, set, current)?;
+    async fn apply(&self, text: &str, current: Option<&str>) -> Result<(), NginxError> {
         let include = &self.config.include;
         let previous = files::replace_with_backup(include, text.as_bytes()).await?;
         let restore = || async {
@@ -235,10 +267,17 @@ impl NginxBalancer {
         let test = self.nginx(&["-T"]).await?;
         if !test.success {
             restore().await?;
+            let message = test.stderr.trim().to_string();
+            if self.broken_without_us(current.is_some(), &message).await? {
+                return Err(NginxError::Broken {
+                    include: include.display().to_string(),
+                    message,
+                });
+            }
             return Err(NginxError::Rejected {
                 target: self.config.target(),
                 include: include.display().to_string(),
-                message: test.stderr.trim().to_string(),
+                message,
             });
         }
         let pid_file = self
@@ -251,6 +290,16 @@ impl NginxBalancer {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Whether `nginx -t` fails for a reason outside nonstop's change: it still fails with the
+    /// previous include back (or, with no previous include, its error names another file).
+    async fn broken_without_us(&self, restored: bool, message: &str) -> Result<bool, NginxError> {
+        if restored {
+            return Ok(!self.nginx(&["-t"]).await?.success);
+        }
+        let include = self.config.include.display().to_string();
+        Ok(!message.contains(&include))
     }
 
     async fn find_pid_file(&self, dump: &str) -> Result<PathBuf, NginxError> {
@@ -430,5 +479,113 @@ impl Balancer for NginxBalancer {
         })
         .await
         .map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver whose nginx cannot run: any change that needs `nginx -t` or a reload fails.
+    fn without_nginx(dir: &std::path::Path, variable: bool) -> NginxBalancer {
+        let nginx = vec![dir.join("no-nginx-here").display().to_string()];
+        let include = dir.join("app.conf");
+        let config = if variable {
+            NginxConfig::with_variable(include, "service_url", nginx)
+        } else {
+            NginxConfig::new(include, "app", nginx)
+        };
+        NginxBalancer::new(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn day_one_registration_over_the_same_set_line_needs_no_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let lb = without_nginx(dir.path(), true);
+        let operator = "# written by deploy.sh\nset $service_url http://127.0.0.1:8081;  # blue\n";
+        std::fs::write(&lb.config.include, operator).unwrap();
+        lb.register(&NodeName::from("blue"), "127.0.0.1:8081")
+            .await
+            .unwrap();
+        lb.register(&NodeName::from("green"), "127.0.0.1:8082")
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&lb.config.include).unwrap();
+        assert!(text.starts_with("# Managed by nonstop"), "{text}");
+        assert!(conf::same_directives(&text, operator), "{text}");
+        let states: Vec<LbState> = lb
+            .desired()
+            .await
+            .unwrap()
+            .members
+            .iter()
+            .map(|m| m.state)
+            .collect();
+        assert_eq!(states, [LbState::Active, LbState::Disabled]);
+        // Moving the line does need nginx: the missing binary is an environment error.
+        let err: PortError = lb
+            .switch(&[
+                (NodeName::from("green"), LbState::Active, None),
+                (NodeName::from("blue"), LbState::Draining, None),
+            ])
+            .await
+            .unwrap_err();
+        assert!(err.is_environment(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn draining_to_disabled_changes_only_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lb = without_nginx(dir.path(), false);
+        let n1 = NodeName::from("n1");
+        let set = DesiredSet {
+            upstream: "app".into(),
+            adopted: None,
+            members: [("n1", LbState::Draining), ("n2", LbState::Active)]
+                .iter()
+                .enumerate()
+                .map(|(i, (node, state))| DesiredMember {
+                    node: NodeName::from(*node),
+                    addr: format!("127.0.0.1:{}", 8081 + i),
+                    state: *state,
+                    weight: 1,
+                })
+                .collect(),
+        };
+        let text = render(&lb.config, &set, None).unwrap();
+        std::fs::write(&lb.config.include, &text).unwrap();
+        let state = files::state_path(&lb.config.include);
+        std::fs::write(&state, serde_json::to_vec(&set).unwrap()).unwrap();
+        lb.set_state(&n1, LbState::Disabled).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&lb.config.include).unwrap(), text);
+        let members = lb.members().await.unwrap();
+        assert_eq!(members[0].state, LbState::Disabled);
+        // Weight 0 is `down` too: neither it nor `active` at weight 0 changes what nginx reads.
+        lb.set_weight(&n1, 0).await.unwrap();
+        lb.set_state(&n1, LbState::Active).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&lb.config.include).unwrap(), text);
+        // Serving again does: that needs nginx, which is missing here (an environment error).
+        let err: PortError = lb.set_weight(&n1, 1).await.unwrap_err();
+        assert!(err.is_environment(), "{err}");
+    }
+
+    #[test]
+    fn environment_errors_are_told_from_rejected_changes() {
+        let broken = NginxError::Broken {
+            include: "/x/app.conf".into(),
+            message: "nginx: [emerg] unknown directive \"bogus\" in /x/nginx.conf:3".into(),
+        };
+        let port: PortError = broken.into();
+        assert!(port.is_environment());
+        assert!(
+            port.to_string().contains("unknown directive \"bogus\""),
+            "{port}"
+        );
+        let rejected = NginxError::Rejected {
+            target: "upstream `app`".into(),
+            include: "/x/app.conf".into(),
+            message: "invalid port".into(),
+        };
+        assert!(!PortError::from(rejected).is_environment());
     }
 }

@@ -36,9 +36,9 @@ impl Nginx {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let port = free_port();
+        // Several main directives on one line, as nginx accepts them: the driver finds `pid`.
         let conf = format!(
-            "worker_processes 2;\n\
-             pid {d}/nginx.pid;\n\
+            "worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log notice;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n\
                access_log off;\n\
@@ -48,6 +48,7 @@ impl Nginx {
                uwsgi_temp_path {d}/uwsgi;\n\
                scgi_temp_path {d}/scgi;\n\
                include {d}/upstream.conf;\n\
+               include {d}/extra.conf;\n\
                server {{\n\
                  listen 127.0.0.1:{port};\n\
                  location / {{\n\
@@ -60,6 +61,7 @@ impl Nginx {
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         std::fs::write(dir.path().join("upstream.conf"), bootstrap).unwrap();
+        std::fs::write(dir.path().join("extra.conf"), "").unwrap();
         let argv = Self::argv(dir.path());
         let child = Command::new(&argv[0])
             .args(&argv[1..])
@@ -90,6 +92,15 @@ impl Nginx {
 
     fn include(&self) -> std::path::PathBuf {
         self.dir.path().join("upstream.conf")
+    }
+
+    /// Reloads so far: the master's `reconfiguring` notices in its error log.
+    fn reloads(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("error.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("signal 1 (SIGHUP) received"))
+            .count()
     }
 }
 
@@ -224,4 +235,85 @@ async fn switches_rolls_and_rejects_a_broken_edit_under_load() {
     let other = NginxBalancer::new(lb.config().clone()).unwrap();
     assert_eq!(other.members().await.unwrap(), lb.members().await.unwrap());
     drop(nginx);
+}
+
+/// nginx reloads only when what it reads changes: draining → disabled, a weight on a member that
+/// is out, and re-registering the same address leave it alone; a broken nginx.conf outside the
+/// include is an environment error quoting nginx, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_only_for_traffic_changes_and_a_broken_nginx_conf_is_the_environment() {
+    let blue = Hello::start("blue", "1");
+    let green = Hello::start("green", "2");
+    let nginx = Nginx::start(&format!("upstream app {{ server {}; }}\n", blue.addr())).await;
+    let lb = NginxBalancer::new(NginxConfig::new(
+        nginx.include(),
+        "app",
+        Nginx::argv(nginx.dir.path()),
+    ))
+    .unwrap();
+    let (b, g) = (NodeName::from("blue"), NodeName::from("green"));
+    lb.register(&b, &blue.addr()).await.unwrap();
+    lb.register(&g, &green.addr()).await.unwrap();
+    lb.set_state(&b, LbState::Active).await.unwrap();
+    wait_serving(&nginx.url("/"), "blue").await;
+    let start = nginx.reloads();
+    assert!(start >= 1, "the first take-over reloads");
+
+    // None of these changes where nginx sends a request.
+    lb.set_state(&g, LbState::Draining).await.unwrap();
+    lb.set_state(&g, LbState::Disabled).await.unwrap();
+    lb.set_weight(&g, 5).await.unwrap();
+    lb.register(&b, &blue.addr()).await.unwrap();
+    assert_eq!(
+        nginx.reloads(),
+        start,
+        "no reload for a change nginx cannot see"
+    );
+    assert_eq!(
+        state_of(&lb.members().await.unwrap(), "green"),
+        LbState::Disabled
+    );
+
+    // A real switch reloads once.
+    lb.switch(&[
+        (g.clone(), LbState::Active, Some(1)),
+        (b.clone(), LbState::Draining, None),
+    ])
+    .await
+    .unwrap();
+    wait_serving(&nginx.url("/"), "green").await;
+    assert_eq!(nginx.reloads(), start + 1);
+
+    // The operator broke nginx.conf elsewhere: nginx's own words, an environment error.
+    std::fs::write(nginx.dir.path().join("extra.conf"), "bogus_directive on;\n").unwrap();
+    let before = std::fs::read_to_string(nginx.include()).unwrap();
+    let err = lb
+        .switch(&[
+            (b.clone(), LbState::Active, None),
+            (g.clone(), LbState::Draining, None),
+        ])
+        .await
+        .unwrap_err();
+    eprintln!("broken nginx.conf: {err}");
+    assert!(err.is_environment(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("unknown directive \"bogus_directive\""),
+        "{err}"
+    );
+    assert!(err.to_string().contains("extra.conf"), "{err}");
+    assert_eq!(std::fs::read_to_string(nginx.include()).unwrap(), before);
+    assert_eq!(
+        state_of(&lb.members().await.unwrap(), "green"),
+        LbState::Active
+    );
+    assert_eq!(nginx.reloads(), start + 1);
+    // The include nonstop wrote itself being wrong is a rejected change, not the environment.
+    std::fs::write(nginx.dir.path().join("extra.conf"), "").unwrap();
+    let err = lb
+        .register(&NodeName::from("broken"), "127.0.0.1:70000")
+        .await
+        .unwrap_err();
+    assert!(!err.is_environment(), "{err}");
+    wait_serving(&nginx.url("/"), "green").await;
 }
