@@ -337,14 +337,19 @@ impl ModjkBalancer {
                     .iter()
                     .find(|m| m.name == node.0)
                     .ok_or_else(|| not_a_member(node, &self.lb))?;
-                if let Some(w) = weight {
-                    match status {
-                        Some(client) => client.set_lbfactor(&self.lb, &m.name, *w).await?,
-                        None => return Err(weight_unsupported()),
-                    }
+                // The engine hands back the lbfactor it read: only a new one needs jkstatus.
+                match (weight, status) {
+                    (Some(w), Some(client)) => client.set_lbfactor(&self.lb, &m.name, *w).await?,
+                    (Some(w), None) if *w != m.lbfactor => return Err(weight_unsupported()),
+                    _ => {}
                 }
+                let was = rules.effective(&m.name, m.activation);
                 rules.set(&m.name, activation(*state), m.activation);
-                routes.push((m.route.clone(), *state));
+                // Only a member whose activation changed is confirmed: an unchanged one may
+                // never get the new session the confirmation waits for.
+                if rules.effective(&m.name, m.activation) != was {
+                    routes.push((m.route.clone(), *state));
+                }
             }
             let new = rules
                 .apply(&text, &self.lb)
@@ -490,7 +495,7 @@ fn not_a_member(node: &NodeName, lb: &str) -> ModjkError {
 
 fn weight_unsupported() -> ModjkError {
     ModjkError::Config(
-        "rule extensions cannot change an lbfactor: configure `status` (jkstatus) for weights"
+        "rule extensions cannot change an lbfactor (only the one in workers.properties is used): configure `status` (jkstatus) for weights"
             .into(),
     )
 }
@@ -574,7 +579,18 @@ impl Balancer for ModjkBalancer {
                 status: Some(client),
                 ..
             } => client,
-            Backend::Urimap { status: None, .. } => return Err(weight_unsupported().into()),
+            Backend::Urimap {
+                status: None,
+                workers_file,
+                ..
+            } => {
+                let configured = self.workers(workers_file)?;
+                return match configured.members.iter().find(|m| m.name == node.0) {
+                    Some(m) if m.lbfactor == weight => Ok(()),
+                    Some(_) => Err(weight_unsupported().into()),
+                    None => Err(not_a_member(node, &self.lb).into()),
+                };
+            }
         };
         Ok(client.set_lbfactor(&self.lb, node.as_str(), weight).await?)
     }
