@@ -59,13 +59,21 @@ fn render_upstream(config: &NginxConfig, set: &DesiredSet) -> Result<String, Ngi
     if config.sticky {
         text.push_str("    hash $cookie_jsessionid consistent;\n");
     }
+    let serving = |m: &DesiredMember| m.state == LbState::Active && m.weight > 0;
+    // Without a hash, a member that is out is left out, so registering an idle slot or taking
+    // a member out later changes nothing nginx reads; with none serving, all are listed `down`
+    // (an upstream needs a server).
+    let listed = config.sticky || !set.members.iter().any(serving);
     for m in &set.members {
         check_addr(&m.addr)?;
         check_name(m.node.as_str())?;
+        if !listed && !serving(m) {
+            continue;
+        }
         let mut line = format!("    server {}", m.addr);
         // nginx has no drain and no weight 0: both become `down`, kept in the set so a sticky
         // hash keeps mapping the other members' sessions where they were.
-        let serving = m.state == LbState::Active && m.weight > 0;
+        let serving = serving(m);
         if serving && m.weight != 1 {
             line.push_str(&format!(" weight={}", m.weight));
         }
@@ -289,6 +297,28 @@ mod tests {
                 "}",
             ]
         );
+        // Without the hash, members that are out are left out (nothing to reload for them).
+        config.sticky = false;
+        let plain: Vec<String> = render(&config, &set, None)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("server "))
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            plain,
+            [
+                "    server 127.0.0.1:8001; # node a",
+                "    server 127.0.0.1:8002 weight=3; # node bb",
+            ]
+        );
+        let mut none = set.clone();
+        none.members
+            .iter_mut()
+            .for_each(|m| m.state = LbState::Disabled);
+        let all_down = render(&config, &none, None).unwrap();
+        assert_eq!(all_down.matches(" down;").count(), 5, "{all_down}");
+        config.sticky = true;
         // Draining and disabled are the same to nginx: the text is the same, so no reload.
         let mut disabled = set.clone();
         disabled.members[2].state = LbState::Disabled;

@@ -208,8 +208,11 @@ async fn switches_rolls_and_rejects_a_broken_edit_under_load() {
     );
     let load = Load::start(url.clone(), 4, 200_000);
     load.wait_for_more(100).await;
+    // Registered, it is out and not written; making it serve writes it, and nginx refuses.
+    let broken = NodeName::from("broken");
+    lb.register(&broken, "127.0.0.1:70000").await.unwrap();
     let err = lb
-        .register(&NodeName::from("broken"), "127.0.0.1:70000")
+        .set_state(&broken, LbState::Active)
         .await
         .unwrap_err()
         .to_string();
@@ -218,14 +221,21 @@ async fn switches_rolls_and_rejects_a_broken_edit_under_load() {
     assert!(err.contains("upstream.conf"), "{err}");
     assert!(err.contains("test failed"), "{err}");
     assert_eq!(std::fs::read_to_string(nginx.include()).unwrap(), before);
-    let after_names: Vec<String> = lb
+    let after: Vec<(String, LbState)> = lb
         .members()
         .await
         .unwrap()
         .into_iter()
-        .map(|m| m.node.0)
+        .map(|m| (m.node.0, m.state))
         .collect();
-    assert_eq!(after_names, ["blue", "green"]);
+    assert_eq!(
+        after,
+        [
+            ("blue".into(), LbState::Active),
+            ("green".into(), LbState::Active),
+            ("broken".into(), LbState::Disabled)
+        ]
+    );
     load.wait_for_more(200).await;
     let report = load.stop().await;
     assert_no_failures("nginx after a rejected edit", &report);
@@ -310,10 +320,16 @@ async fn reloads_only_for_traffic_changes_and_a_broken_nginx_conf_is_the_environ
     assert_eq!(nginx.reloads(), start + 1);
     // The include nonstop wrote itself being wrong is a rejected change, not the environment.
     std::fs::write(nginx.dir.path().join("extra.conf"), "").unwrap();
+    let broken = NodeName::from("broken");
+    lb.register(&broken, "127.0.0.1:70000").await.unwrap();
     let err = lb
-        .register(&NodeName::from("broken"), "127.0.0.1:70000")
+        .switch(&[
+            (broken, LbState::Active, None),
+            (g.clone(), LbState::Draining, None),
+        ])
         .await
         .unwrap_err();
     assert!(!err.is_environment(), "{err}");
+    assert!(err.to_string().contains("invalid port"), "{err}");
     wait_serving(&nginx.url("/"), "green").await;
 }

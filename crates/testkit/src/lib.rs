@@ -8,7 +8,9 @@
 pub mod apache;
 pub mod client;
 pub mod hello;
+pub mod keepalive;
 pub mod netns;
+pub mod nginx;
 pub mod process;
 pub mod systemd;
 pub mod tomcat;
