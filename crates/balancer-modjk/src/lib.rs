@@ -381,7 +381,10 @@ impl ModjkBalancer {
 
     /// Probes new sessions through Apache until the change to `route` shows, counting only probes
     /// sent once every child is due to have re-read the file (`due`): for `Active` one new
-    /// session lands on it; otherwise `confirm_requests` consecutive new sessions all avoid it.
+    /// session lands on it, or one request sticky to it (every other probe carries a session id
+    /// of its route) is served by it, not failed over: mod_jk may send every new session to a
+    /// member that came back earlier until its load value catches up, and without jkstatus
+    /// nothing resets it; otherwise `confirm_requests` consecutive new sessions all avoid it.
     async fn confirm(
         &self,
         file: &Path,
@@ -393,11 +396,14 @@ impl ModjkBalancer {
         let deadline = Instant::now() + self.confirm_timeout;
         let mut avoided = 0u32;
         let mut last = String::from("no probe answered");
+        let mut sticky = false;
         while Instant::now() < deadline {
             // Only a probe sent once every child is due to re-read the file counts: a child
             // re-checks the file before it maps its next request.
             let after_due = Instant::now() >= due;
-            match self.probe_route(probe).await {
+            sticky = state == LbState::Active && !sticky;
+            let session = sticky.then(|| format!("{}=nonstop-probe.{route}", self.cookie));
+            match self.probe_route(probe, session).await {
                 Ok(Some(seen)) => {
                     let on_route = seen == route;
                     if state == LbState::Active && on_route && after_due {
@@ -437,8 +443,13 @@ impl ModjkBalancer {
         )))
     }
 
-    async fn probe_route(&self, probe: &http::Url) -> Result<Option<String>, String> {
-        let response = http::get(probe, Vec::new(), Duration::from_secs(5))
+    async fn probe_route(
+        &self,
+        probe: &http::Url,
+        cookie: Option<String>,
+    ) -> Result<Option<String>, String> {
+        let headers = cookie.into_iter().map(|c| ("Cookie", c)).collect();
+        let response = http::get(probe, headers, Duration::from_secs(5))
             .await
             .map_err(|e| e.to_string())?;
         if response.status >= 500 {
