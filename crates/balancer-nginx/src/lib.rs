@@ -93,6 +93,23 @@ impl NginxConfig {
         }
     }
 
+    /// Which mode this is and what it costs, for `config check` and `--plan`: the reloads a deploy
+    /// of `strategy` over `nodes` nodes needs (docs/balancers/nginx.md, "Reloads per deploy").
+    pub fn mode_summary(&self, strategy: &str, nodes: usize) -> String {
+        let reloads = match strategy {
+            "rolling" => format!(
+                "{} reloads per deploy (each node out, then back in)",
+                2 * nodes
+            ),
+            "canary" => "2 reloads per deploy (the canary's weight, then the switch)".into(),
+            _ => "1 reload per deploy (the switch)".into(),
+        };
+        format!(
+            "nginx reload mode ({}): {reloads}; each reload closes idle keep-alive client connections, which clients that do not resend see as failed requests. For 0, put nginx in front of `nonstop proxy` (kind = \"builtin\"; docs/balancers/nginx.md, \"Two modes\")",
+            self.target()
+        )
+    }
+
     /// The name kept in the state file: the upstream's, or `$VAR`.
     fn set_name(&self) -> String {
         match (&self.variable, &self.upstream) {
@@ -567,6 +584,20 @@ mod tests {
         // Serving again does: that needs nginx, which is missing here (an environment error).
         let err: PortError = lb.set_weight(&n1, 1).await.unwrap_err();
         assert!(err.is_environment(), "{err}");
+    }
+
+    #[test]
+    fn the_mode_summary_names_the_reloads_and_the_way_to_zero() {
+        let config = NginxConfig::new("/x/app.conf", "app", vec!["nginx".into()]);
+        let rolling = config.mode_summary("rolling", 3);
+        assert!(rolling.contains("upstream `app`"), "{rolling}");
+        assert!(rolling.contains("6 reloads per deploy"), "{rolling}");
+        assert!(rolling.contains("nonstop proxy"), "{rolling}");
+        assert!(
+            config
+                .mode_summary("blue-green", 2)
+                .contains("1 reload per deploy")
+        );
     }
 
     #[test]
