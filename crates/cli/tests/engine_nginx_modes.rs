@@ -47,9 +47,14 @@ keep_warm = "0s"
 
 /// An nginx `server` on `port` proxying to upstream `upstream` over kept-alive connections.
 fn server(port: u16, upstream: &str) -> String {
+    server_with(port, upstream, "")
+}
+
+/// [`server`] with more directives in its `location`.
+fn server_with(port: u16, upstream: &str, extra: &str) -> String {
     format!(
         "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{upstream}; \
-         proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n"
+         proxy_http_version 1.1; proxy_set_header Connection \"\"; {extra} }} }}\n"
     )
 }
 
@@ -240,39 +245,49 @@ async fn nginx_reload_mode_and_reload_free_mode_under_users_that_never_resend() 
     );
     drop(nginx);
 
-    // Reload-free mode: nginx proxies once to a local `nonstop proxy`, whose pool the deploys
-    // switch; nginx's config never changes.
+    // Reload-free mode: nginx proxies once to a local `nonstop proxy`, whose pools the deploys
+    // switch (`roll` chosen by the Host nginx sets); nginx's config never changes.
     let proxy_dir = tempfile::tempdir().unwrap();
     let pd = proxy_dir.path().display().to_string();
     let _proxy_instances = KillUnder(proxy_dir.path().to_path_buf());
     write(
         &proxy_dir.path().join("nonstop.toml"),
         &(format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"unix:{pd}/admin.sock\"\n\n[pools.shop]\n"
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin = \"unix:{pd}/admin.sock\"\n\
+             routes = [{{ host = \"roll.test\", pool = \"roll\" }}, {{ pool = \"shop\" }}]\n\n\
+             [pools.shop]\n[pools.roll]\n"
         ) + &service(
             proxy_dir.path(),
             "shop",
             "blue-green",
             "{ kind = \"builtin\", pool = \"shop\" }",
+        ) + &service(
+            proxy_dir.path(),
+            "roll",
+            "rolling",
+            "{ kind = \"builtin\", pool = \"roll\" }",
         )),
     );
     let proxy = Proxy::start_in(proxy_dir);
     let config = proxy.config_path();
-    let front = free_port();
+    let (front, front_roll) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     let http = format!(
-        "upstream nonstop {{ server 127.0.0.1:{}; keepalive 16; }}\n{}",
+        "upstream nonstop {{ server 127.0.0.1:{}; keepalive 16; }}\n{}{}",
         proxy.port,
-        server(front, "nonstop")
+        server(front, "nonstop"),
+        server_with(front_roll, "nonstop", "proxy_set_header Host roll.test;")
     );
     let nginx = Nginx::start_in(dir, &[("nginx.conf", Nginx::conf(Path::new(&d), &http))]).await;
-    let out = deploy(&config, "shop", "1");
-    assert!(
-        out.status.success(),
-        "first deploy behind the proxy: {}",
-        text(&out)
-    );
+    for name in ["shop", "roll"] {
+        let out = deploy(&config, name, "1");
+        assert!(
+            out.status.success(),
+            "first deploy of {name} behind the proxy: {}",
+            text(&out)
+        );
+    }
     let url = format!("http://127.0.0.1:{front}/session");
     let hop = steady_latency("nginx -> nonstop proxy -> app, no deploy", &url).await;
     let free = deploys_under_load(
@@ -287,6 +302,17 @@ async fn nginx_reload_mode_and_reload_free_mode_under_users_that_never_resend() 
     assert_eq!(free.failed, 0, "the reload-free mode loses nothing");
     assert_eq!(free.reloads, 0, "nginx's config never changed");
     assert!(free.deploys >= 10);
+    let free_rolling = deploys_under_load(
+        "reload-free mode, rolling (2 nodes)",
+        &nginx,
+        &format!("http://127.0.0.1:{front_roll}/session"),
+        &config,
+        "roll",
+        2..5,
+    )
+    .await;
+    assert_eq!(free_rolling.failed, 0, "the reload-free mode loses nothing");
+    assert_eq!(free_rolling.reloads, 0, "nginx's config never changed");
 
     // Signed: on a busy machine the tail of either run can be the slower one.
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -297,7 +323,7 @@ async fn nginx_reload_mode_and_reload_free_mode_under_users_that_never_resend() 
         added(50.0),
         added(99.0)
     );
-    for m in [&blue_green, &rolling, &free] {
+    for m in [&blue_green, &rolling, &free, &free_rolling] {
         m.print();
     }
 }
