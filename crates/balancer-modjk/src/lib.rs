@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 pub use status::{StatusClient, StatusMember};
 pub use urimap::RuleActivations;
-pub use workers::{Activation, ImportError, ImportedLb, ImportedMember, import_workers_properties};
+pub use workers::{
+    Activation, ImportError, ImportedLb, ImportedMember, SharedWith, import_workers_properties,
+};
 
 /// The driver's config (`balancer = { kind = "modjk", ... }` minus the kind).
 #[derive(Debug, Clone, Deserialize)]
@@ -344,6 +346,11 @@ impl ModjkBalancer {
                     _ => {}
                 }
                 let was = rules.effective(&m.name, m.activation);
+                if was != activation(*state)
+                    && let Some(shared) = m.also_in.first()
+                {
+                    return Err(shared_member(&m.name, &self.lb, shared));
+                }
                 rules.set(&m.name, activation(*state), m.activation);
                 // Only a member whose activation changed is confirmed: an unchanged one may
                 // never get the new session the confirmation waits for.
@@ -501,6 +508,20 @@ fn not_a_member(node: &NodeName, lb: &str) -> ModjkError {
     ModjkError::Config(format!(
         "`{node}` is not a member of mod_jk worker `{lb}`; add it to `worker.{lb}.balance_workers` in \
          workers.properties and restart Apache (mod_jk cannot add members at runtime)"
+    ))
+}
+
+/// A member another lb worker routes to: its mounts would keep sending to it while nonstop
+/// restarts it (rule extensions act per lb worker), so nothing is changed.
+fn shared_member(member: &str, lb: &str, shared: &SharedWith) -> ModjkError {
+    let only = if shared.members == 1 {
+        ", as its only member"
+    } else {
+        ""
+    };
+    ModjkError::Config(format!(
+        "`{member}` is also a member of lb worker `{}` (workers.properties line {}{only}): taking it out of `{lb}` would leave requests mounted on `{}` going to it while its Tomcat restarts. Nothing was changed; give `{}` its own member workers (or remove `{member}` from it), then deploy again",
+        shared.lb, shared.line, shared.lb, shared.lb
     ))
 }
 

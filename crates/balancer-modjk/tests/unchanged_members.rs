@@ -1,6 +1,7 @@
 //! The JkMountFile mode without `status` (what `nonstop import modjk` writes): a switch that hands
 //! back each member's configured lbfactor, or names a member whose activation does not change,
-//! neither fails nor waits for a confirmation that cannot come. The probe is a loopback stub
+//! neither fails nor waits for a confirmation that cannot come; a member another lb worker also
+//! routes to is not taken out. The probe is a loopback stub
 //! whose every new session lands on tomcat1, as Apache does while tomcat2 has no free slot.
 
 use std::time::{Duration, Instant};
@@ -39,7 +40,11 @@ async fn probe_on_tomcat1() -> String {
 }
 
 async fn balancer(dir: &std::path::Path, mount: &str) -> ModjkBalancer {
-    std::fs::write(dir.join("workers.properties"), WORKERS).unwrap();
+    balancer_over(dir, WORKERS, mount).await
+}
+
+async fn balancer_over(dir: &std::path::Path, workers: &str, mount: &str) -> ModjkBalancer {
+    std::fs::write(dir.join("workers.properties"), workers).unwrap();
     std::fs::write(dir.join("uriworkermap.properties"), mount).unwrap();
     ModjkBalancer::new(ModjkConfig {
         lb_worker: "balancer".into(),
@@ -101,4 +106,29 @@ async fn an_unchanged_lbfactor_and_an_unchanged_member_need_nothing() {
         .map(|m| m.state)
         .collect();
     assert_eq!(states, [LbState::Active, LbState::Disabled]);
+}
+
+#[tokio::test]
+async fn a_member_another_lb_worker_routes_to_is_not_taken_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let workers = format!("{WORKERS}worker.pin1.type=lb\nworker.pin1.balance_workers=tomcat1\n");
+    let mount = "/app/*=balancer\n/pin1/*=pin1\n";
+    let lb = balancer_over(dir.path(), &workers, mount).await;
+    let err = lb
+        .switch(&[(NodeName::from("tomcat1"), LbState::Draining, None)])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("also a member of lb worker `pin1`"), "{err}");
+    assert!(err.contains("line 14, as its only member"), "{err}");
+    assert!(err.contains("Nothing was changed"), "{err}");
+    let file = std::fs::read_to_string(dir.path().join("uriworkermap.properties")).unwrap();
+    assert_eq!(file, mount);
+    // Naming it unchanged (a restore) is fine, and so is a member no other lb worker lists.
+    lb.switch(&[
+        (NodeName::from("tomcat1"), LbState::Active, None),
+        (NodeName::from("tomcat2"), LbState::Disabled, None),
+    ])
+    .await
+    .unwrap();
 }

@@ -123,6 +123,18 @@ fn warnings(lb: &ImportedLb, ports: &BTreeMap<String, u16>) -> Vec<String> {
                 m.name
             ));
         }
+        for shared in &m.also_in {
+            out.push(format!(
+                "member `{}` is also in lb worker `{}` (line {}{}): nonstop drives `{}` only and refuses to take `{}` out while another lb worker routes to it; give `{}` members of its own",
+                m.name,
+                shared.lb,
+                shared.line,
+                if shared.members == 1 { ", its only member" } else { "" },
+                lb.name,
+                m.name,
+                shared.lb
+            ));
+        }
         if !ports.contains_key(&m.name) {
             out.push(format!(
                 "member `{}`: its Tomcat HTTP port is unknown; pass --http-port {}=PORT or edit `port = 0`",
@@ -292,6 +304,25 @@ mod tests {
         assert!(text.contains("health = { path = \"/\" }"), "{text}");
         assert!(!text.contains("/ROOT/"), "{text}");
         assert_eq!(context_path("app"), "/app/");
+    }
+
+    #[test]
+    fn members_shared_with_other_lb_workers_are_warned_about() {
+        let shared = format!("{WORKERS}worker.pin1.type=lb\nworker.pin1.balance_workers=tomcat1\n");
+        let lb = import(
+            &shared,
+            std::path::Path::new("w.properties"),
+            Some("balancer"),
+        )
+        .unwrap();
+        let ports = parse_ports(&["tomcat1=8080".into(), "tomcat2=8081".into()], &lb).unwrap();
+        let warnings = warnings(&lb, &ports);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0]
+                .contains("`tomcat1` is also in lb worker `pin1` (line 17, its only member)"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
