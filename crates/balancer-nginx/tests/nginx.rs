@@ -3,36 +3,20 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-
 use nonstop_balancer_nginx::{NginxBalancer, NginxConfig};
 use nonstop_ports::{Balancer, LbState, NodeName};
+use nonstop_testkit::nginx::Nginx;
 use support::*;
 
-/// A real nginx master in the foreground, with every path inside its temp dir.
-struct Nginx {
-    proc: Proc,
-    dir: tempfile::TempDir,
+/// testkit's real nginx with one server proxying to upstream `app`, the include the driver owns.
+struct Site {
+    nginx: Nginx,
     port: u16,
 }
 
-impl Nginx {
-    fn argv(dir: &Path) -> Vec<String> {
-        let d = dir.display();
-        vec![
-            "nginx".into(),
-            "-p".into(),
-            format!("{d}/"),
-            "-e".into(),
-            format!("{d}/error.log"),
-            "-c".into(),
-            format!("{d}/nginx.conf"),
-        ]
-    }
-
+impl Site {
     /// Starts nginx with `bootstrap` as the upstream include until the driver takes it over.
-    async fn start(bootstrap: &str) -> Nginx {
+    async fn start(bootstrap: &str) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let port = free_port();
@@ -59,31 +43,23 @@ impl Nginx {
                }}\n\
              }}\n"
         );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        std::fs::write(dir.path().join("upstream.conf"), bootstrap).unwrap();
-        std::fs::write(dir.path().join("extra.conf"), "").unwrap();
-        let argv = Self::argv(dir.path());
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let mut nginx = Nginx {
-            proc: Proc { child },
-            dir,
+        let files = [
+            ("nginx.conf", conf),
+            ("upstream.conf", bootstrap.to_string()),
+            ("extra.conf", String::new()),
+        ];
+        let mut site = Site {
+            nginx: Nginx::start_in(dir, &files).await,
             port,
         };
-        let url = nginx.url("/health");
+        let url = site.url("/health");
         wait_until("nginx answers", DEADLINE, || {
             let url = url.clone();
             async move { matches!(get(&client(), &url).await, Ok(r) if r.status == 200) }
         })
         .await;
-        nginx.proc.assert_running("nginx");
-        nginx
+        site.nginx.proc.assert_running("nginx");
+        site
     }
 
     fn url(&self, path: &str) -> String {
@@ -91,44 +67,15 @@ impl Nginx {
     }
 
     fn include(&self) -> std::path::PathBuf {
-        self.dir.path().join("upstream.conf")
+        self.nginx.path("upstream.conf")
     }
 
-    /// Reloads so far: the master's `reconfiguring` notices in its error log.
+    fn argv(&self) -> Vec<String> {
+        Nginx::argv(self.nginx.dir.path())
+    }
+
     fn reloads(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("error.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("signal 1 (SIGHUP) received"))
-            .count()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
-            let head: Vec<&str> = log
-                .lines()
-                .filter(|l| !l.contains("[notice]"))
-                .take(20)
-                .collect();
-            eprintln!("nginx error.log (first errors):\n{}", head.join("\n"));
-            let _ = std::fs::copy(
-                self.dir.path().join("error.log"),
-                "/tmp/nonstop-nginx-error.log",
-            );
-        }
-        // SIGTERM makes the master stop its workers too; a SIGKILL (Proc's drop) would orphan them.
-        let pid = self.proc.pid().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status();
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while matches!(self.proc.child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        self.nginx.reloads()
     }
 }
 
@@ -151,8 +98,8 @@ fn state_of(members: &[nonstop_ports::Member], node: &str) -> LbState {
 async fn switches_rolls_and_rejects_a_broken_edit_under_load() {
     let blue = Hello::start("blue", "1");
     let green = Hello::start("green", "2");
-    let nginx = Nginx::start(&format!("upstream app {{ server {}; }}\n", blue.addr())).await;
-    let mut config = NginxConfig::new(nginx.include(), "app", Nginx::argv(nginx.dir.path()));
+    let nginx = Site::start(&format!("upstream app {{ server {}; }}\n", blue.addr())).await;
+    let mut config = NginxConfig::new(nginx.include(), "app", nginx.argv());
     config.keepalive = 8;
     let lb = NginxBalancer::new(config).unwrap();
     let (b, g) = (NodeName::from("blue"), NodeName::from("green"));
@@ -254,13 +201,8 @@ async fn switches_rolls_and_rejects_a_broken_edit_under_load() {
 async fn reloads_only_for_traffic_changes_and_a_broken_nginx_conf_is_the_environment() {
     let blue = Hello::start("blue", "1");
     let green = Hello::start("green", "2");
-    let nginx = Nginx::start(&format!("upstream app {{ server {}; }}\n", blue.addr())).await;
-    let lb = NginxBalancer::new(NginxConfig::new(
-        nginx.include(),
-        "app",
-        Nginx::argv(nginx.dir.path()),
-    ))
-    .unwrap();
+    let nginx = Site::start(&format!("upstream app {{ server {}; }}\n", blue.addr())).await;
+    let lb = NginxBalancer::new(NginxConfig::new(nginx.include(), "app", nginx.argv())).unwrap();
     let (b, g) = (NodeName::from("blue"), NodeName::from("green"));
     lb.register(&b, &blue.addr()).await.unwrap();
     lb.register(&g, &green.addr()).await.unwrap();
@@ -295,7 +237,7 @@ async fn reloads_only_for_traffic_changes_and_a_broken_nginx_conf_is_the_environ
     assert_eq!(nginx.reloads(), start + 1);
 
     // The operator broke nginx.conf elsewhere: nginx's own words, an environment error.
-    std::fs::write(nginx.dir.path().join("extra.conf"), "bogus_directive on;\n").unwrap();
+    std::fs::write(nginx.nginx.path("extra.conf"), "bogus_directive on;\n").unwrap();
     let before = std::fs::read_to_string(nginx.include()).unwrap();
     let err = lb
         .switch(&[
@@ -319,7 +261,7 @@ async fn reloads_only_for_traffic_changes_and_a_broken_nginx_conf_is_the_environ
     );
     assert_eq!(nginx.reloads(), start + 1);
     // The include nonstop wrote itself being wrong is a rejected change, not the environment.
-    std::fs::write(nginx.dir.path().join("extra.conf"), "").unwrap();
+    std::fs::write(nginx.nginx.path("extra.conf"), "").unwrap();
     let broken = NodeName::from("broken");
     lb.register(&broken, "127.0.0.1:70000").await.unwrap();
     let err = lb
