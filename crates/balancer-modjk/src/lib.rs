@@ -1,91 +1,26 @@
 //! The Apache mod_jk balancer driver: drives one lb worker either by rewriting the JkMountFile's
 //! rule extensions (`;disabled=`/`;stopped=`) or through the jkstatus status worker on loopback.
 
+mod config;
+mod files;
 mod status;
 mod urimap;
 mod workers;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+
+use files::{read, write_atomic};
+use std::time::{Duration, Instant};
 
 use nonstop_http_client as http;
 use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult, Traffic};
-use serde::Deserialize;
 
+pub use config::{ModjkConfig, ModjkMode, StatusWorker};
 pub use status::{StatusClient, StatusMember};
 pub use urimap::RuleActivations;
 pub use workers::{
     Activation, ImportError, ImportedLb, ImportedMember, SharedWith, import_workers_properties,
 };
-
-/// The driver's config (`balancer = { kind = "modjk", ... }` minus the kind).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModjkConfig {
-    /// The `type=lb` worker whose members are the service's nodes (node name = member name).
-    pub lb_worker: String,
-    pub mode: ModjkMode,
-    /// A URL through Apache that creates a session (so its `Set-Cookie` names the route); used to
-    /// confirm that Apache applied a rewritten JkMountFile. Required for `uriworkermap`.
-    #[serde(default)]
-    pub probe_url: Option<String>,
-    #[serde(default = "default_cookie")]
-    pub session_cookie: String,
-    /// How long Apache may take to apply a change, e.g. `"30s"`.
-    #[serde(default = "default_confirm_timeout")]
-    pub confirm_timeout: String,
-    /// Consecutive new-session probes that must avoid a drained member.
-    #[serde(default = "default_confirm_requests")]
-    pub confirm_requests: u32,
-}
-
-fn default_cookie() -> String {
-    "JSESSIONID".into()
-}
-fn default_confirm_timeout() -> String {
-    "30s".into()
-}
-fn default_confirm_requests() -> u32 {
-    40
-}
-fn default_reload_secs() -> u64 {
-    60
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum ModjkMode {
-    /// Rewrite the `JkMountFile`; Apache reloads it per child after `JkMountFileReload` seconds.
-    Uriworkermap {
-        file: PathBuf,
-        /// Apache's `JkMountFileReload`.
-        #[serde(default = "default_reload_secs")]
-        reload_secs: u64,
-        /// The `JkWorkersFile`, read only: members, routes and configured activations.
-        workers_file: PathBuf,
-        /// An optional status worker, read for `busy` (in-flight) and health.
-        #[serde(default)]
-        status: Option<StatusWorker>,
-    },
-    /// Set member activation through the status worker (shared memory; lost at an Apache restart).
-    Jkstatus {
-        url: String,
-        #[serde(default)]
-        user: Option<String>,
-        #[serde(default)]
-        password_file: Option<PathBuf>,
-    },
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusWorker {
-    pub url: String,
-    #[serde(default)]
-    pub user: Option<String>,
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModjkError {
@@ -532,60 +467,6 @@ fn weight_unsupported() -> ModjkError {
     )
 }
 
-fn read(path: &Path) -> Result<String, ModjkError> {
-    std::fs::read_to_string(path).map_err(|e| ModjkError::File {
-        path: path.to_path_buf(),
-        message: format!("cannot read: {e}"),
-    })
-}
-
-/// Backup, then temp + fsync + rename; keeps the file's mode, and moves the mtime strictly past
-/// the old one because mod_jk compares whole seconds and would miss two writes in one second.
-fn write_atomic(path: &Path, text: &str) -> Result<(), ModjkError> {
-    use std::io::Write;
-    let err = |message: String| ModjkError::File {
-        path: path.to_path_buf(),
-        message,
-    };
-    let old = std::fs::metadata(path).map_err(|e| err(format!("cannot stat: {e}")))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| err("not a file path".into()))?
-        .to_string_lossy();
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::copy(path, dir.join(format!("{name}.nonstop.bak")))
-        .map_err(|e| err(format!("cannot back up: {e}")))?;
-    let tmp = dir.join(format!(".{name}.nonstop.tmp"));
-    let mut f = std::fs::File::create(&tmp)
-        .map_err(|e| err(format!("cannot create {}: {e}", tmp.display())))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| err(format!("cannot write: {e}")))?;
-    f.set_permissions(old.permissions())
-        .map_err(|e| err(format!("cannot set mode: {e}")))?;
-    let old_mtime = old.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let whole = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
-    };
-    let now = SystemTime::now();
-    let mtime = if whole(now) > whole(old_mtime) {
-        now
-    } else {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(whole(old_mtime) + 1)
-    };
-    f.set_modified(mtime)
-        .map_err(|e| err(format!("cannot set mtime: {e}")))?;
-    f.sync_all()
-        .map_err(|e| err(format!("cannot fsync: {e}")))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| err(format!("cannot replace: {e}")))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 impl Balancer for ModjkBalancer {
     async fn members(&self) -> PortResult<Vec<Member>> {
         Ok(self.list().await?)
@@ -669,27 +550,5 @@ mod tests {
         );
         assert!(config("lb_worker = \"lb\"\nmode = { kind = \"jkstatus\", url = \"http://127.0.0.1/\", pasword = \"x\" }\n").is_err());
         assert!(config("lb_worker = \"lb\"\ntypo = 1\nmode = { kind = \"jkstatus\", url = \"http://127.0.0.1/\" }\n").is_err());
-    }
-
-    #[test]
-    fn atomic_write_keeps_mode_backs_up_and_advances_mtime() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("uriworkermap.properties");
-        std::fs::write(&path, "/*=lb\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
-        write_atomic(&path, "/*=lb;disabled=a\n").unwrap();
-        write_atomic(&path, "/*=lb;stopped=a\n").unwrap();
-        let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
-        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-        assert!(secs(meta.modified().unwrap()) >= secs(before) + 2);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "/*=lb;stopped=a\n");
-        let backup = dir.path().join("uriworkermap.properties.nonstop.bak");
-        assert_eq!(
-            std::fs::read_to_string(backup).unwrap(),
-            "/*=lb;disabled=a\n"
-        );
     }
 }
