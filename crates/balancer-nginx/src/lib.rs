@@ -28,6 +28,8 @@ pub enum NginxError {
         "nginx's own configuration is broken outside nonstop's include {include} (`nginx -t` fails with the previous include too); nothing was changed. Fix nginx's configuration, check it with `nginx -t`, then deploy again. nginx said:\n{message}"
     )]
     Broken { include: String, message: String },
+    #[error("`nginx -t` fails as nginx is configured now; fix it before deploying:\n{0}")]
+    Unchecked(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -52,6 +54,7 @@ impl NginxError {
         matches!(
             self,
             NginxError::Broken { .. }
+                | NginxError::Unchecked(_)
                 | NginxError::Io { .. }
                 | NginxError::Spawn { .. }
                 | NginxError::Reload(_)
@@ -176,6 +179,29 @@ impl NginxBalancer {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// For `config check`: nginx runs, `nginx -t` passes as configured now, and the include's
+    /// directory exists; returns what was verified. Nothing is changed.
+    pub async fn check_environment(&self) -> Result<String, NginxError> {
+        let include = &self.config.include;
+        let dir = include.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+            return Err(NginxError::Io {
+                what: "no directory for the include",
+                path: dir.display().to_string(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        let test = self.nginx(&["-t"]).await?;
+        if !test.success {
+            return Err(NginxError::Unchecked(test.stderr.trim().to_string()));
+        }
+        Ok(format!(
+            "`{} -t` passes; nonstop writes {}",
+            self.config.nginx.join(" "),
+            include.display()
+        ))
     }
 
     /// Whether `nginx -t` fails for a reason outside nonstop's change: it still fails with the
@@ -453,6 +479,24 @@ mod tests {
         // Serving again does: that needs nginx, which is missing here (an environment error).
         let err: PortError = lb.set_weight(&n1, 1).await.unwrap_err();
         assert!(err.is_environment(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_environment_check_says_when_nginx_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = without_nginx(dir.path(), false)
+            .check_environment()
+            .await
+            .unwrap_err();
+        assert!(err.is_environment(), "{err}");
+        assert!(err.to_string().contains("cannot run"), "{err}");
+        let config = NginxConfig::new("/no/such/dir/app.conf", "app", vec!["nginx".into()]);
+        let err = NginxBalancer::new(config)
+            .unwrap()
+            .check_environment()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("/no/such/dir"), "{err}");
     }
 
     #[test]

@@ -237,7 +237,14 @@ async fn reloads_only_for_traffic_changes_and_a_broken_nginx_conf_is_the_environ
     assert_eq!(nginx.reloads(), start + 1);
 
     // The operator broke nginx.conf elsewhere: nginx's own words, an environment error.
+    let fine = lb.check_environment().await.unwrap();
+    assert!(fine.contains("-t` passes"), "{fine}");
     std::fs::write(nginx.nginx.path("extra.conf"), "bogus_directive on;\n").unwrap();
+    let err = lb.check_environment().await.unwrap_err();
+    assert!(
+        err.is_environment() && err.to_string().contains("bogus_directive"),
+        "{err}"
+    );
     let before = std::fs::read_to_string(nginx.include()).unwrap();
     let err = lb
         .switch(&[
