@@ -130,6 +130,41 @@ impl ModjkBalancer {
         })
     }
 
+    /// For `config check`: the files exist and name the lb worker, a mount rule maps it, and the
+    /// status worker (if any) answers with it; returns what was verified. Nothing is changed.
+    pub async fn check_environment(&self) -> Result<String, ModjkError> {
+        let status = match &self.backend {
+            Backend::Status(client) => Some(client),
+            Backend::Urimap {
+                file,
+                workers_file,
+                status,
+                ..
+            } => {
+                let lb = self.workers(workers_file)?;
+                RuleActivations::read(&read(file)?, &self.lb).ok_or_else(|| ModjkError::File {
+                    path: file.clone(),
+                    message: format!(
+                        "no mount rule maps to `{}`; add e.g. `/app/*={}`",
+                        self.lb, self.lb
+                    ),
+                })?;
+                if let Some(m) = lb.members.iter().find(|m| !m.also_in.is_empty()) {
+                    return Err(shared_member(&m.name, &self.lb, &m.also_in[0]));
+                }
+                status.as_ref()
+            }
+        };
+        let members = match status {
+            Some(client) => format!(
+                "; jkstatus answers with {} member(s)",
+                client.list(&self.lb).await?.len()
+            ),
+            None => String::new(),
+        };
+        Ok(format!("mod_jk lb worker `{}` found{members}", self.lb))
+    }
+
     async fn list(&self) -> Result<Vec<Member>, ModjkError> {
         match &self.backend {
             Backend::Status(client) => Ok(client

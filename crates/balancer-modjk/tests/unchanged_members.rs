@@ -67,6 +67,16 @@ async fn an_unchanged_lbfactor_and_an_unchanged_member_need_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let lb = balancer(dir.path(), "/app/*=balancer\n").await;
     let (t1, t2) = (NodeName::from("tomcat1"), NodeName::from("tomcat2"));
+    let found = lb.check_environment().await.unwrap();
+    assert_eq!(found, "mod_jk lb worker `balancer` found");
+    let unmounted = tempfile::tempdir().unwrap();
+    let err = balancer(unmounted.path(), "/other/*=elsewhere\n")
+        .await
+        .check_environment()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no mount rule maps to `balancer`"), "{err}");
 
     // The engine's enable step passes the lbfactor it read (1): nothing to change, no error.
     let started = Instant::now();
@@ -114,6 +124,8 @@ async fn a_member_another_lb_worker_routes_to_is_not_taken_out() {
     let workers = format!("{WORKERS}worker.pin1.type=lb\nworker.pin1.balance_workers=tomcat1\n");
     let mount = "/app/*=balancer\n/pin1/*=pin1\n";
     let lb = balancer_over(dir.path(), &workers, mount).await;
+    let err = lb.check_environment().await.unwrap_err().to_string();
+    assert!(err.contains("also a member of lb worker `pin1`"), "{err}");
     let err = lb
         .switch(&[(NodeName::from("tomcat1"), LbState::Draining, None)])
         .await
