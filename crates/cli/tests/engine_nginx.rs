@@ -375,11 +375,14 @@ async fn service_url_style_is_taken_over_on_day_one_and_deploys_and_rolls_back()
     let _instances = KillUnder(work.path().to_path_buf());
 
     // Day one: blue's port is held by the operator's v1, so v2 starts on green; the line moves.
+    // Taking over the operator's line (the same `set`) reloads nothing: only the switch does.
+    let reloads = nginx.nginx.reloads();
     let day_one = under_load(&url, "nginx $service_url day one 1 -> 2", || {
         deploy(&config_path, "shop", "2")
     })
     .await;
     assert!(day_one.by_version.contains_key("1") && day_one.by_version.contains_key("2"));
+    assert_eq!(nginx.nginx.reloads() - reloads, 1, "day one reloads once");
     assert_eq!(
         service_url(&nginx),
         format!("http://127.0.0.1:{green_port}")
@@ -396,10 +399,16 @@ async fn service_url_style_is_taken_over_on_day_one_and_deploys_and_rolls_back()
     // nonstop did not start the old script's v1 and leaves it alone; the operator retires it.
     drop(operator_v1);
 
+    let reloads = nginx.nginx.reloads();
     let v3 = under_load(&url, "nginx $service_url 2 -> 3", || {
         deploy(&config_path, "shop", "3")
     })
     .await;
+    assert_eq!(
+        nginx.nginx.reloads() - reloads,
+        1,
+        "a blue-green deploy reloads once"
+    );
     assert!(v3.by_version.contains_key("3"));
     assert_eq!(service_url(&nginx), format!("http://127.0.0.1:{blue_port}"));
     assert_eq!(versions(&url).await, ["3".to_string()].into());
