@@ -1,89 +1,26 @@
 //! The Apache mod_jk balancer driver: drives one lb worker either by rewriting the JkMountFile's
 //! rule extensions (`;disabled=`/`;stopped=`) or through the jkstatus status worker on loopback.
 
+mod config;
+mod files;
 mod status;
 mod urimap;
 mod workers;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+
+use files::{read, write_atomic};
+use std::time::{Duration, Instant};
 
 use nonstop_http_client as http;
 use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult, Traffic};
-use serde::Deserialize;
 
+pub use config::{ModjkConfig, ModjkMode, StatusWorker};
 pub use status::{StatusClient, StatusMember};
 pub use urimap::RuleActivations;
-pub use workers::{Activation, ImportError, ImportedLb, ImportedMember, import_workers_properties};
-
-/// The driver's config (`balancer = { kind = "modjk", ... }` minus the kind).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModjkConfig {
-    /// The `type=lb` worker whose members are the service's nodes (node name = member name).
-    pub lb_worker: String,
-    pub mode: ModjkMode,
-    /// A URL through Apache that creates a session (so its `Set-Cookie` names the route); used to
-    /// confirm that Apache applied a rewritten JkMountFile. Required for `uriworkermap`.
-    #[serde(default)]
-    pub probe_url: Option<String>,
-    #[serde(default = "default_cookie")]
-    pub session_cookie: String,
-    /// How long Apache may take to apply a change, e.g. `"30s"`.
-    #[serde(default = "default_confirm_timeout")]
-    pub confirm_timeout: String,
-    /// Consecutive new-session probes that must avoid a drained member.
-    #[serde(default = "default_confirm_requests")]
-    pub confirm_requests: u32,
-}
-
-fn default_cookie() -> String {
-    "JSESSIONID".into()
-}
-fn default_confirm_timeout() -> String {
-    "30s".into()
-}
-fn default_confirm_requests() -> u32 {
-    40
-}
-fn default_reload_secs() -> u64 {
-    60
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum ModjkMode {
-    /// Rewrite the `JkMountFile`; Apache reloads it per child after `JkMountFileReload` seconds.
-    Uriworkermap {
-        file: PathBuf,
-        /// Apache's `JkMountFileReload`.
-        #[serde(default = "default_reload_secs")]
-        reload_secs: u64,
-        /// The `JkWorkersFile`, read only: members, routes and configured activations.
-        workers_file: PathBuf,
-        /// An optional status worker, read for `busy` (in-flight) and health.
-        #[serde(default)]
-        status: Option<StatusWorker>,
-    },
-    /// Set member activation through the status worker (shared memory; lost at an Apache restart).
-    Jkstatus {
-        url: String,
-        #[serde(default)]
-        user: Option<String>,
-        #[serde(default)]
-        password_file: Option<PathBuf>,
-    },
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusWorker {
-    pub url: String,
-    #[serde(default)]
-    pub user: Option<String>,
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-}
+pub use workers::{
+    Activation, ImportError, ImportedLb, ImportedMember, SharedWith, import_workers_properties,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModjkError {
@@ -191,6 +128,41 @@ impl ModjkBalancer {
             path: workers_file.to_path_buf(),
             message: e.to_string(),
         })
+    }
+
+    /// For `config check`: the files exist and name the lb worker, a mount rule maps it, and the
+    /// status worker (if any) answers with it; returns what was verified. Nothing is changed.
+    pub async fn check_environment(&self) -> Result<String, ModjkError> {
+        let status = match &self.backend {
+            Backend::Status(client) => Some(client),
+            Backend::Urimap {
+                file,
+                workers_file,
+                status,
+                ..
+            } => {
+                let lb = self.workers(workers_file)?;
+                RuleActivations::read(&read(file)?, &self.lb).ok_or_else(|| ModjkError::File {
+                    path: file.clone(),
+                    message: format!(
+                        "no mount rule maps to `{}`; add e.g. `/app/*={}`",
+                        self.lb, self.lb
+                    ),
+                })?;
+                if let Some(m) = lb.members.iter().find(|m| !m.also_in.is_empty()) {
+                    return Err(shared_member(&m.name, &self.lb, &m.also_in[0]));
+                }
+                status.as_ref()
+            }
+        };
+        let members = match status {
+            Some(client) => format!(
+                "; jkstatus answers with {} member(s)",
+                client.list(&self.lb).await?.len()
+            ),
+            None => String::new(),
+        };
+        Ok(format!("mod_jk lb worker `{}` found{members}", self.lb))
     }
 
     async fn list(&self) -> Result<Vec<Member>, ModjkError> {
@@ -337,14 +309,24 @@ impl ModjkBalancer {
                     .iter()
                     .find(|m| m.name == node.0)
                     .ok_or_else(|| not_a_member(node, &self.lb))?;
-                if let Some(w) = weight {
-                    match status {
-                        Some(client) => client.set_lbfactor(&self.lb, &m.name, *w).await?,
-                        None => return Err(weight_unsupported()),
-                    }
+                // The engine hands back the lbfactor it read: only a new one needs jkstatus.
+                match (weight, status) {
+                    (Some(w), Some(client)) => client.set_lbfactor(&self.lb, &m.name, *w).await?,
+                    (Some(w), None) if *w != m.lbfactor => return Err(weight_unsupported()),
+                    _ => {}
+                }
+                let was = rules.effective(&m.name, m.activation);
+                if was != activation(*state)
+                    && let Some(shared) = m.also_in.first()
+                {
+                    return Err(shared_member(&m.name, &self.lb, shared));
                 }
                 rules.set(&m.name, activation(*state), m.activation);
-                routes.push((m.route.clone(), *state));
+                // Only a member whose activation changed is confirmed: an unchanged one may
+                // never get the new session the confirmation waits for.
+                if rules.effective(&m.name, m.activation) != was {
+                    routes.push((m.route.clone(), *state));
+                }
             }
             let new = rules
                 .apply(&text, &self.lb)
@@ -376,7 +358,10 @@ impl ModjkBalancer {
 
     /// Probes new sessions through Apache until the change to `route` shows, counting only probes
     /// sent once every child is due to have re-read the file (`due`): for `Active` one new
-    /// session lands on it; otherwise `confirm_requests` consecutive new sessions all avoid it.
+    /// session lands on it, or one request sticky to it (every other probe carries a session id
+    /// of its route) is served by it, not failed over: mod_jk may send every new session to a
+    /// member that came back earlier until its load value catches up, and without jkstatus
+    /// nothing resets it; otherwise `confirm_requests` consecutive new sessions all avoid it.
     async fn confirm(
         &self,
         file: &Path,
@@ -388,11 +373,14 @@ impl ModjkBalancer {
         let deadline = Instant::now() + self.confirm_timeout;
         let mut avoided = 0u32;
         let mut last = String::from("no probe answered");
+        let mut sticky = false;
         while Instant::now() < deadline {
             // Only a probe sent once every child is due to re-read the file counts: a child
             // re-checks the file before it maps its next request.
             let after_due = Instant::now() >= due;
-            match self.probe_route(probe).await {
+            sticky = state == LbState::Active && !sticky;
+            let session = sticky.then(|| format!("{}=nonstop-probe.{route}", self.cookie));
+            match self.probe_route(probe, session).await {
                 Ok(Some(seen)) => {
                     let on_route = seen == route;
                     if state == LbState::Active && on_route && after_due {
@@ -432,8 +420,13 @@ impl ModjkBalancer {
         )))
     }
 
-    async fn probe_route(&self, probe: &http::Url) -> Result<Option<String>, String> {
-        let response = http::get(probe, Vec::new(), Duration::from_secs(5))
+    async fn probe_route(
+        &self,
+        probe: &http::Url,
+        cookie: Option<String>,
+    ) -> Result<Option<String>, String> {
+        let headers = cookie.into_iter().map(|c| ("Cookie", c)).collect();
+        let response = http::get(probe, headers, Duration::from_secs(5))
             .await
             .map_err(|e| e.to_string())?;
         if response.status >= 500 {
@@ -488,65 +481,25 @@ fn not_a_member(node: &NodeName, lb: &str) -> ModjkError {
     ))
 }
 
+/// A member another lb worker routes to: its mounts would keep sending to it while nonstop
+/// restarts it (rule extensions act per lb worker), so nothing is changed.
+fn shared_member(member: &str, lb: &str, shared: &SharedWith) -> ModjkError {
+    let only = if shared.members == 1 {
+        ", as its only member"
+    } else {
+        ""
+    };
+    ModjkError::Config(format!(
+        "`{member}` is also a member of lb worker `{}` (workers.properties line {}{only}): taking it out of `{lb}` would leave requests mounted on `{}` going to it while its Tomcat restarts. Nothing was changed; give `{}` its own member workers (or remove `{member}` from it), then deploy again",
+        shared.lb, shared.line, shared.lb, shared.lb
+    ))
+}
+
 fn weight_unsupported() -> ModjkError {
     ModjkError::Config(
-        "rule extensions cannot change an lbfactor: configure `status` (jkstatus) for weights"
+        "rule extensions cannot change an lbfactor (only the one in workers.properties is used): configure `status` (jkstatus) for weights"
             .into(),
     )
-}
-
-fn read(path: &Path) -> Result<String, ModjkError> {
-    std::fs::read_to_string(path).map_err(|e| ModjkError::File {
-        path: path.to_path_buf(),
-        message: format!("cannot read: {e}"),
-    })
-}
-
-/// Backup, then temp + fsync + rename; keeps the file's mode, and moves the mtime strictly past
-/// the old one because mod_jk compares whole seconds and would miss two writes in one second.
-fn write_atomic(path: &Path, text: &str) -> Result<(), ModjkError> {
-    use std::io::Write;
-    let err = |message: String| ModjkError::File {
-        path: path.to_path_buf(),
-        message,
-    };
-    let old = std::fs::metadata(path).map_err(|e| err(format!("cannot stat: {e}")))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| err("not a file path".into()))?
-        .to_string_lossy();
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::copy(path, dir.join(format!("{name}.nonstop.bak")))
-        .map_err(|e| err(format!("cannot back up: {e}")))?;
-    let tmp = dir.join(format!(".{name}.nonstop.tmp"));
-    let mut f = std::fs::File::create(&tmp)
-        .map_err(|e| err(format!("cannot create {}: {e}", tmp.display())))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| err(format!("cannot write: {e}")))?;
-    f.set_permissions(old.permissions())
-        .map_err(|e| err(format!("cannot set mode: {e}")))?;
-    let old_mtime = old.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let whole = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
-    };
-    let now = SystemTime::now();
-    let mtime = if whole(now) > whole(old_mtime) {
-        now
-    } else {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(whole(old_mtime) + 1)
-    };
-    f.set_modified(mtime)
-        .map_err(|e| err(format!("cannot set mtime: {e}")))?;
-    f.sync_all()
-        .map_err(|e| err(format!("cannot fsync: {e}")))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| err(format!("cannot replace: {e}")))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 impl Balancer for ModjkBalancer {
@@ -574,7 +527,18 @@ impl Balancer for ModjkBalancer {
                 status: Some(client),
                 ..
             } => client,
-            Backend::Urimap { status: None, .. } => return Err(weight_unsupported().into()),
+            Backend::Urimap {
+                status: None,
+                workers_file,
+                ..
+            } => {
+                let configured = self.workers(workers_file)?;
+                return match configured.members.iter().find(|m| m.name == node.0) {
+                    Some(m) if m.lbfactor == weight => Ok(()),
+                    Some(_) => Err(weight_unsupported().into()),
+                    None => Err(not_a_member(node, &self.lb).into()),
+                };
+            }
         };
         Ok(client.set_lbfactor(&self.lb, node.as_str(), weight).await?)
     }
@@ -621,27 +585,5 @@ mod tests {
         );
         assert!(config("lb_worker = \"lb\"\nmode = { kind = \"jkstatus\", url = \"http://127.0.0.1/\", pasword = \"x\" }\n").is_err());
         assert!(config("lb_worker = \"lb\"\ntypo = 1\nmode = { kind = \"jkstatus\", url = \"http://127.0.0.1/\" }\n").is_err());
-    }
-
-    #[test]
-    fn atomic_write_keeps_mode_backs_up_and_advances_mtime() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("uriworkermap.properties");
-        std::fs::write(&path, "/*=lb\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
-        write_atomic(&path, "/*=lb;disabled=a\n").unwrap();
-        write_atomic(&path, "/*=lb;stopped=a\n").unwrap();
-        let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
-        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-        assert!(secs(meta.modified().unwrap()) >= secs(before) + 2);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "/*=lb;stopped=a\n");
-        let backup = dir.path().join("uriworkermap.properties.nonstop.bak");
-        assert_eq!(
-            std::fs::read_to_string(backup).unwrap(),
-            "/*=lb;disabled=a\n"
-        );
     }
 }

@@ -25,6 +25,26 @@ pub struct StatusMember {
     pub errors: u64,
 }
 
+/// A password file others can read is refused: it holds the key to stopping the site.
+fn check_private(file: &std::path::Path) -> Result<(), ModjkError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).map_err(|e| {
+        ModjkError::Config(format!(
+            "cannot read jkstatus password file {}: {e}",
+            file.display()
+        ))
+    })?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(ModjkError::Config(format!(
+            "the jkstatus password file {} is readable by every user (mode {:o}); run `chmod 600 {}`",
+            file.display(),
+            meta.permissions().mode() & 0o777,
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The status worker's address and credentials.
 #[derive(Debug, Clone)]
 pub struct StatusClient {
@@ -54,9 +74,9 @@ impl StatusClient {
                 "the jkstatus url is the status worker's mount (e.g. http://127.0.0.1:80/jkstatus), without a query".into(),
             ));
         }
-        if user.is_some() != password_file.is_some() {
+        if user.is_none() || password_file.is_none() {
             return Err(ModjkError::Config(
-                "jkstatus `user` and `password_file` go together".into(),
+                "jkstatus needs `user` and `password_file` (Basic auth): an unprotected status worker lets any local process stop the site; protect it in Apache (docs/balancers/modjk.md, \"Security of the status worker\") and give both".into(),
             ));
         }
         Ok(StatusClient {
@@ -72,6 +92,7 @@ impl StatusClient {
         url.path = format!("{}?{query}", url.path);
         let mut headers = Vec::new();
         if let (Some(user), Some(file)) = (&self.user, &self.password_file) {
+            check_private(file)?;
             let password = std::fs::read_to_string(file).map_err(|e| {
                 ModjkError::Config(format!(
                     "cannot read jkstatus password file {}: {e}",
@@ -234,6 +255,26 @@ fn members(props: &BTreeMap<String, String>, lb: &str) -> Result<Vec<StatusMembe
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn refuses_no_auth_and_a_world_readable_password_file() {
+        let url = "http://127.0.0.1:9/jkstatus";
+        let err = StatusClient::new(url, None, None).unwrap_err().to_string();
+        assert!(err.contains("needs `user` and `password_file`"), "{err}");
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jk.pw");
+        std::fs::write(&file, "secret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let client = StatusClient::new(url, Some("nonstop".into()), Some(file.clone())).unwrap();
+        let err = client.list("lb").await.unwrap_err().to_string();
+        assert!(err.contains("readable by every user (mode 644)"), "{err}");
+        assert!(err.contains("chmod 600"), "{err}");
+        // Private, it is used (here the port is closed: the error is reaching it).
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = client.list("lb").await.unwrap_err().to_string();
+        assert!(!err.contains("readable"), "{err}");
+    }
+
     #[test]
     fn parses_a_list_reply() {
         let body = "worker.result.type=OK\nworker.result.message=Action finished\n\
@@ -276,7 +317,8 @@ mod tests {
     fn refuses_a_non_loopback_status_url() {
         let e = StatusClient::new("http://10.1.2.3/jkstatus", None, None).unwrap_err();
         assert!(e.to_string().contains("loopback"), "{e}");
-        assert!(StatusClient::new("http://127.0.0.1:81/jkstatus", None, None).is_ok());
+        let pw = Some(PathBuf::from("/etc/nonstop/jk.pw"));
+        assert!(StatusClient::new("http://127.0.0.1:81/jkstatus", Some("u".into()), pw).is_ok());
         assert!(StatusClient::new("http://localhost/jkstatus", Some("u".into()), None).is_err());
     }
 }

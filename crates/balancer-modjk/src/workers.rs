@@ -36,6 +36,17 @@ pub struct ImportedMember {
     pub activation: Activation,
     /// Whether an AJP `secret` is configured (Tomcat 10 refuses AJP without one by default).
     pub has_secret: bool,
+    /// The other lb workers that list this member too.
+    pub also_in: Vec<SharedWith>,
+}
+
+/// Another lb worker a member belongs to, with its `balance_workers` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedWith {
+    pub lb: String,
+    pub line: usize,
+    /// How many members that lb worker has in all (1: this member is its only one).
+    pub members: usize,
 }
 
 /// A `type=lb` worker and its members, in `balance_workers` order.
@@ -145,6 +156,20 @@ impl Props {
     }
 }
 
+/// An lb worker's members and the line that lists them (0 when none does).
+fn balance_workers<'a>(props: &'a Props, lb: &str) -> Result<(Vec<&'a str>, usize), ImportError> {
+    let balance = match props.get(lb, "balance_workers")? {
+        Some(v) => Some(v),
+        None => props.get(lb, "balanced_workers")?,
+    };
+    Ok(balance
+        .map(|(v, line)| {
+            let names = v.split(',').map(str::trim).filter(|s| !s.is_empty());
+            (names.collect(), line)
+        })
+        .unwrap_or_default())
+}
+
 /// Reads a `workers.properties`; `lb` names the load-balancer worker when there are several.
 pub fn import_workers_properties(text: &str, lb: Option<&str>) -> Result<ImportedLb, ImportError> {
     let props = Props::parse(text);
@@ -163,18 +188,11 @@ pub fn import_workers_properties(text: &str, lb: Option<&str>) -> Result<Importe
             many => return Err(ImportError::AmbiguousLb(many.join(", "))),
         },
     };
-    let balance = match props.get(&name, "balance_workers")? {
-        Some(v) => Some(v),
-        None => props.get(&name, "balanced_workers")?,
-    };
-    let names: Vec<&str> = balance
-        .map(|(v, _)| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
+    let (names, _) = balance_workers(&props, &name)?;
+    let mut others = Vec::new();
+    for other in lbs.iter().filter(|l| **l != name) {
+        others.push((other, balance_workers(&props, other)?));
+    }
     if names.is_empty() {
         return Err(ImportError::NoMembers(name));
     }
@@ -207,6 +225,15 @@ pub fn import_workers_properties(text: &str, lb: Option<&str>) -> Result<Importe
             lbfactor,
             activation,
             has_secret: props.get(m, "secret")?.is_some_and(|(s, _)| !s.is_empty()),
+            also_in: others
+                .iter()
+                .filter(|(_, (list, _))| list.contains(&m))
+                .map(|(lb, (list, line))| SharedWith {
+                    lb: lb.to_string(),
+                    line: *line,
+                    members: list.len(),
+                })
+                .collect(),
         });
     }
     Ok(ImportedLb {
@@ -272,6 +299,11 @@ worker.jkstatus.type=status
                     lbfactor: 1,
                     activation: Activation::Active,
                     has_secret: true,
+                    also_in: vec![SharedWith {
+                        lb: "balancer_ex2".into(),
+                        line: 13,
+                        members: 1
+                    }],
                 },
                 ImportedMember {
                     name: "worker2".into(),
@@ -281,6 +313,11 @@ worker.jkstatus.type=status
                     lbfactor: 3,
                     activation: Activation::Disabled,
                     has_secret: true,
+                    also_in: vec![SharedWith {
+                        lb: "balancer_ex1".into(),
+                        line: 10,
+                        members: 1
+                    }],
                 },
             ]
         );

@@ -593,6 +593,11 @@ async fn apache_mod_jk_in_front_of_two_tomcats() {
 
     // a. uriworkermap rule extensions.
     let urimap = fx.urimap_balancer();
+    let found = urimap.check_environment().await.unwrap();
+    assert!(
+        found.contains("jkstatus answers with 2 member(s)"),
+        "{found}"
+    );
     assert_eq!(
         urimap
             .members()

@@ -2,132 +2,19 @@
 //! in the blue-green `set $VAR` style, one `set $VAR http://ADDR;` line) and changes it by atomic
 //! write with backup → `nginx -t` → SIGHUP → confirmed new workers (docs/balancers/nginx.md).
 
+mod conf;
+mod config;
 mod files;
 mod proc;
 mod render;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult, Traffic};
-use serde::Deserialize;
 use tokio::process::Command;
 
+pub use config::NginxConfig;
 pub use render::{DesiredMember, DesiredSet, parse_variable, render};
-
-/// How to reach the nginx instance and which upstream (or variable) of it this service owns.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NginxConfig {
-    /// The include file nonstop owns, e.g. `/etc/nginx/nonstop/shop.conf`.
-    pub include: PathBuf,
-    /// The upstream's name, used as `proxy_pass http://NAME;` in the operator's config.
-    /// Exactly one of `upstream` and `variable` is given.
-    #[serde(default)]
-    pub upstream: Option<String>,
-    /// The `set $VAR` style of existing blue-green scripts: the include holds one
-    /// `set $VAR http://ADDR;` line for the one active member, used as `proxy_pass $VAR;`.
-    /// A plain variable name without `$`, e.g. `service_url`.
-    #[serde(default)]
-    pub variable: Option<String>,
-    /// argv prefix to run nginx, e.g. `["nginx", "-p", "/srv/nginx", "-c", "/srv/nginx/nginx.conf"]`.
-    pub nginx: Vec<String>,
-    /// Adds `hash $cookie_jsessionid consistent;` so a session stays on its member.
-    #[serde(default)]
-    pub sticky: bool,
-    /// Idle upstream connections each worker keeps (`keepalive N;`); 0 leaves it out.
-    #[serde(default)]
-    pub keepalive: u32,
-    /// The master's pid file; found in `nginx -T` (or the compiled-in default) when not given.
-    #[serde(default)]
-    pub pid_file: Option<PathBuf>,
-    /// How long a reload may take to show new workers, e.g. `"10s"`.
-    #[serde(default = "default_reload_timeout", with = "human")]
-    pub reload_timeout: Duration,
-}
-
-fn default_reload_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-mod human {
-    use serde::{Deserialize, Deserializer, de::Error};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| D::Error::custom(format!("`{text}`: {e}")))
-    }
-}
-
-impl NginxConfig {
-    pub fn new(include: impl Into<PathBuf>, upstream: &str, nginx: Vec<String>) -> Self {
-        NginxConfig {
-            include: include.into(),
-            upstream: Some(upstream.to_string()),
-            variable: None,
-            nginx,
-            sticky: false,
-            keepalive: 0,
-            pid_file: None,
-            reload_timeout: default_reload_timeout(),
-        }
-    }
-
-    /// The `set $VAR` style: `variable` is the name without `$`, e.g. `service_url`.
-    pub fn with_variable(include: impl Into<PathBuf>, variable: &str, nginx: Vec<String>) -> Self {
-        NginxConfig {
-            upstream: None,
-            variable: Some(variable.to_string()),
-            ..NginxConfig::new(include, "", nginx)
-        }
-    }
-
-    /// What this service owns in nginx, for messages: "upstream `shop`" or "`set $service_url`".
-    pub fn target(&self) -> String {
-        match (&self.variable, &self.upstream) {
-            (Some(v), _) => format!("`set ${v}`"),
-            (None, Some(u)) => format!("upstream `{u}`"),
-            (None, None) => "nothing".into(),
-        }
-    }
-
-    /// The name kept in the state file: the upstream's, or `$VAR`.
-    fn set_name(&self) -> String {
-        match (&self.variable, &self.upstream) {
-            (Some(v), _) => format!("${v}"),
-            (None, u) => u.clone().unwrap_or_default(),
-        }
-    }
-
-    /// The settings that do not depend on the running nginx: one of `upstream` and `variable`,
-    /// names nginx accepts, and no upstream-only setting in the `set $VAR` style.
-    pub fn check(&self) -> Result<(), NginxError> {
-        if self.nginx.is_empty() {
-            return Err(NginxError::Invalid(
-                "nginx: the argv to run nginx is empty; give e.g. [\"nginx\"]".into(),
-            ));
-        }
-        match (&self.upstream, &self.variable) {
-            (Some(_), Some(_)) => Err(NginxError::Invalid(
-                "give either `upstream` (nonstop owns an `upstream NAME { server …; }` block) or `variable` (nonstop owns one `set $VAR http://ADDR;` line), not both".into(),
-            )),
-            (None, None) => Err(NginxError::Invalid(
-                "give `upstream = \"NAME\"` (nonstop owns an `upstream NAME { server …; }` block, used as `proxy_pass http://NAME;`) or `variable = \"service_url\"` (nonstop owns one `set $service_url http://ADDR;` line, used as `proxy_pass $service_url;`)".into(),
-            )),
-            (Some(upstream), None) => render::check_name(upstream),
-            (None, Some(variable)) => {
-                render::check_variable(variable)?;
-                if self.sticky || self.keepalive > 0 {
-                    return Err(NginxError::Invalid(format!(
-                        "`sticky` and `keepalive` need an upstream block; the `set ${variable}` style has none (remove them, or use `upstream`)"
-                    )));
-                }
-                Ok(())
-            }
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NginxError {
@@ -137,6 +24,12 @@ pub enum NginxError {
         include: String,
         message: String,
     },
+    #[error(
+        "nginx's own configuration is broken outside nonstop's include {include} (`nginx -t` fails with the previous include too); nothing was changed. Fix nginx's configuration, check it with `nginx -t`, then deploy again. nginx said:\n{message}"
+    )]
+    Broken { include: String, message: String },
+    #[error("`nginx -t` fails as nginx is configured now; fix it before deploying:\n{0}")]
+    Unchecked(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -154,9 +47,28 @@ pub enum NginxError {
     Reload(String),
 }
 
+impl NginxError {
+    /// nginx or the host is broken whatever the deploy does: nginx's config elsewhere, no nginx
+    /// binary, no running master, a file nonstop cannot write.
+    pub fn is_environment(&self) -> bool {
+        matches!(
+            self,
+            NginxError::Broken { .. }
+                | NginxError::Unchecked(_)
+                | NginxError::Io { .. }
+                | NginxError::Spawn { .. }
+                | NginxError::Reload(_)
+        )
+    }
+}
+
 impl From<NginxError> for PortError {
     fn from(e: NginxError) -> Self {
-        PortError::new(e.to_string())
+        if e.is_environment() {
+            PortError::environment(e.to_string())
+        } else {
+            PortError::new(e.to_string())
+        }
     }
 }
 
@@ -217,13 +129,22 @@ impl NginxBalancer {
             // nonstop switched between its own members: the operator's old target is history.
             set.adopted = None;
         }
-        self.apply(&set, current.as_deref()).await?;
+        let text = render(&self.config, &set, current.as_deref())?;
+        match current.as_deref() {
+            // nginx would read the new file as it reads the one it runs: no test, no reload
+            // (a reload closes every idle keep-alive connection of the old workers).
+            Some(old) if conf::same_directives(old, &text) => {
+                if old != text {
+                    files::replace_with_backup(&self.config.include, text.as_bytes()).await?;
+                }
+            }
+            _ => self.apply(&text, current.as_deref()).await?,
+        }
         files::write_atomic(&state_path, &serde_json::to_vec_pretty(&set).expect("json")).await
     }
 
     /// Writes the include, validates it with nginx, reloads and waits for the new workers.
-    async fn apply(&self, set: &DesiredSet, current: Option<&str>) -> Result<(), NginxError> {
-        let text = render(&self.config, set, current)?;
+    async fn apply(&self, text: &str, current: Option<&str>) -> Result<(), NginxError> {
         let include = &self.config.include;
         let previous = files::replace_with_backup(include, text.as_bytes()).await?;
         let restore = || async {
@@ -235,10 +156,17 @@ impl NginxBalancer {
         let test = self.nginx(&["-T"]).await?;
         if !test.success {
             restore().await?;
+            let message = test.stderr.trim().to_string();
+            if self.broken_without_us(current.is_some(), &message).await? {
+                return Err(NginxError::Broken {
+                    include: include.display().to_string(),
+                    message,
+                });
+            }
             return Err(NginxError::Rejected {
                 target: self.config.target(),
                 include: include.display().to_string(),
-                message: test.stderr.trim().to_string(),
+                message,
             });
         }
         let pid_file = self
@@ -251,6 +179,39 @@ impl NginxBalancer {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// For `config check`: nginx runs, `nginx -t` passes as configured now, and the include's
+    /// directory exists; returns what was verified. Nothing is changed.
+    pub async fn check_environment(&self) -> Result<String, NginxError> {
+        let include = &self.config.include;
+        let dir = include.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+            return Err(NginxError::Io {
+                what: "no directory for the include",
+                path: dir.display().to_string(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        let test = self.nginx(&["-t"]).await?;
+        if !test.success {
+            return Err(NginxError::Unchecked(test.stderr.trim().to_string()));
+        }
+        Ok(format!(
+            "`{} -t` passes; nonstop writes {}",
+            self.config.nginx.join(" "),
+            include.display()
+        ))
+    }
+
+    /// Whether `nginx -t` fails for a reason outside nonstop's change: it still fails with the
+    /// previous include back (or, with no previous include, its error names another file).
+    async fn broken_without_us(&self, restored: bool, message: &str) -> Result<bool, NginxError> {
+        if restored {
+            return Ok(!self.nginx(&["-t"]).await?.success);
+        }
+        let include = self.config.include.display().to_string();
+        Ok(!message.contains(&include))
     }
 
     async fn find_pid_file(&self, dump: &str) -> Result<PathBuf, NginxError> {
@@ -430,5 +391,145 @@ impl Balancer for NginxBalancer {
         })
         .await
         .map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver whose nginx cannot run: any change that needs `nginx -t` or a reload fails.
+    fn without_nginx(dir: &std::path::Path, variable: bool) -> NginxBalancer {
+        let nginx = vec![dir.join("no-nginx-here").display().to_string()];
+        let include = dir.join("app.conf");
+        let config = if variable {
+            NginxConfig::with_variable(include, "service_url", nginx)
+        } else {
+            NginxConfig::new(include, "app", nginx)
+        };
+        NginxBalancer::new(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn day_one_registration_over_the_same_set_line_needs_no_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let lb = without_nginx(dir.path(), true);
+        let operator = "# written by deploy.sh\nset $service_url http://127.0.0.1:8081;  # blue\n";
+        std::fs::write(&lb.config.include, operator).unwrap();
+        lb.register(&NodeName::from("blue"), "127.0.0.1:8081")
+            .await
+            .unwrap();
+        lb.register(&NodeName::from("green"), "127.0.0.1:8082")
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&lb.config.include).unwrap();
+        assert!(text.starts_with("# Managed by nonstop"), "{text}");
+        assert!(conf::same_directives(&text, operator), "{text}");
+        let states: Vec<LbState> = lb
+            .desired()
+            .await
+            .unwrap()
+            .members
+            .iter()
+            .map(|m| m.state)
+            .collect();
+        assert_eq!(states, [LbState::Active, LbState::Disabled]);
+        // Moving the line does need nginx: the missing binary is an environment error.
+        let err: PortError = lb
+            .switch(&[
+                (NodeName::from("green"), LbState::Active, None),
+                (NodeName::from("blue"), LbState::Draining, None),
+            ])
+            .await
+            .unwrap_err();
+        assert!(err.is_environment(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn draining_to_disabled_changes_only_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lb = without_nginx(dir.path(), false);
+        let n1 = NodeName::from("n1");
+        let set = DesiredSet {
+            upstream: "app".into(),
+            adopted: None,
+            members: [("n1", LbState::Draining), ("n2", LbState::Active)]
+                .iter()
+                .enumerate()
+                .map(|(i, (node, state))| DesiredMember {
+                    node: NodeName::from(*node),
+                    addr: format!("127.0.0.1:{}", 8081 + i),
+                    state: *state,
+                    weight: 1,
+                })
+                .collect(),
+        };
+        let text = render(&lb.config, &set, None).unwrap();
+        std::fs::write(&lb.config.include, &text).unwrap();
+        let state = files::state_path(&lb.config.include);
+        std::fs::write(&state, serde_json::to_vec(&set).unwrap()).unwrap();
+        lb.set_state(&n1, LbState::Disabled).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&lb.config.include).unwrap(), text);
+        let members = lb.members().await.unwrap();
+        assert_eq!(members[0].state, LbState::Disabled);
+        // Weight 0 is `down` too: neither it nor `active` at weight 0 changes what nginx reads.
+        lb.set_weight(&n1, 0).await.unwrap();
+        lb.set_state(&n1, LbState::Active).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&lb.config.include).unwrap(), text);
+        // Serving again does: that needs nginx, which is missing here (an environment error).
+        let err: PortError = lb.set_weight(&n1, 1).await.unwrap_err();
+        assert!(err.is_environment(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_environment_check_says_when_nginx_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = without_nginx(dir.path(), false)
+            .check_environment()
+            .await
+            .unwrap_err();
+        assert!(err.is_environment(), "{err}");
+        assert!(err.to_string().contains("cannot run"), "{err}");
+        let config = NginxConfig::new("/no/such/dir/app.conf", "app", vec!["nginx".into()]);
+        let err = NginxBalancer::new(config)
+            .unwrap()
+            .check_environment()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("/no/such/dir"), "{err}");
+    }
+
+    #[test]
+    fn the_mode_summary_names_the_reloads_and_the_way_to_zero() {
+        let config = NginxConfig::new("/x/app.conf", "app", vec!["nginx".into()]);
+        let rolling = config.mode_summary("rolling", 3);
+        assert!(rolling.contains("upstream `app`"), "{rolling}");
+        assert!(rolling.contains("6 reloads per deploy"), "{rolling}");
+        assert!(rolling.contains("nonstop proxy"), "{rolling}");
+        assert!(
+            config
+                .mode_summary("blue-green", 2)
+                .contains("1 reload per deploy")
+        );
+    }
+
+    #[test]
+    fn environment_errors_are_told_from_rejected_changes() {
+        let broken = NginxError::Broken {
+            include: "/x/app.conf".into(),
+            message: "nginx: [emerg] unknown directive \"bogus\" in /x/nginx.conf:3".into(),
+        };
+        let port: PortError = broken.into();
+        assert!(port.is_environment());
+        assert!(
+            port.to_string().contains("unknown directive \"bogus\""),
+            "{port}"
+        );
+        let rejected = NginxError::Rejected {
+            target: "upstream `app`".into(),
+            include: "/x/app.conf".into(),
+            message: "invalid port".into(),
+        };
+        assert!(!PortError::from(rejected).is_environment());
     }
 }

@@ -9,13 +9,15 @@ use rustix::process::{Pid, Signal, kill_process};
 
 use crate::NginxError;
 
-/// The `pid` directive in `nginx -T` output.
+/// The `pid` directive in `nginx -T` output, read as nginx reads it: `worker_processes 2; pid
+/// /x/nginx.pid;` on one line is two directives.
 pub fn pid_from_dump(dump: &str) -> Option<PathBuf> {
-    dump.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix("pid")?;
-        let value = rest.strip_prefix([' ', '\t'])?.trim().strip_suffix(';')?;
-        Some(PathBuf::from(value.trim().trim_matches(['"', '\''])))
-    })
+    crate::conf::simple_directives(dump)
+        .into_iter()
+        .find_map(|words| match words.as_slice() {
+            [name, path] if name == "pid" => Some(PathBuf::from(path)),
+            _ => None,
+        })
 }
 
 /// The compiled-in `--pid-path=` of `nginx -V`.
@@ -123,6 +125,10 @@ mod tests {
         let dump = "# configuration file /x/nginx.conf:\nworker_processes 1;\npid /x/run/nginx.pid;\nevents {}\n";
         assert_eq!(pid_from_dump(dump), Some(PathBuf::from("/x/run/nginx.pid")));
         assert_eq!(pid_from_dump("pidx y;\n"), None);
+        // Several directives on one line, as nginx accepts them (and a `pid` in a comment).
+        let one_line =
+            "# pid /not/this.pid;\nworker_processes 2; pid \"/x/nginx.pid\"; events { }\n";
+        assert_eq!(pid_from_dump(one_line), Some(PathBuf::from("/x/nginx.pid")));
         let v = "configure arguments: --prefix=/usr/share/nginx --pid-path=/run/nginx.pid --x";
         assert_eq!(pid_from_build(v), Some(PathBuf::from("/run/nginx.pid")));
     }

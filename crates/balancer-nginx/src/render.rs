@@ -30,8 +30,9 @@ pub struct DesiredMember {
     pub weight: u32,
 }
 
-const HEADER: &str =
-    "# Managed by nonstop: rewritten, checked with `nginx -t` and reloaded on every change.\n";
+/// The members' states live in the JSON state file beside this one, so the text changes (and
+/// nginx reloads) only when where nginx sends traffic changes.
+const HEADER: &str = "# Managed by nonstop (states in the .state.json beside it): rewritten, checked with `nginx -t`\n# and reloaded only when where nginx sends traffic changes.\n";
 
 /// The include's text for `set`; `current` is the include's text now (if it exists), from which
 /// the `set $VAR` style keeps its line while no member is active.
@@ -58,23 +59,28 @@ fn render_upstream(config: &NginxConfig, set: &DesiredSet) -> Result<String, Ngi
     if config.sticky {
         text.push_str("    hash $cookie_jsessionid consistent;\n");
     }
+    let serving = |m: &DesiredMember| m.state == LbState::Active && m.weight > 0;
+    // Without a hash, a member that is out is left out, so registering an idle slot or taking
+    // a member out later changes nothing nginx reads; with none serving, all are listed `down`
+    // (an upstream needs a server).
+    let listed = config.sticky || !set.members.iter().any(serving);
     for m in &set.members {
         check_addr(&m.addr)?;
         check_name(m.node.as_str())?;
+        if !listed && !serving(m) {
+            continue;
+        }
         let mut line = format!("    server {}", m.addr);
         // nginx has no drain and no weight 0: both become `down`, kept in the set so a sticky
         // hash keeps mapping the other members' sessions where they were.
-        let serving = m.state == LbState::Active && m.weight > 0;
+        let serving = serving(m);
         if serving && m.weight != 1 {
             line.push_str(&format!(" weight={}", m.weight));
         }
         if !serving {
             line.push_str(" down");
         }
-        line.push_str(&format!(
-            "; # node {} {} weight {}\n",
-            m.node, m.state, m.weight
-        ));
+        line.push_str(&format!("; # node {}\n", m.node));
         text.push_str(&line);
     }
     if config.keepalive > 0 {
@@ -129,10 +135,7 @@ fn render_variable(
     let (value, note) = match active.as_slice() {
         [one] => (
             url_of(&one.addr),
-            format!(
-                "# node {} active; weights are not used in this style\n",
-                one.node
-            ),
+            format!("# node {}; weights are not used in this style\n", one.node),
         ),
         [] => (
             kept_value(variable, set, current)?,
@@ -279,21 +282,47 @@ mod tests {
             ],
         };
         let text = render(&config, &set, None).unwrap();
-        let body: Vec<&str> = text.lines().skip(1).collect();
+        let body: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             body,
             [
                 "upstream app {",
                 "    hash $cookie_jsessionid consistent;",
-                "    server 127.0.0.1:8001; # node a active weight 1",
-                "    server 127.0.0.1:8002 weight=3; # node bb active weight 3",
-                "    server 127.0.0.1:8003 down; # node ccc draining weight 1",
-                "    server 127.0.0.1:8004 down; # node dddd disabled weight 1",
-                "    server 127.0.0.1:8005 down; # node eeeee active weight 0",
+                "    server 127.0.0.1:8001; # node a",
+                "    server 127.0.0.1:8002 weight=3; # node bb",
+                "    server 127.0.0.1:8003 down; # node ccc",
+                "    server 127.0.0.1:8004 down; # node dddd",
+                "    server 127.0.0.1:8005 down; # node eeeee",
                 "    keepalive 8;",
                 "}",
             ]
         );
+        // Without the hash, members that are out are left out (nothing to reload for them).
+        config.sticky = false;
+        let plain: Vec<String> = render(&config, &set, None)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("server "))
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            plain,
+            [
+                "    server 127.0.0.1:8001; # node a",
+                "    server 127.0.0.1:8002 weight=3; # node bb",
+            ]
+        );
+        let mut none = set.clone();
+        none.members
+            .iter_mut()
+            .for_each(|m| m.state = LbState::Disabled);
+        let all_down = render(&config, &none, None).unwrap();
+        assert_eq!(all_down.matches(" down;").count(), 5, "{all_down}");
+        config.sticky = true;
+        // Draining and disabled are the same to nginx: the text is the same, so no reload.
+        let mut disabled = set.clone();
+        disabled.members[2].state = LbState::Disabled;
+        assert_eq!(render(&config, &disabled, None).unwrap(), text);
     }
 
     #[test]

@@ -3,42 +3,26 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-
 use nonstop_balancer_nginx::{NginxBalancer, NginxConfig};
 use nonstop_ports::{Balancer, LbState, NodeName};
+use nonstop_testkit::nginx::Nginx;
 use support::*;
 
-/// A real nginx master in the foreground, with every path inside its temp dir.
-struct Nginx {
-    proc: Proc,
-    dir: tempfile::TempDir,
+/// testkit's real nginx with one server proxying to upstream `app`, the include the driver owns.
+struct Site {
+    nginx: Nginx,
     port: u16,
 }
 
-impl Nginx {
-    fn argv(dir: &Path) -> Vec<String> {
-        let d = dir.display();
-        vec![
-            "nginx".into(),
-            "-p".into(),
-            format!("{d}/"),
-            "-e".into(),
-            format!("{d}/error.log"),
-            "-c".into(),
-            format!("{d}/nginx.conf"),
-        ]
-    }
-
+impl Site {
     /// Starts nginx with `bootstrap` as the upstream include until the driver takes it over.
-    async fn start(bootstrap: &str) -> Nginx {
+    async fn start(bootstrap: &str) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let port = free_port();
+        // Several main directives on one line, as nginx accepts them: the driver finds `pid`.
         let conf = format!(
-            "worker_processes 2;\n\
-             pid {d}/nginx.pid;\n\
+            "worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log notice;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n\
                access_log off;\n\
@@ -48,6 +32,7 @@ impl Nginx {
                uwsgi_temp_path {d}/uwsgi;\n\
                scgi_temp_path {d}/scgi;\n\
                include {d}/upstream.conf;\n\
+               include {d}/extra.conf;\n\
                server {{\n\
                  listen 127.0.0.1:{port};\n\
                  location / {{\n\
@@ -58,30 +43,23 @@ impl Nginx {
                }}\n\
              }}\n"
         );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        std::fs::write(dir.path().join("upstream.conf"), bootstrap).unwrap();
-        let argv = Self::argv(dir.path());
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let mut nginx = Nginx {
-            proc: Proc { child },
-            dir,
+        let files = [
+            ("nginx.conf", conf),
+            ("upstream.conf", bootstrap.to_string()),
+            ("extra.conf", String::new()),
+        ];
+        let mut site = Site {
+            nginx: Nginx::start_in(dir, &files).await,
             port,
         };
-        let url = nginx.url("/health");
+        let url = site.url("/health");
         wait_until("nginx answers", DEADLINE, || {
             let url = url.clone();
             async move { matches!(get(&client(), &url).await, Ok(r) if r.status == 200) }
         })
         .await;
-        nginx.proc.assert_running("nginx");
-        nginx
+        site.nginx.proc.assert_running("nginx");
+        site
     }
 
     fn url(&self, path: &str) -> String {
@@ -89,35 +67,15 @@ impl Nginx {
     }
 
     fn include(&self) -> std::path::PathBuf {
-        self.dir.path().join("upstream.conf")
+        self.nginx.path("upstream.conf")
     }
-}
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
-            let head: Vec<&str> = log
-                .lines()
-                .filter(|l| !l.contains("[notice]"))
-                .take(20)
-                .collect();
-            eprintln!("nginx error.log (first errors):\n{}", head.join("\n"));
-            let _ = std::fs::copy(
-                self.dir.path().join("error.log"),
-                "/tmp/nonstop-nginx-error.log",
-            );
-        }
-        // SIGTERM makes the master stop its workers too; a SIGKILL (Proc's drop) would orphan them.
-        let pid = self.proc.pid().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status();
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while matches!(self.proc.child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+    fn argv(&self) -> Vec<String> {
+        Nginx::argv(self.nginx.dir.path())
+    }
+
+    fn reloads(&self) -> usize {
+        self.nginx.reloads()
     }
 }
 
@@ -140,8 +98,8 @@ fn state_of(members: &[nonstop_ports::Member], node: &str) -> LbState {
 async fn switches_rolls_and_rejects_a_broken_edit_under_load() {
     let blue = Hello::start("blue", "1");
     let green = Hello::start("green", "2");
-    let nginx = Nginx::start(&format!("upstream app {{ server {}; }}\n", blue.addr())).await;
-    let mut config = NginxConfig::new(nginx.include(), "app", Nginx::argv(nginx.dir.path()));
+    let nginx = Site::start(&format!("upstream app {{ server {}; }}\n", blue.addr())).await;
+    let mut config = NginxConfig::new(nginx.include(), "app", nginx.argv());
     config.keepalive = 8;
     let lb = NginxBalancer::new(config).unwrap();
     let (b, g) = (NodeName::from("blue"), NodeName::from("green"));
@@ -197,8 +155,11 @@ async fn switches_rolls_and_rejects_a_broken_edit_under_load() {
     );
     let load = Load::start(url.clone(), 4, 200_000);
     load.wait_for_more(100).await;
+    // Registered, it is out and not written; making it serve writes it, and nginx refuses.
+    let broken = NodeName::from("broken");
+    lb.register(&broken, "127.0.0.1:70000").await.unwrap();
     let err = lb
-        .register(&NodeName::from("broken"), "127.0.0.1:70000")
+        .set_state(&broken, LbState::Active)
         .await
         .unwrap_err()
         .to_string();
@@ -207,14 +168,21 @@ async fn switches_rolls_and_rejects_a_broken_edit_under_load() {
     assert!(err.contains("upstream.conf"), "{err}");
     assert!(err.contains("test failed"), "{err}");
     assert_eq!(std::fs::read_to_string(nginx.include()).unwrap(), before);
-    let after_names: Vec<String> = lb
+    let after: Vec<(String, LbState)> = lb
         .members()
         .await
         .unwrap()
         .into_iter()
-        .map(|m| m.node.0)
+        .map(|m| (m.node.0, m.state))
         .collect();
-    assert_eq!(after_names, ["blue", "green"]);
+    assert_eq!(
+        after,
+        [
+            ("blue".into(), LbState::Active),
+            ("green".into(), LbState::Active),
+            ("broken".into(), LbState::Disabled)
+        ]
+    );
     load.wait_for_more(200).await;
     let report = load.stop().await;
     assert_no_failures("nginx after a rejected edit", &report);
@@ -224,4 +192,93 @@ async fn switches_rolls_and_rejects_a_broken_edit_under_load() {
     let other = NginxBalancer::new(lb.config().clone()).unwrap();
     assert_eq!(other.members().await.unwrap(), lb.members().await.unwrap());
     drop(nginx);
+}
+
+/// nginx reloads only when what it reads changes: draining → disabled, a weight on a member that
+/// is out, and re-registering the same address leave it alone; a broken nginx.conf outside the
+/// include is an environment error quoting nginx, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_only_for_traffic_changes_and_a_broken_nginx_conf_is_the_environment() {
+    let blue = Hello::start("blue", "1");
+    let green = Hello::start("green", "2");
+    let nginx = Site::start(&format!("upstream app {{ server {}; }}\n", blue.addr())).await;
+    let lb = NginxBalancer::new(NginxConfig::new(nginx.include(), "app", nginx.argv())).unwrap();
+    let (b, g) = (NodeName::from("blue"), NodeName::from("green"));
+    lb.register(&b, &blue.addr()).await.unwrap();
+    lb.register(&g, &green.addr()).await.unwrap();
+    lb.set_state(&b, LbState::Active).await.unwrap();
+    wait_serving(&nginx.url("/"), "blue").await;
+    let start = nginx.reloads();
+    assert!(start >= 1, "the first take-over reloads");
+
+    // None of these changes where nginx sends a request.
+    lb.set_state(&g, LbState::Draining).await.unwrap();
+    lb.set_state(&g, LbState::Disabled).await.unwrap();
+    lb.set_weight(&g, 5).await.unwrap();
+    lb.register(&b, &blue.addr()).await.unwrap();
+    assert_eq!(
+        nginx.reloads(),
+        start,
+        "no reload for a change nginx cannot see"
+    );
+    assert_eq!(
+        state_of(&lb.members().await.unwrap(), "green"),
+        LbState::Disabled
+    );
+
+    // A real switch reloads once.
+    lb.switch(&[
+        (g.clone(), LbState::Active, Some(1)),
+        (b.clone(), LbState::Draining, None),
+    ])
+    .await
+    .unwrap();
+    wait_serving(&nginx.url("/"), "green").await;
+    assert_eq!(nginx.reloads(), start + 1);
+
+    // The operator broke nginx.conf elsewhere: nginx's own words, an environment error.
+    let fine = lb.check_environment().await.unwrap();
+    assert!(fine.contains("-t` passes"), "{fine}");
+    std::fs::write(nginx.nginx.path("extra.conf"), "bogus_directive on;\n").unwrap();
+    let err = lb.check_environment().await.unwrap_err();
+    assert!(
+        err.is_environment() && err.to_string().contains("bogus_directive"),
+        "{err}"
+    );
+    let before = std::fs::read_to_string(nginx.include()).unwrap();
+    let err = lb
+        .switch(&[
+            (b.clone(), LbState::Active, None),
+            (g.clone(), LbState::Draining, None),
+        ])
+        .await
+        .unwrap_err();
+    eprintln!("broken nginx.conf: {err}");
+    assert!(err.is_environment(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("unknown directive \"bogus_directive\""),
+        "{err}"
+    );
+    assert!(err.to_string().contains("extra.conf"), "{err}");
+    assert_eq!(std::fs::read_to_string(nginx.include()).unwrap(), before);
+    assert_eq!(
+        state_of(&lb.members().await.unwrap(), "green"),
+        LbState::Active
+    );
+    assert_eq!(nginx.reloads(), start + 1);
+    // The include nonstop wrote itself being wrong is a rejected change, not the environment.
+    std::fs::write(nginx.nginx.path("extra.conf"), "").unwrap();
+    let broken = NodeName::from("broken");
+    lb.register(&broken, "127.0.0.1:70000").await.unwrap();
+    let err = lb
+        .switch(&[
+            (broken, LbState::Active, None),
+            (g.clone(), LbState::Draining, None),
+        ])
+        .await
+        .unwrap_err();
+    assert!(!err.is_environment(), "{err}");
+    assert!(err.to_string().contains("invalid port"), "{err}");
+    wait_serving(&nginx.url("/"), "green").await;
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use nonstop_balancer_modjk::{Activation, ImportedLb, import_workers_properties};
+use nonstop_balancer_modjk::{Activation, ImportError, ImportedLb, import_workers_properties};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,9 +54,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Modjk(args) => {
             let text = std::fs::read_to_string(&args.file)
                 .with_context(|| format!("cannot read {}", args.file.display()))?;
-            let lb = import_workers_properties(&text, args.lb.as_deref())
-                .with_context(|| args.file.display().to_string())?;
-            let ports = parse_ports(&args.http_ports)?;
+            let lb = import(&text, &args.file, args.lb.as_deref())?;
+            let ports = parse_ports(&args.http_ports, &lb)?;
             for warning in warnings(&lb, &ports) {
                 eprintln!("warning: {warning}");
             }
@@ -66,7 +65,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn parse_ports(pairs: &[String]) -> anyhow::Result<BTreeMap<String, u16>> {
+/// The lb worker of `text` (read from `file`); with several and no `lb`, the error names `--lb`.
+fn import(text: &str, file: &std::path::Path, lb: Option<&str>) -> anyhow::Result<ImportedLb> {
+    let file = file.display();
+    import_workers_properties(text, lb).map_err(|e| match e {
+        ImportError::AmbiguousLb(names) => anyhow::anyhow!(
+            "{file}: several load-balancer workers are defined ({names}); pass --lb NAME to import one"
+        ),
+        e => anyhow::anyhow!("{file}: {e}"),
+    })
+}
+
+/// `NAME=PORT` pairs, each NAME a member of `lb`.
+fn parse_ports(pairs: &[String], lb: &ImportedLb) -> anyhow::Result<BTreeMap<String, u16>> {
     pairs
         .iter()
         .map(|pair| {
@@ -76,9 +87,25 @@ fn parse_ports(pairs: &[String]) -> anyhow::Result<BTreeMap<String, u16>> {
             let port = port
                 .parse()
                 .with_context(|| format!("--http-port `{pair}`: `{port}` is not a port"))?;
+            if !lb.members.iter().any(|m| m.name == name) {
+                let names: Vec<&str> = lb.members.iter().map(|m| m.name.as_str()).collect();
+                anyhow::bail!(
+                    "--http-port `{pair}`: `{name}` is not a member of lb worker `{}` (its members: {})",
+                    lb.name,
+                    names.join(", ")
+                );
+            }
             Ok((name.to_string(), port))
         })
         .collect()
+}
+
+/// The URL path the context serves under: Tomcat's `ROOT` context serves `/`.
+fn context_path(context: &str) -> String {
+    match context.trim_matches('/') {
+        "ROOT" | "" => "/".into(),
+        name => format!("/{name}/"),
+    }
 }
 
 fn warnings(lb: &ImportedLb, ports: &BTreeMap<String, u16>) -> Vec<String> {
@@ -94,6 +121,18 @@ fn warnings(lb: &ImportedLb, ports: &BTreeMap<String, u16>) -> Vec<String> {
             out.push(format!(
                 "member `{}` has no AJP `secret`: Tomcat 10 refuses such AJP connections; set one on both sides",
                 m.name
+            ));
+        }
+        for shared in &m.also_in {
+            out.push(format!(
+                "member `{}` is also in lb worker `{}` (line {}{}): nonstop drives `{}` only and refuses to take `{}` out while another lb worker routes to it; give `{}` members of its own",
+                m.name,
+                shared.lb,
+                shared.line,
+                if shared.members == 1 { ", its only member" } else { "" },
+                lb.name,
+                m.name,
+                shared.lb
             ));
         }
         if !ports.contains_key(&m.name) {
@@ -128,9 +167,9 @@ fn render(args: &ModjkArgs, lb: &ImportedLb, ports: &BTreeMap<String, u16>) -> S
     let _ = writeln!(out, "\n[services.{s}]\nstrategy = \"rolling\"");
     let _ = writeln!(
         out,
-        "balancer = {{ kind = \"modjk\", lb_worker = {}, mode = {mode}, probe_url = \"http://127.0.0.1/{}/\" }}",
+        "balancer = {{ kind = \"modjk\", lb_worker = {}, mode = {mode}, probe_url = \"http://127.0.0.1{}\" }}",
         quote(&lb.name),
-        args.context
+        context_path(&args.context)
     );
     let bases: Vec<String> = lb
         .members
@@ -144,7 +183,11 @@ fn render(args: &ModjkArgs, lb: &ImportedLb, ports: &BTreeMap<String, u16>) -> S
         bases.join(", ")
     );
     let _ = writeln!(out, "releases = {{ dir = \"/var/lib/nonstop/{s}\" }}");
-    let _ = writeln!(out, "health = {{ path = \"/{}/\" }}", args.context);
+    let _ = writeln!(
+        out,
+        "health = {{ path = {} }}",
+        quote(&context_path(&args.context))
+    );
     let _ = writeln!(
         out,
         "# Sticky sessions stay on a draining node until they end or this passes."
@@ -206,7 +249,7 @@ mod tests {
     fn the_generated_service_loads_and_names_every_member() {
         let dir = tempfile::tempdir().unwrap();
         let lb = import_workers_properties(WORKERS, None).unwrap();
-        let ports = parse_ports(&["tomcat1=8080".into(), "tomcat2=8081".into()]).unwrap();
+        let ports = parse_ports(&["tomcat1=8080".into(), "tomcat2=8081".into()], &lb).unwrap();
         assert!(
             warnings(&lb, &ports).is_empty(),
             "{:?}",
@@ -243,5 +286,52 @@ mod tests {
         };
         let err = nonstop_config::Config::parse(&source).unwrap_err();
         assert!(err.message.contains("port 0"), "{err}");
+    }
+
+    #[test]
+    fn unknown_member_ports_are_refused_and_root_serves_slash() {
+        let lb = import_workers_properties(WORKERS, None).unwrap();
+        let err = parse_ports(&["tomcat3=8080".into()], &lb)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`tomcat3` is not a member"), "{err}");
+        assert!(err.contains("tomcat1, tomcat2"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut root = args(dir.path());
+        root.context = "ROOT".into();
+        let text = render(&root, &lb, &BTreeMap::new());
+        assert!(text.contains("probe_url = \"http://127.0.0.1/\""), "{text}");
+        assert!(text.contains("health = { path = \"/\" }"), "{text}");
+        assert!(!text.contains("/ROOT/"), "{text}");
+        assert_eq!(context_path("app"), "/app/");
+    }
+
+    #[test]
+    fn members_shared_with_other_lb_workers_are_warned_about() {
+        let shared = format!("{WORKERS}worker.pin1.type=lb\nworker.pin1.balance_workers=tomcat1\n");
+        let lb = import(
+            &shared,
+            std::path::Path::new("w.properties"),
+            Some("balancer"),
+        )
+        .unwrap();
+        let ports = parse_ports(&["tomcat1=8080".into(), "tomcat2=8081".into()], &lb).unwrap();
+        let warnings = warnings(&lb, &ports);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0]
+                .contains("`tomcat1` is also in lb worker `pin1` (line 17, its only member)"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn several_lb_workers_name_the_lb_flag() {
+        let two = format!("{WORKERS}worker.other.type=lb\nworker.other.balance_workers=tomcat1\n");
+        let file = std::path::Path::new("/etc/workers.properties");
+        let err = import(&two, file, None).unwrap_err().to_string();
+        assert!(err.contains("pass --lb NAME"), "{err}");
+        assert!(err.contains("/etc/workers.properties"), "{err}");
+        assert_eq!(import(&two, file, Some("other")).unwrap().name, "other");
     }
 }

@@ -3,8 +3,10 @@
 //! is recorded: ok (2xx) or failed (connection error, timeout or non-2xx), and the version, route,
 //! session and count the test app answered.
 //!
-//! Each request goes on a new connection (nonstop-http-client), so every request is a fresh
-//! pick of an Apache child: a user's stickiness comes from its cookie alone.
+//! By default each request goes on a new connection (nonstop-http-client), so every request is a
+//! fresh pick of an Apache child: a user's stickiness comes from its cookie alone. With
+//! [`LoadOptions::keep_alive`] each user keeps one connection ([`crate::keepalive`]) and never
+//! resends: what a failed request on it costs is what a user would see.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,6 +60,19 @@ pub struct LoadOptions {
     /// Each user stops after this long.
     pub max_duration: Duration,
     pub session_cookie: String,
+    /// Each user keeps one HTTP/1.1 connection open between requests; no request is resent.
+    pub keep_alive: bool,
+}
+
+impl LoadOptions {
+    /// `users` keep-alive users with no pause: the non-resending client of the nginx tests.
+    pub fn keep_alive() -> LoadOptions {
+        LoadOptions {
+            pause: Duration::ZERO,
+            keep_alive: true,
+            ..LoadOptions::default()
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -68,6 +83,7 @@ impl Default for LoadOptions {
             max_requests_per_user: 100_000,
             max_duration: Duration::from_secs(300),
             session_cookie: "JSESSIONID".into(),
+            keep_alive: false,
         }
     }
 }
@@ -91,8 +107,19 @@ pub async fn request_once(
         headers.push(("Cookie", format!("{cookie_name}={id}")));
     }
     let started = Instant::now();
-    let result = http::get(url, headers, timeout).await;
-    let latency = started.elapsed();
+    let result = http::get(url, headers, timeout)
+        .await
+        .map_err(|e| e.to_string());
+    sample_of(result, started.elapsed(), cookie_name, session)
+}
+
+/// The sample of one answer (or error) to a GET that carried `session`.
+fn sample_of(
+    result: Result<http::Response, String>,
+    latency: Duration,
+    cookie_name: &str,
+    session: Option<&str>,
+) -> Sample {
     let mut sample = Sample {
         user: 0,
         seq: 0,
@@ -108,7 +135,7 @@ pub async fn request_once(
         count: None,
     };
     match result {
-        Err(e) => sample.error = Some(e.to_string()),
+        Err(e) => sample.error = Some(e),
         Ok(response) => {
             sample.status = Some(response.status);
             sample.ok = (200..300).contains(&response.status);
@@ -317,6 +344,9 @@ impl Drop for StickyLoad {
 async fn run_user(shared: Arc<Shared>, user: usize) {
     let options = &shared.options;
     let mut session: Option<String> = None;
+    let mut kept = options
+        .keep_alive
+        .then(crate::keepalive::KeptConnection::default);
     let mut seq = 0u64;
     while !shared.stop.load(Ordering::Relaxed)
         && !shared.finished.lock().unwrap().contains(&user)
@@ -325,13 +355,31 @@ async fn run_user(shared: Arc<Shared>, user: usize) {
     {
         let at = shared.started.elapsed();
         shared.sent.fetch_add(1, Ordering::Relaxed);
-        let mut sample = request_once(
-            &shared.url,
-            &options.session_cookie,
-            session.as_deref(),
-            options.timeout,
-        )
-        .await;
+        let mut sample = match kept.as_mut() {
+            Some(conn) => {
+                let started = Instant::now();
+                let headers = match &session {
+                    Some(id) => vec![("Cookie", format!("{}={id}", options.session_cookie))],
+                    None => Vec::new(),
+                };
+                let result = conn.get(&shared.url, headers, options.timeout).await;
+                sample_of(
+                    result,
+                    started.elapsed(),
+                    &options.session_cookie,
+                    session.as_deref(),
+                )
+            }
+            None => {
+                request_once(
+                    &shared.url,
+                    &options.session_cookie,
+                    session.as_deref(),
+                    options.timeout,
+                )
+                .await
+            }
+        };
         sample.user = user;
         sample.seq = seq;
         sample.at = at;
@@ -508,6 +556,25 @@ impl LoadReport {
                 ))
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// The `p`-th percentile (0..=100) of the ok answers' latency; zero with none.
+    pub fn latency_percentile(&self, p: f64) -> Duration {
+        let mut all: Vec<Duration> = self.samples().filter(|s| s.ok).map(|s| s.latency).collect();
+        all.sort();
+        match all.len() {
+            0 => Duration::ZERO,
+            n => all[((n - 1) as f64 * p / 100.0).round() as usize],
+        }
+    }
+
+    /// The mean latency of the ok answers; zero with none.
+    pub fn mean_latency(&self) -> Duration {
+        let ok: Vec<Duration> = self.samples().filter(|s| s.ok).map(|s| s.latency).collect();
+        match ok.len() {
+            0 => Duration::ZERO,
+            n => ok.iter().sum::<Duration>() / n as u32,
+        }
     }
 
     /// One line: sent, ok, failed, by route, by version.

@@ -2,14 +2,17 @@
 //! a test WAR built with `javac`/`jar` ([`tomcat`]), our own Apache httpd + mod_jk instance
 //! ([`apache`]), a sticky load client with per-user cookie jars ([`client`]), a network namespace
 //! with a veth pair ([`netns`]), a real systemd user manager ([`systemd`]), the sample app as a
-//! backend ([`hello`]), child processes killed on drop ([`process`]) and waits with deadlines
-//! (this module).
+//! backend ([`hello`]), nginx ([`nginx`]) and PostgreSQL ([`postgres`]) of their own, fakes of
+//! the engine's ports ([`fakes`]), child processes killed on drop ([`process`]) and waits with
+//! deadlines (this module).
 
 pub mod apache;
 pub mod client;
 pub mod fakes;
 pub mod hello;
+pub mod keepalive;
 pub mod netns;
+pub mod nginx;
 pub mod postgres;
 pub mod process;
 pub mod systemd;
