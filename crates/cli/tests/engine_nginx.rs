@@ -280,6 +280,12 @@ async fn blue_green_and_rolling_behind_nginx_and_a_rejected_edit_changes_nothing
         text(&out)
     );
     eprintln!("broken nginx.conf: exit {:?}", out.status.code());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "an environment error (exit 3), not a rolled-back release (2): {}",
+        text(&out)
+    );
     let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
     load.wait_for_requests(sent + 200).await;
     let rejected = load.stop().await;
