@@ -295,6 +295,10 @@ fn member<'a>(
 }
 
 impl Balancer for NginxBalancer {
+    fn plan_notes(&self, strategy: &str, nodes: usize) -> Vec<String> {
+        vec![self.config.mode_summary(strategy, nodes)]
+    }
+
     /// nginx OSS has no per-server counters. A member taken out of the set is still reached by
     /// the workers of earlier generations until they have finished their requests and exited,
     /// so each of them counts as one request in flight on every member that is not active.

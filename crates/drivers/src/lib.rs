@@ -509,6 +509,9 @@ impl Balancer for AnyBalancer {
     fn knows_health_of_disabled(&self) -> bool {
         each_balancer!(self, b => b.knows_health_of_disabled())
     }
+    fn plan_notes(&self, strategy: &str, nodes: usize) -> Vec<String> {
+        each_balancer!(self, b => b.plan_notes(strategy, nodes))
+    }
 }
 
 impl Runtime for AnyRuntime {

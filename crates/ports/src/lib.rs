@@ -193,6 +193,11 @@ pub trait Balancer: Send + Sync {
     fn knows_health_of_disabled(&self) -> bool {
         false
     }
+    /// What a plan should say about this balancer (its mode and what a deploy costs there).
+    fn plan_notes(&self, strategy: &str, nodes: usize) -> Vec<String> {
+        let _ = (strategy, nodes);
+        Vec::new()
+    }
 }
 
 /// Everything needed to start one instance of a release on one node.

@@ -93,7 +93,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     ) -> Result<Plan, DeployError> {
         let mut steps = self.reap_steps(&mut observed);
         steps.extend(self.hook_step(HookPoint::BeforeDeploy, None));
-        let mut notes = Vec::new();
+        let mut notes = self
+            .balancer
+            .plan_notes(strategy.as_str(), self.spec.nodes.len());
         if !self.balancer.knows_health_of_disabled() {
             notes.push("this balancer judges a node's health once it is active: the engine waits for it before taking the old one out".into());
         }
