@@ -230,22 +230,40 @@ async fn set_node(app: &App, service: &str, node: &str, state: LbState) -> ApiRe
             job.kind, job.id
         )));
     }
-    let result = tokio::time::timeout(
-        READ_TIMEOUT,
-        parts.balancer.set_state(&NodeName(node.to_string()), state),
-    )
-    .await;
-    let mut response = match result {
-        Ok(Ok(())) => axum::Json(json!({"ok": true, "node": node, "state": state.to_string()}))
+    drop(parts);
+    // Through the engine: under the deploy lock and the invariants a deploy keeps (the engine
+    // is not `Send`, so it runs on a thread of its own).
+    let app_for_engine = app.clone();
+    let (service_name, node_name) = (service.to_string(), NodeName(node.to_string()));
+    let change = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| nonstop_engine::DeployError::Failed(e.to_string()))?;
+        let mut engine = app_for_engine
+            .drivers
+            .engine(&service_name, Box::new(|_| {}))?;
+        rt.block_on(async {
+            tokio::time::timeout(READ_TIMEOUT, engine.set_node_state(&node_name, state))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(nonstop_engine::DeployError::Failed(
+                        "the balancer did not answer".into(),
+                    ))
+                })
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("engine task: {e}")))?;
+    let mut response = match change {
+        Ok(_) => axum::Json(json!({"ok": true, "node": node, "state": state.to_string()}))
             .into_response(),
-        Ok(Err(e)) => ApiError::new(
+        Err(e @ nonstop_engine::DeployError::Refused(_)) => {
+            ApiError::conflict(e.to_string()).into_response()
+        }
+        Err(e) => ApiError::new(
             http::StatusCode::BAD_GATEWAY,
             format!("the balancer refused: {e}"),
-        )
-        .into_response(),
-        Err(_) => ApiError::new(
-            http::StatusCode::GATEWAY_TIMEOUT,
-            "the balancer did not answer",
         )
         .into_response(),
     };

@@ -438,7 +438,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     /// Why applying `changes` now would break an invariant, judged in the balancer's own view.
-    async fn invariant_violation(
+    pub(crate) async fn invariant_violation(
         &self,
         run: &Run,
         members: &Members,

@@ -15,6 +15,7 @@ mod gate;
 mod hooks;
 mod instances;
 mod migrate;
+mod operate;
 pub mod plan;
 pub mod reconcile;
 mod recovery;
