@@ -308,6 +308,7 @@ async fn rollback_after_a_crash_and_after_a_failed_deploy_uses_the_warm_slot() {
         "instant, not a cold start: {took:?}"
     );
     let load = Load::start(shop.proxy.url("/"), 4, 2_000);
+    load.wait_for_requests(1_000).await;
     let report = load.stop().await;
     assert_none_failed("after the rollback", &report);
     assert_eq!(shop.versions_now(10).await, ["1".to_string()].into());
