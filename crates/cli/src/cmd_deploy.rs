@@ -377,18 +377,25 @@ pub fn status(args: ServiceArgs) -> anyhow::Result<ExitCode> {
         println!("  balancer: {err}");
     }
     println!(
-        "  {:<10} {:>5}  {:<14} {:>7}  {:<8} {:<9} {:>6} {:>9}  HEALTH",
+        "  {:<10} {:>5}  {:<14} {:>7}  {:<8} {:<14} {:>6} {:>9}  HEALTH",
         "NODE", "PORT", "VERSION", "PID", "PROCESS", "BALANCER", "WEIGHT", "IN-FLIGHT"
     );
     for node in s["nodes"].as_array().into_iter().flatten() {
         println!(
-            "  {:<10} {:>5}  {:<14} {:>7}  {:<8} {:<9} {:>6} {:>9}  {}",
+            "  {:<10} {:>5}  {:<14} {:>7}  {:<8} {:<14} {:>6} {:>9}  {}",
             node["node"].as_str().unwrap_or(""),
             node["port"],
             node["version"].as_str().unwrap_or("-"),
             node["pid"].as_i64().map_or("-".into(), |p| p.to_string()),
             node["process"].as_str().unwrap_or("-"),
-            node["balancer"].as_str().unwrap_or("-"),
+            match (
+                node["balancer"].as_str(),
+                node["balancer_healthy"].as_bool()
+            ) {
+                (Some(state), Some(false)) => format!("{state}/down"),
+                (Some(state), _) => state.to_string(),
+                (None, _) => "-".to_string(),
+            },
             node["weight"]
                 .as_u64()
                 .map_or("-".into(), |w| w.to_string()),

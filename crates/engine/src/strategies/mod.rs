@@ -155,7 +155,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 && !self.runtime.port_free(&self.spec.ip_of(node), *port).await
             {
                 return Err(DeployError::Refused(format!(
-                    "port {port} of {node} is taken by a process nonstop did not start; stop it or change the port (nothing was changed)"
+                    "port {port} of {node} is taken by a process nonstop did not start (nothing was changed). nonstop does not adopt a server it did not start: take {node} out of the balancer, stop that process gracefully (a Tomcat with its own shutdown), then deploy again; or give {node} another port"
                 )));
             }
         }
