@@ -296,6 +296,19 @@ pub struct CanaryConfig {
     pub max_latency_ratio: Spanned<f64>,
     /// Fewer canary requests than this in the window makes the verdict "not enough data": abort.
     pub min_requests: u64,
+    /// Several watched steps, e.g. `[{ weight = 5, for = "2m" }, { weight = 25, for = "5m" }]`;
+    /// each is judged on its own window, the last one is followed by the promotion. Empty: one
+    /// step of `weight` for `window`.
+    pub steps: Vec<CanaryStep>,
+}
+
+/// One step of a canary: a share of new requests for a while, then a verdict on that window.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryStep {
+    pub weight: Spanned<u32>,
+    #[serde(rename = "for")]
+    pub duration: HumanDuration,
 }
 
 impl Default for CanaryConfig {
@@ -306,6 +319,7 @@ impl Default for CanaryConfig {
             max_error_rate: Spanned::new(0..0, 0.01),
             max_latency_ratio: Spanned::new(0..0, 3.0),
             min_requests: 0,
+            steps: Vec::new(),
         }
     }
 }
@@ -547,13 +561,17 @@ impl ServiceConfig {
                 "use 1 (one node at a time) or more",
             ));
         }
-        let weight = *self.canary.weight.get_ref();
-        if !(1..=99).contains(&weight) {
-            return Err(here(
-                self.canary.weight.span(),
-                format!("service `{name}`: canary weight {weight} is outside 1..=99"),
-                "it is the canary's share of traffic in percent, e.g. 10",
-            ));
+        let weights =
+            std::iter::once(&self.canary.weight).chain(self.canary.steps.iter().map(|s| &s.weight));
+        for spanned in weights {
+            let weight = *spanned.get_ref();
+            if !(1..=99).contains(&weight) {
+                return Err(here(
+                    spanned.span(),
+                    format!("service `{name}`: canary weight {weight} is outside 1..=99"),
+                    "it is the canary's share of traffic in percent, e.g. 10",
+                ));
+            }
         }
         let rate = *self.canary.max_error_rate.get_ref();
         if !(0.0..=1.0).contains(&rate) {

@@ -52,6 +52,8 @@ pub struct Run {
     /// The release serving before the deploy, and the strategy (what hooks are told).
     pub from: Option<nonstop_ports::Version>,
     pub strategy: String,
+    /// The members' weights before the first canary step.
+    pub canary_base: Option<BTreeMap<NodeName, u32>>,
 }
 
 impl Run {
@@ -71,6 +73,7 @@ impl Run {
             crash_at: None,
             from: None,
             strategy: String::new(),
+            canary_base: None,
         }
     }
 }

@@ -98,6 +98,8 @@ pub struct CanarySpec {
     pub max_latency_ratio: f64,
     /// Fewer requests than this in the window is inconclusive: the canary is not promoted.
     pub min_requests: u64,
+    /// The watched steps (share in percent, window), in order.
+    pub steps: Vec<(u32, Duration)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +157,14 @@ impl ServiceSpec {
                 max_error_rate: *c.max_error_rate.get_ref(),
                 max_latency_ratio: *c.max_latency_ratio.get_ref(),
                 min_requests: c.min_requests.max(1),
+                steps: if c.steps.is_empty() {
+                    vec![(*c.weight.get_ref(), c.window.0)]
+                } else {
+                    c.steps
+                        .iter()
+                        .map(|s| (*s.weight.get_ref(), s.duration.0))
+                        .collect()
+                },
             },
             stop_grace: config.runtime.shared.stop_grace.0,
             keep_releases: *config.releases.keep.get_ref(),

@@ -64,12 +64,14 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             nodes: targets.clone(),
         });
         if canary && !live.is_empty() {
-            steps.push(Step::Canary {
-                nodes: targets.clone(),
-                live: live.clone(),
-                share: self.spec.canary.weight,
-                window: self.spec.canary.window,
-            });
+            for (share, window) in &self.spec.canary.steps {
+                steps.push(Step::Canary {
+                    nodes: targets.clone(),
+                    live: live.clone(),
+                    share: *share,
+                    window: *window,
+                });
+            }
         }
         let base_weight = live
             .iter()

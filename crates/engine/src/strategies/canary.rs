@@ -22,8 +22,12 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         window: Duration,
     ) -> Result<String, StepError> {
         let before = self.members().await?;
-        let weights: BTreeMap<NodeName, u32> =
-            before.iter().map(|(n, m)| (n.clone(), m.weight)).collect();
+        // Every step's share is of the weights before the first step (a later step's would
+        // compound the earlier ones).
+        let weights = run
+            .canary_base
+            .get_or_insert_with(|| before.iter().map(|(n, m)| (n.clone(), m.weight)).collect())
+            .clone();
         let changes = canary_weights(canaries, live, &weights, share);
         self.balancer.switch(&changes).await?;
         for (node, state, _) in &changes {
