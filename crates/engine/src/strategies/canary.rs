@@ -170,6 +170,7 @@ mod tests {
             max_error_rate: 0.01,
             max_latency_ratio: 3.0,
             min_requests: 1,
+            steps: vec![(10, Duration::from_secs(30))],
         }
     }
 
