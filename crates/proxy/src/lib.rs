@@ -2,12 +2,14 @@
 //! This file wires the pieces together: state, request path, health checks, admin API, reload.
 
 mod admin;
+mod backend;
 mod balance;
 mod control;
 mod forward;
 mod health;
 mod metrics;
 mod persist;
+mod reload;
 mod state;
 
 use std::net::SocketAddr;
@@ -29,13 +31,15 @@ use nonstop_config::{AdminEndpoint, Config, ProxyConfig, Source};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use control::{BackendPatch, ControlError};
+pub use backend::ChecksView;
+pub use control::{BackendPatch, ControlError, HealthMark};
 pub use metrics::Metrics;
+pub use reload::{BackendsFrom, ChangeKind, PoolChange, ReloadReport};
 pub use state::{BackendSpec, BackendView, PoolView};
 
 use forward::UpstreamClient;
 use health::ProbeClient;
-use state::{Pool, Route, Settings, Table};
+use state::Table;
 
 /// State shared by every connection, the admin API and background tasks.
 pub struct Shared {
@@ -60,8 +64,8 @@ impl Shared {
         let saved = state_file(proxy, config_path)
             .map(|path| persist::load(&path))
             .unwrap_or_default();
-        let table =
-            build_table(proxy, config, None, &saved, &metrics).map_err(anyhow::Error::msg)?;
+        let table = reload::build_table(proxy, config, None, &saved, &metrics, &mut Vec::new())
+            .map_err(anyhow::Error::msg)?;
         let shared = Arc::new_cyclic(|weak_self| Shared {
             table: ArcSwap::from_pointee(table),
             probe_client: health::probe_client(),
@@ -76,76 +80,6 @@ impl Shared {
             health::spawn(pool, shared.probe_client.clone());
         }
         Ok(shared)
-    }
-
-    /// Re-reads the config file. If it is invalid, nothing changes and the error says where.
-    pub async fn reload(&self) -> Result<PathBuf, ControlError> {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let (config, _source) =
-            Config::load(&self.config_path).map_err(|e| ControlError::Config(e.to_string()))?;
-        let Some(proxy) = config.proxy.as_ref() else {
-            return Err(ControlError::Config(format!(
-                "{}: the file no longer has a [proxy] section",
-                self.config_path.display()
-            )));
-        };
-        let old = self.table.load_full();
-        let table = build_table(
-            proxy,
-            &config,
-            Some(&old),
-            &persist::SavedState::default(),
-            &self.metrics,
-        )
-        .map_err(ControlError::Config)?;
-        let fresh: Vec<Arc<Pool>> = table
-            .pools
-            .iter()
-            .filter(|p| !old.pools.iter().any(|o| Arc::ptr_eq(o, p)))
-            .cloned()
-            .collect();
-        self.table.store(Arc::new(table));
-        for pool in &fresh {
-            health::spawn(pool, self.probe_client.clone());
-        }
-        let current = self.table.load();
-        for pool in old
-            .pools
-            .iter()
-            .filter(|o| !current.pools.iter().any(|p| Arc::ptr_eq(o, p)))
-        {
-            pool.closed.cancel();
-            for backend in &pool.members.load().backends {
-                self.retire(pool.name.clone(), backend.clone());
-            }
-        }
-        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        for (what, changed) in [
-            ("listen", applied.listen != proxy.listen),
-            (
-                "admin",
-                applied.admin != proxy.admin || applied.admin_token_file != proxy.admin_token_file,
-            ),
-            ("metrics", applied.metrics != proxy.metrics),
-            ("workers", applied.workers != proxy.workers),
-            (
-                "timeouts.connect/idle",
-                applied.timeouts.connect != proxy.timeouts.connect
-                    || applied.timeouts.idle != proxy.timeouts.idle,
-            ),
-        ] {
-            if changed {
-                tracing::warn!(
-                    "`{what}` changed in {}; it takes effect at the next restart",
-                    self.config_path.display()
-                );
-            }
-        }
-        *applied = proxy.clone();
-        drop(applied);
-        self.save_state();
-        tracing::info!(config = %self.config_path.display(), pools = current.pools.len(), reused = current.pools.len() - fresh.len(), "configuration reloaded");
-        Ok(self.config_path.clone())
     }
 }
 
@@ -184,62 +118,6 @@ fn upstream_client(proxy: &ProxyConfig) -> UpstreamClient {
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(connector)
-}
-
-/// Builds a routing table; pools whose config section is unchanged are carried over with their runtime state.
-fn build_table(
-    proxy: &ProxyConfig,
-    config: &Config,
-    previous: Option<&Table>,
-    saved: &persist::SavedState,
-    metrics: &Metrics,
-) -> Result<Table, String> {
-    let mut pools = Vec::with_capacity(config.pools.len());
-    for (name, pool_config) in &config.pools {
-        let kept = previous
-            .and_then(|t| t.pool(name))
-            .filter(|p| p.config == *pool_config)
-            .cloned();
-        pools.push(match kept {
-            Some(pool) => pool,
-            None => Pool::from_config(name, pool_config, saved.members(name, pool_config), metrics)
-                .map_err(|e| format!("pool `{name}`: {e}"))?,
-        });
-    }
-    let find = |name: &str| pools.iter().find(|p| p.name == name).cloned();
-    let routes = if proxy.routes.is_empty() {
-        pools
-            .first()
-            .map(|pool| Route {
-                host: None,
-                path: "/".into(),
-                pool: pool.clone(),
-            })
-            .into_iter()
-            .collect()
-    } else {
-        proxy
-            .routes
-            .iter()
-            .map(|r| {
-                Ok(Route {
-                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                    path: r.path.clone(),
-                    pool: find(r.pool.get_ref())
-                        .ok_or_else(|| format!("route to unknown pool `{}`", r.pool.get_ref()))?,
-                })
-            })
-            .collect::<Result<_, String>>()?
-    };
-    Ok(Table {
-        routes,
-        pools,
-        settings: Settings {
-            max_body: proxy.max_body.as_u64(),
-            response_header_timeout: proxy.timeouts.response_header.0,
-            drain_timeout: proxy.drain_timeout.0,
-        },
-    })
 }
 
 /// Request ids: an incoming valid `X-Request-Id` is kept, otherwise a process-unique one is made.
@@ -415,7 +293,7 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hangup.recv() => match running.shared.reload().await {
-                Ok(_) => {}
+                Ok(_report) => {}
                 Err(err) => tracing::error!("reload refused, still serving the previous configuration: {err}"),
             },
             _ = terminate.recv() => break,
