@@ -546,6 +546,79 @@ async fn bad_requests_get_clear_answers_and_others_keep_flowing() {
     );
 }
 
+/// One request written raw on its own connection; the answer up to the proxy's close (or 5 s).
+fn raw_exchange(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Issue 12: 12 malformed chunked bodies used to eject both backends of a pool (502 each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_the_clients_fault_and_eject_no_backend() {
+    let (a, b) = (Hello::start("a", "1"), Hello::start("b", "1"));
+    let proxy = Proxy::start(
+        "",
+        &pool_toml(
+            "app",
+            "eject = { consecutive_failures = 2, cooldown = \"60s\" }",
+            &[("a", a.addr(), ""), ("b", b.addr(), "")],
+        ),
+    );
+    let port = proxy.port;
+    let answers = tokio::task::spawn_blocking(move || {
+        let head = "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+        let mut answers = Vec::new();
+        for body in [
+            "zz\r\nhello\r\n0\r\n\r\n",
+            "2\r\nhello\r\n0\r\n\r\n",
+            "5\nhello\n0\n\n",
+        ] {
+            for _ in 0..4 {
+                answers.push(raw_exchange(port, format!("{head}{body}").as_bytes()));
+            }
+        }
+        answers.push(raw_exchange(
+            port,
+            b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+        ));
+        let filler = "f".repeat(100_000);
+        answers.push(raw_exchange(
+            port,
+            format!("GET / HTTP/1.1\r\nhost: x\r\nx-filler: {filler}\r\n\r\n").as_bytes(),
+        ));
+        answers
+    })
+    .await
+    .unwrap();
+    let firsts: Vec<&str> = answers
+        .iter()
+        .map(|a| a.lines().next().unwrap_or(""))
+        .collect();
+    assert!(
+        firsts[..12].iter().all(|l| l.starts_with("HTTP/1.1 400")),
+        "{firsts:?}"
+    );
+    assert!(
+        firsts[12].starts_with("HTTP/1.1 400") && answers[12].contains("more than one Host"),
+        "{}",
+        answers[12]
+    );
+    assert!(firsts[13].starts_with("HTTP/1.1 431"), "{firsts:?}");
+    let pool = proxy.admin.pool("app").await.unwrap();
+    for backend in &pool.backends {
+        assert!(!backend.ejected && backend.failures == 0, "{backend:?}");
+        assert_eq!(backend.responses.get("5xx"), Some(&0), "{backend:?}");
+    }
+    assert_eq!(served_by(&client(), &proxy.url("/"), 4).await.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_backend_left_gets_a_503_that_says_why() {
     let a = Hello::start("a", "1");

@@ -2,17 +2,15 @@
 //! Also the proxy's own answers (400/404/413/502/503/504), each saying what went wrong.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -20,11 +18,15 @@ use hyper_util::rt::TokioIo;
 use nonstop_config::Sticky;
 
 use crate::Shared;
+use crate::attempt::Attempt;
 use crate::balance;
+use crate::client_body::{BodyWatch, ClientBody, ClientFault};
+use crate::host::{RequestHost, request_host};
 use crate::metrics::ErrorKind;
+use crate::response_body::Tracked;
 use crate::state::{Backend, InFlight, Pool};
 
-pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub type UpstreamBody = Either<Full<Bytes>, ClientBody>;
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
@@ -37,32 +39,6 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// A backend's response body that keeps the backend's in-flight count until it has been sent.
-pub struct Tracked {
-    inner: Incoming,
-    _in_flight: InFlight,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 /// Serves one client request. Never fails: every problem becomes an explanatory response.
 pub async fn handle(
@@ -83,13 +59,13 @@ pub async fn handle(
 }
 
 /// An answer the proxy gives itself.
-struct Refusal {
+pub struct Refusal {
     status: StatusCode,
     message: String,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Refusal {
             status,
             message: message.into(),
@@ -162,19 +138,25 @@ async fn relay(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
+    let pause = table.settings.request_body_timeout;
+    let mut watch: Option<Arc<BodyWatch>> = None;
     let mut body = Some(if body.is_end_stream() {
         Either::Left(Full::new(Bytes::new()))
-    } else if declared_length.is_some_and(|len| len <= RETRY_BUFFER_LIMIT) {
-        let bytes = Limited::new(body, max_body as usize)
-            .collect()
-            .await
-            .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "the request body ended early"))?
-            .to_bytes();
-        Either::Left(Full::new(bytes))
     } else {
-        Either::Right(Limited::new(body, max_body as usize))
+        let (client_body, body_watch) = ClientBody::new(body, max_body, pause);
+        if declared_length.is_some_and(|len| len <= RETRY_BUFFER_LIMIT) {
+            match client_body.collect().await {
+                Ok(collected) => Either::Left(Full::new(collected.to_bytes())),
+                Err(_) => {
+                    let fault = body_watch.fault().unwrap_or(ClientFault::Malformed);
+                    return Err(client_fault(shared, &pool, fault, &table.settings, peer));
+                }
+            }
+        } else {
+            watch = Some(body_watch);
+            Either::Right(client_body)
+        }
     });
-
     let mut tried: Vec<usize> = Vec::new();
     loop {
         // A fresh member set per attempt: a slow upload must not pick from before a switch.
@@ -206,14 +188,38 @@ async fn relay(
         let upstream = build_request(&parts.method, &path, &backend, attempt_headers, this_body);
 
         let started = Instant::now();
+        let limit = table.settings.response_header_timeout;
+        let mut attempt = Attempt {
+            request: Some(client.request(upstream)),
+            in_flight: Some(in_flight),
+            eject: pool.eject,
+            watch: watch.clone(),
+            deadline: tokio::time::Instant::now() + limit,
+        };
+        let deadline = async {
+            match &watch {
+                Some(watch) => watch.response_deadline(limit).await,
+                None => tokio::time::sleep(limit).await,
+            }
+        };
         let outcome = tokio::select! {
             biased;
-            result = tokio::time::timeout(table.settings.response_header_timeout, client.request(upstream)) => result,
+            result = attempt.request.as_mut().expect("set just above") => Ok(result),
+            _ = deadline => Err(()),
             _ = backend.retired.cancelled() => {
+                attempt.request = None;
                 return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE,
                     format!("backend `{}` was removed from pool `{}` and its drain timeout ran out", backend.name, pool.name)));
             }
         };
+        attempt.request = None;
+        let in_flight = attempt.in_flight.take().expect("set just above");
+        if let Ok(Err(_)) = &outcome
+            && let Some(fault) = watch.as_ref().and_then(|w| w.fault())
+        {
+            // The client's body broke or stalled; the backend did nothing wrong.
+            return Err(client_fault(shared, &pool, fault, &table.settings, peer));
+        }
         match outcome {
             Ok(Ok(response)) => {
                 backend.record_response(response.status(), started.elapsed(), &pool.eject);
@@ -246,10 +252,6 @@ async fn relay(
                 }
             }
             Ok(Err(err)) => {
-                if body_too_large(&err) {
-                    shared.metrics.error(&pool.name, ErrorKind::BodyTooLarge);
-                    return Err(too_large(max_body));
-                }
                 backend.record_failure(&pool.eject, false);
                 let garbage = is_parse_error(&err);
                 // A backend that died mid-request (reset, closed) may be retried when the method is
@@ -280,95 +282,25 @@ async fn relay(
                     ),
                 ));
             }
-            Err(_elapsed) => {
+            Err(()) => {
+                drop(in_flight);
                 backend.record_failure(&pool.eject, false);
                 shared.metrics.error(&pool.name, ErrorKind::Timeout);
+                let after = if watch.as_ref().is_some_and(|w| !w.sent()) {
+                    "of the request body it stopped reading"
+                } else {
+                    "after the request was sent"
+                };
                 return Err(Refusal::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
-                        "backend `{}` ({}) sent no response headers within {:?}",
-                        backend.name, backend.addr, table.settings.response_header_timeout
+                        "backend `{}` ({}) sent no response headers within {:?} {after}",
+                        backend.name, backend.addr, limit
                     ),
                 ));
             }
         }
     }
-}
-
-/// The host a request was sent to, as the client wrote it (Host, or `:authority` in HTTP/2).
-struct RequestHost {
-    value: HeaderValue,
-    host_len: usize,
-}
-
-impl RequestHost {
-    /// The host without its port.
-    fn host(&self) -> &str {
-        &self.value.to_str().unwrap_or("")[..self.host_len]
-    }
-}
-
-fn request_host(req: &Request<Incoming>) -> Result<Option<RequestHost>, Refusal> {
-    let bad = || {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "the Host header is not a valid host[:port]",
-        )
-    };
-    let value = match req.headers().get(header::HOST) {
-        Some(value) => value.clone(),
-        None if req.version() == Version::HTTP_2 => match req.uri().authority() {
-            Some(authority) => HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
-            None => return Ok(None),
-        },
-        None if req.version() == Version::HTTP_11 => {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "an HTTP/1.1 request needs a Host header",
-            ));
-        }
-        None => return Ok(None),
-    };
-    let host_len = value.to_str().ok().and_then(host_length).ok_or_else(bad)?;
-    Ok(Some(RequestHost { value, host_len }))
-}
-
-/// Checks `host[:port]` (RFC 9110 §7.2) without allocating; returns the length of the host part.
-fn host_length(authority: &str) -> Option<usize> {
-    if authority.is_empty() || authority.len() > 255 {
-        return None;
-    }
-    let (host, port) = if authority.starts_with('[') {
-        let end = authority.find(']')? + 1;
-        let inside = &authority[1..end - 1];
-        if inside.is_empty()
-            || !inside
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return None;
-        }
-        let rest = &authority[end..];
-        let port = if rest.is_empty() {
-            None
-        } else {
-            Some(rest.strip_prefix(':')?)
-        };
-        (&authority[..end], port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    let host_ok = host.starts_with('[')
-        || (!host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')));
-    let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    (host_ok && port_ok).then_some(host.len())
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -380,22 +312,45 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// The answer to a request whose body was the client's fault: logged and counted as a client
+/// error, never against the backend (passive ejection, canary error rates).
+fn client_fault(
+    shared: &Shared,
+    pool: &Pool,
+    fault: ClientFault,
+    settings: &crate::state::Settings,
+    peer: SocketAddr,
+) -> Refusal {
+    let (kind, refusal) = match fault {
+        ClientFault::TooLarge => (ErrorKind::BodyTooLarge, too_large(settings.max_body)),
+        ClientFault::Malformed => (
+            ErrorKind::ClientBody,
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "the request body is malformed or ended early (bad chunk framing, or shorter than its Content-Length)",
+            ),
+        ),
+        ClientFault::Slow => (
+            ErrorKind::ClientTimeout,
+            Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body paused for longer than timeouts.request_body ({:?})",
+                    settings.request_body_timeout
+                ),
+            ),
+        ),
+    };
+    shared.metrics.error(&pool.name, kind);
+    tracing::info!(pool = %pool.name, %peer, status = refusal.status.as_u16(), "client error: {}", refusal.message);
+    refusal
+}
+
 fn too_large(max_body: u64) -> Refusal {
     Refusal::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the request body is larger than the proxy's max_body of {max_body} bytes"),
     )
-}
-
-fn body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 fn is_parse_error(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -591,10 +546,7 @@ fn finish_response(
     let (parts, body) = response.into_parts();
     Response::from_parts(
         parts,
-        Either::Left(Tracked {
-            inner: body,
-            _in_flight: in_flight,
-        }),
+        Either::Left(Tracked::new(body, in_flight, pool.eject)),
     )
 }
 
@@ -614,31 +566,5 @@ async fn tunnel(
     let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
     if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         tracing::debug!(backend = %in_flight.backend().name, error = %err, "upgraded connection ended");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_length;
-
-    #[test]
-    fn host_headers_are_checked_without_allocating() {
-        assert_eq!(host_length("shop.example.com"), Some(16));
-        assert_eq!(host_length("shop.example.com:8080"), Some(16));
-        assert_eq!(host_length("[::1]:8080"), Some(5));
-        assert_eq!(host_length("[::1]"), Some(5));
-        for bad in [
-            "",
-            "bad host",
-            "a:b",
-            "a:",
-            "a/b",
-            "[::1",
-            "[zz]:1",
-            "a:123456",
-            "\u{e9}.com",
-        ] {
-            assert_eq!(host_length(bad), None, "{bad:?}");
-        }
     }
 }

@@ -2,14 +2,18 @@
 //! This file wires the pieces together: state, request path, health checks, admin API, reload.
 
 mod admin;
+mod attempt;
 mod backend;
 mod balance;
+mod client_body;
 mod control;
 mod forward;
 mod health;
+mod host;
 mod metrics;
 mod persist;
 mod reload;
+mod response_body;
 mod state;
 
 use std::net::SocketAddr;
@@ -207,7 +211,7 @@ pub async fn start(config: &Config, source: &Source) -> anyhow::Result<Running> 
                     .enable_all()
                     .build()
                     .expect("a worker runtime can be built");
-                runtime.block_on(worker(listeners, shared, proxy, shutdown));
+                runtime.block_on(worker(index, listeners, shared, proxy, shutdown));
             })
             .context("cannot start a worker thread")?;
         workers.push(thread);
@@ -307,6 +311,7 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
 
 /// One data-plane thread: accepts on its listeners and serves until shutdown, then drains.
 async fn worker(
+    index: usize,
     listeners: Vec<std::net::TcpListener>,
     shared: Arc<Shared>,
     proxy: ProxyConfig,
@@ -314,12 +319,20 @@ async fn worker(
 ) {
     let client = upstream_client(&proxy);
     let mut server = auto::Builder::new(TokioExecutor::new());
+    // hyper answers a request line + headers larger than its read buffer with 431 itself,
+    // before anything is forwarded; the buffer never grows past it.
+    let header_cap = proxy.limits.max_header_size.as_u64();
     server
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(proxy.timeouts.idle.0)
+        .max_buf_size(header_cap as usize)
         .keep_alive(true);
+    server
+        .http2()
+        .max_header_list_size(header_cap.min(u32::MAX as u64) as u32);
     let server = Arc::new(server);
+    let connections = ConnectionLimit::new(index, proxy.limits.connections_per_worker);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -337,6 +350,7 @@ async fn worker(
             server.clone(),
             graceful.clone(),
             shutdown.clone(),
+            connections.clone(),
         ));
     }
     while loops.join_next().await.is_some() {}
@@ -382,10 +396,15 @@ async fn accept_loop(
     server: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
     shutdown: CancellationToken,
+    connections: ConnectionLimit,
 ) {
     // One reference-counted pair, so each request clones a single Arc.
     let context = Arc::new((shared, client));
     loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = connections.acquire(&context.0.metrics) => permit,
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -415,7 +434,74 @@ async fn accept_loop(
             if let Err(err) = connection.await {
                 tracing::debug!(%peer, error = %err, "client connection ended with an error");
             }
+            drop(permit);
         });
+    }
+}
+
+/// `limits.connections_per_worker`: a worker at its cap stops accepting, so new connections wait
+/// in the kernel's listen backlog (as HAProxy does at `maxconn`) instead of being reset.
+#[derive(Clone)]
+struct ConnectionLimit {
+    worker: usize,
+    cap: usize,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// When the cap was last logged, so an overloaded worker logs once a minute, not per accept.
+    logged: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// One client connection's place under the cap; counted in `nonstop_client_connections`.
+struct ConnectionPermit {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl ConnectionLimit {
+    fn new(worker: usize, cap: usize) -> ConnectionLimit {
+        ConnectionLimit {
+            worker,
+            cap,
+            permits: Arc::new(tokio::sync::Semaphore::new(cap)),
+            logged: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    fn log_full(&self) {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *logged = Some(std::time::Instant::now());
+        tracing::warn!(
+            worker = self.worker,
+            open = self.cap,
+            "worker {} holds limits.connections_per_worker = {} client connections; new ones wait in the listen backlog until one closes (raise the limit if this machine can hold more)",
+            self.worker,
+            self.cap
+        );
+    }
+
+    async fn acquire(&self, metrics: &Metrics) -> ConnectionPermit {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics.connection_limit_reached.inc();
+                self.log_full();
+                let waited = self.permits.clone().acquire_owned().await;
+                waited.expect("the semaphore is never closed")
+            }
+        };
+        metrics.client_connections.inc();
+        ConnectionPermit {
+            _permit: permit,
+            open: metrics.client_connections.clone(),
+        }
     }
 }
 

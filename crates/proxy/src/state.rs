@@ -139,6 +139,7 @@ pub struct PoolView {
 pub struct Settings {
     pub max_body: u64,
     pub response_header_timeout: Duration,
+    pub request_body_timeout: Duration,
     pub drain_timeout: Duration,
 }
 
@@ -147,6 +148,7 @@ impl Settings {
         Settings {
             max_body: proxy.max_body.as_u64(),
             response_header_timeout: proxy.timeouts.response_header.0,
+            request_body_timeout: proxy.timeouts.request_body.0,
             drain_timeout: proxy.drain_timeout.0,
         }
     }

@@ -102,6 +102,8 @@ pub struct Backend {
     pub name: String,
     pub requests: Arc<AtomicU64>,
     pub healthy: Arc<AtomicBool>,
+    /// Every request path the backend received, in order.
+    pub paths: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -117,6 +119,8 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
+        let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = paths.clone();
         let (node, count, health) = (name.to_string(), requests.clone(), healthy.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -124,6 +128,7 @@ impl Backend {
                     return;
                 };
                 let (node, count, health) = (node.clone(), count.clone(), health.clone());
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut head = [0u8; 64];
                     let n = stream.peek(&mut head).await.unwrap_or(0);
@@ -138,6 +143,7 @@ impl Backend {
                     }
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (node, count, health) = (node.clone(), count.clone(), health.clone());
+                        seen.lock().unwrap().push(req.uri().path().to_string());
                         async move {
                             if req.uri().path() != "/health" {
                                 count.fetch_add(1, Ordering::Relaxed);
@@ -182,6 +188,7 @@ impl Backend {
             name: name.to_string(),
             requests,
             healthy,
+            paths,
             task,
         }
     }
