@@ -7,13 +7,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use nonstop_config::Sticky;
 
@@ -25,10 +23,10 @@ use crate::host::{RequestHost, request_host};
 use crate::metrics::ErrorKind;
 use crate::response_body::Tracked;
 use crate::state::{Backend, InFlight, Pool};
+use crate::upstream::{Pooled, Upstream};
 
 pub type UpstreamBody = Either<Full<Bytes>, ClientBody>;
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 /// Bodies up to this size are buffered so that a refused connection can be retried elsewhere.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
@@ -43,12 +41,12 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Serves one client request. Never fails: every problem becomes an explanatory response.
 pub async fn handle(
     shared: &Shared,
-    client: &UpstreamClient,
+    upstream: &Arc<Upstream>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let request_id = shared.request_ids.take(req.headers());
-    let mut response = match relay(shared, client, req, peer, &request_id).await {
+    let mut response = match relay(shared, upstream, req, peer, &request_id).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_response(),
     };
@@ -89,7 +87,7 @@ impl Refusal {
 
 async fn relay(
     shared: &Shared,
-    client: &UpstreamClient,
+    upstream: &Arc<Upstream>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     request_id: &HeaderValue,
@@ -185,12 +183,14 @@ async fn relay(
         } else {
             std::mem::take(&mut headers)
         };
-        let upstream = build_request(&parts.method, &path, &backend, attempt_headers, this_body);
+        let request = build_request(&parts.method, &path, &backend, attempt_headers, this_body);
 
         let started = Instant::now();
         let limit = table.settings.response_header_timeout;
         let mut attempt = Attempt {
-            request: Some(client.request(upstream)),
+            request: Some(Box::pin(
+                upstream.clone().send(backend.authority.clone(), request),
+            )),
             in_flight: Some(in_flight),
             eject: pool.eject,
             watch: watch.clone(),
@@ -221,10 +221,11 @@ async fn relay(
             return Err(client_fault(shared, &pool, fault, &table.settings, peer));
         }
         match outcome {
-            Ok(Ok(response)) => {
+            Ok(Ok((response, pooled))) => {
                 backend.record_response(response.status(), started.elapsed(), &pool.eject);
                 return Ok(finish_response(
                     response,
+                    (pooled, upstream.clone()),
                     in_flight,
                     &pool,
                     route.as_deref(),
@@ -253,7 +254,7 @@ async fn relay(
             }
             Ok(Err(err)) => {
                 backend.record_failure(&pool.eject, false);
-                let garbage = is_parse_error(&err);
+                let garbage = err.is_parse();
                 // A backend that died mid-request (reset, closed) may be retried when the method is
                 // idempotent (RFC 9110 §9.2.2); an answer that is not HTTP is the backend's fault, not luck.
                 if !garbage
@@ -351,19 +352,6 @@ fn too_large(max_body: u64) -> Refusal {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the request body is larger than the proxy's max_body of {max_body} bytes"),
     )
-}
-
-fn is_parse_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>()
-            && (hyper_error.is_parse() || hyper_error.is_parse_status())
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -505,20 +493,23 @@ fn build_request(
     headers: HeaderMap,
     body: UpstreamBody,
 ) -> Request<UpstreamBody> {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.authority.clone());
-    uri.path_and_query = Some(path.clone());
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
-    *request.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    // Origin form (`/path?query`): the connection already goes to the backend.
+    *request.uri_mut() = Uri::from(path.clone());
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
+    if !request.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(backend.authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
     request
 }
 
 fn finish_response(
     mut response: Response<Incoming>,
+    (pooled, upstream): (Pooled, Arc<Upstream>),
     in_flight: InFlight,
     pool: &Pool,
     route: Option<&str>,
@@ -539,6 +530,12 @@ fn finish_response(
     }
     if let (true, Some(client_side)) = (switching, client_upgrade) {
         let backend_side = hyper::upgrade::on(&mut response);
+        // The connection future hands its socket over to the upgrade once polled past the 101.
+        if let Some(conn) = pooled.into_conn() {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
         tokio::spawn(tunnel(client_side, backend_side, in_flight));
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
@@ -546,7 +543,7 @@ fn finish_response(
     let (parts, body) = response.into_parts();
     Response::from_parts(
         parts,
-        Either::Left(Tracked::new(body, in_flight, pool.eject)),
+        Either::Left(Tracked::new(body, in_flight, pool.eject, pooled, upstream)),
     )
 }
 

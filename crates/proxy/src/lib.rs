@@ -15,6 +15,7 @@ mod persist;
 mod reload;
 mod response_body;
 mod state;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,8 +27,6 @@ use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -41,9 +40,9 @@ pub use metrics::Metrics;
 pub use reload::{BackendsFrom, ChangeKind, PoolChange, ReloadReport};
 pub use state::{BackendSpec, BackendView, PoolView};
 
-use forward::UpstreamClient;
 use health::ProbeClient;
 use state::Table;
+use upstream::Upstream;
 
 /// State shared by every connection, the admin API and background tasks.
 pub struct Shared {
@@ -109,19 +108,6 @@ fn state_file(proxy: &ProxyConfig, config_path: &Path) -> Option<PathBuf> {
         Some(dir) if path.is_relative() => dir.join(path),
         _ => path.clone(),
     })
-}
-
-/// The pooled HTTP/1.1 client to backends; each worker thread has its own pool.
-fn upstream_client(proxy: &ProxyConfig) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(proxy.timeouts.connect.0));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(proxy.timeouts.idle.0)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// Request ids: an incoming valid `X-Request-Id` is kept, otherwise a process-unique one is made.
@@ -317,7 +303,19 @@ async fn worker(
     proxy: ProxyConfig,
     shutdown: CancellationToken,
 ) {
-    let client = upstream_client(&proxy);
+    let upstream = Upstream::new(proxy.timeouts.connect.0, proxy.timeouts.idle.0);
+    let sweeper = {
+        let (upstream, stop) = (upstream.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(upstream.sweep_every());
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = every.tick() => upstream.sweep(),
+                }
+            }
+        })
+    };
     let mut server = auto::Builder::new(TokioExecutor::new());
     // hyper answers a request line + headers larger than its read buffer with 431 itself,
     // before anything is forwarded; the buffer never grows past it.
@@ -346,7 +344,7 @@ async fn worker(
         loops.spawn(accept_loop(
             listener,
             shared.clone(),
-            client.clone(),
+            upstream.clone(),
             server.clone(),
             graceful.clone(),
             shutdown.clone(),
@@ -363,6 +361,7 @@ async fn worker(
     {
         tracing::warn!("drain timeout ran out with requests still in flight");
     }
+    sweeper.abort();
 }
 
 async fn serve_admin<L: axum::serve::Listener>(
@@ -392,14 +391,14 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    client: UpstreamClient,
+    upstream: Arc<Upstream>,
     server: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
     shutdown: CancellationToken,
     connections: ConnectionLimit,
 ) {
     // One reference-counted pair, so each request clones a single Arc.
-    let context = Arc::new((shared, client));
+    let context = Arc::new((shared, upstream));
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,

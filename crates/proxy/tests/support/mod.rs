@@ -104,6 +104,9 @@ pub struct Backend {
     pub healthy: Arc<AtomicBool>,
     /// Every request path the backend received, in order.
     pub paths: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Connections accepted, and connections that have ended.
+    pub connections: Arc<AtomicU64>,
+    pub closed: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -115,12 +118,19 @@ impl Drop for Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
+        Self::start_with(name, None).await
+    }
+
+    /// Like `start`, closing connections idle for `idle_close` (as nginx's keepalive_timeout does).
+    pub async fn start_with(name: &str, idle_close: Option<Duration>) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
         let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = paths.clone();
+        let (connections, closed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (opened, ended) = (connections.clone(), closed.clone());
         let (node, count, health) = (name.to_string(), requests.clone(), healthy.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -129,7 +139,10 @@ impl Backend {
                 };
                 let (node, count, health) = (node.clone(), count.clone(), health.clone());
                 let seen = seen.clone();
+                opened.fetch_add(1, Ordering::Relaxed);
+                let ended = ended.clone();
                 tokio::spawn(async move {
+                    let _count_the_end = CountOnDrop(ended);
                     let mut head = [0u8; 64];
                     let n = stream.peek(&mut head).await.unwrap_or(0);
                     if head[..n].starts_with(b"GET /truncate") {
@@ -177,9 +190,13 @@ impl Backend {
                             Ok::<_, std::convert::Infallible>(response)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let mut server = hyper::server::conn::http1::Builder::new();
+                    if let Some(idle) = idle_close {
+                        server
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(idle);
+                    }
+                    let _ = server.serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         });
@@ -189,6 +206,8 @@ impl Backend {
             requests,
             healthy,
             paths,
+            connections,
+            closed,
             task,
         }
     }
@@ -205,6 +224,14 @@ impl Backend {
 
     pub fn count(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+}
+
+struct CountOnDrop(Arc<AtomicU64>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 
