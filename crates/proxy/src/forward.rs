@@ -28,6 +28,9 @@ use crate::upstream::{Pooled, Upstream};
 pub type UpstreamBody = Either<Full<Bytes>, ClientBody>;
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 
+/// Backends one request may be tried on (refused connects, connections lost before an answer).
+const MAX_ATTEMPTS: usize = 8;
+
 /// Bodies up to this size are buffered so that a refused connection can be retried elsewhere.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 
@@ -155,19 +158,20 @@ async fn relay(
             Either::Right(client_body)
         }
     });
-    let mut tried: Vec<usize> = Vec::new();
+    // The backends tried so far, on the stack: this runs for every request.
+    let mut tried = [0usize; MAX_ATTEMPTS];
+    let mut attempts = 0;
     loop {
         // A fresh member set per attempt: a slow upload must not pick from before a switch.
         let members = pool.members.load_full();
-        let Some(backend) = balance::pick(&members, pool.balance, route.as_deref(), &tried) else {
-            return Err(no_backend(
-                shared,
-                &pool,
-                &members.backends,
-                !tried.is_empty(),
-            ));
+        let picked = (attempts < MAX_ATTEMPTS)
+            .then(|| balance::pick(&members, pool.balance, route.as_deref(), &tried[..attempts]))
+            .flatten();
+        let Some(backend) = picked else {
+            return Err(no_backend(shared, &pool, &members.backends, attempts > 0));
         };
-        tried.push(Arc::as_ptr(&backend) as usize);
+        tried[attempts] = Arc::as_ptr(&backend) as usize;
+        attempts += 1;
         let in_flight = backend.begin();
 
         // A buffered body can be sent again; a streamed one is gone once handed to the client.
@@ -177,7 +181,7 @@ async fn relay(
         };
         let this_body = body.take().expect("a body is kept for every attempt");
         // Copy the headers only when another attempt could need them.
-        let may_retry = retry_body.is_some() && tried.len() < members.backends.len();
+        let may_retry = retry_body.is_some() && attempts < members.backends.len().min(MAX_ATTEMPTS);
         let attempt_headers = if may_retry {
             headers.clone()
         } else {

@@ -239,7 +239,8 @@ async fn a_truncated_response_counts_as_a_backend_failure() {
         DEADLINE,
     )
     .await;
-    assert!(status_line(&answer).starts_with("HTTP/1.1 200"), "{answer}");
+    // The client sees the connection close before a whole answer (head and part of the body, or
+    // nothing, depending on when the backend's close is read); never a padded or complete one.
     assert!(
         answer.len() < 100_000,
         "the client got a short body, not a padded one"
