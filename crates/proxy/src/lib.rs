@@ -136,8 +136,18 @@ impl RequestIds {
             }
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::try_from(format!("{:08x}-{n:x}", self.prefix))
-            .expect("hex digits are a valid header value")
+        // `{prefix:08x}-{n:x}`, written by hand: this runs for every request.
+        let mut buf = [0u8; 8 + 1 + 16];
+        let hex = |nibble: u64| b"0123456789abcdef"[(nibble & 0xf) as usize];
+        for (i, slot) in buf[..8].iter_mut().enumerate() {
+            *slot = hex(u64::from(self.prefix) >> (28 - 4 * i));
+        }
+        buf[8] = b'-';
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            buf[9 + i] = hex(n >> (4 * (digits - 1 - i)));
+        }
+        HeaderValue::from_bytes(&buf[..9 + digits]).expect("hex digits are a valid header value")
     }
 }
 
@@ -537,4 +547,22 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         .with_context(|| format!("cannot create the admin socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestIds;
+
+    #[test]
+    fn request_ids_read_prefix_dash_counter_in_hex() {
+        let ids = RequestIds::new();
+        for n in [1u64, 9, 10, 255, 4096, u64::MAX - 1] {
+            ids.next.store(n, std::sync::atomic::Ordering::Relaxed);
+            let id = ids.take(&http::HeaderMap::new());
+            assert_eq!(id.to_str().unwrap(), format!("{:08x}-{n:x}", ids.prefix));
+        }
+        let mut sent = http::HeaderMap::new();
+        sent.insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(ids.take(&sent), "abc-123");
+    }
 }

@@ -1,7 +1,6 @@
 //! Backend connections of one worker thread: HTTP/1.1 through `hyper::client::conn::http1`, each
 //! driven inside the request's own task (no connection task, no channel hop), idle ones kept per backend.
 
-use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -88,7 +87,9 @@ struct Idle {
 
 /// The backend connections of one worker thread. The mutex is never contended: one thread uses it.
 pub struct Upstream {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    /// Per backend address; a list, since a worker talks to few backends and hashing an
+    /// `Authority` costs more than comparing a handful.
+    idle: Mutex<Vec<(Authority, Vec<Idle>)>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -96,7 +97,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Upstream> {
         Arc::new(Upstream {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Vec::new()),
             connect_timeout,
             idle_timeout,
         })
@@ -151,7 +152,7 @@ impl Upstream {
     /// Takes an idle connection to `backend` that is still open and not past the idle timeout.
     fn checkout(&self, backend: &Authority) -> Option<Pooled> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(backend)?;
+        let (_, list) = idle.iter_mut().find(|(key, _)| key == backend)?;
         while let Some(entry) = list.pop() {
             if entry.since.elapsed() < self.idle_timeout && !entry.pooled.sender.is_closed() {
                 return Some(entry.pooled);
@@ -183,7 +184,14 @@ impl Upstream {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(pooled.key.clone()).or_default();
+        let at = match idle.iter().position(|(key, _)| *key == pooled.key) {
+            Some(at) => at,
+            None => {
+                idle.push((pooled.key.clone(), Vec::new()));
+                idle.len() - 1
+            }
+        };
+        let list = &mut idle[at].1;
         if list.len() < MAX_IDLE_PER_BACKEND {
             list.push(Idle {
                 pooled,
@@ -195,7 +203,7 @@ impl Upstream {
     /// Closes idle connections past the idle timeout; run periodically by the worker.
     pub fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|_, list| {
+        idle.retain_mut(|(_, list)| {
             list.retain(|entry| {
                 entry.since.elapsed() < self.idle_timeout && !entry.pooled.sender.is_closed()
             });
