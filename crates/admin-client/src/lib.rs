@@ -86,8 +86,15 @@ pub struct Backend {
     pub weight: u32,
     pub route: String,
     pub state: BackendState,
+    /// `up` or `down`, as the proxy's active checks (or a [`AdminClient::mark_up`]) set it.
     pub health: String,
+    /// The checker's current streak; `None` when the pool has no active checks (or an older proxy).
+    #[serde(default)]
+    pub checks: Option<Checks>,
     pub ejected: bool,
+    /// Takes new requests now (active, up, not ejected); `None` from an older proxy.
+    #[serde(default)]
+    pub eligible: Option<bool>,
     pub in_flight: i64,
     pub requests: u64,
     pub failures: u64,
@@ -95,6 +102,29 @@ pub struct Backend {
     pub responses: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub latency_ms_sum: f64,
+}
+
+/// Consecutive passes and failures of the proxy's active health checks so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checks {
+    pub passes: u32,
+    pub failures: u32,
+}
+
+/// What `POST /v1/reload` changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub config: PathBuf,
+    /// One line per change (pool added, removed, settings changed, backends kept); empty from an
+    /// older proxy.
+    #[serde(default)]
+    pub summary: Vec<String>,
+    /// Per pool: `{"pool", "change", "settings", "backends", "file_backends_ignored"}`.
+    #[serde(default)]
+    pub pools: Vec<Value>,
+    /// `[proxy]` settings that changed but need a restart.
+    #[serde(default)]
+    pub needs_restart: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,6 +213,18 @@ impl AdminClient {
         .await
     }
 
+    /// Marks a backend up in the proxy's health view after a health gate of the caller's own
+    /// passed, so it is eligible now rather than after the proxy's `rise` checks.
+    pub async fn mark_up(&self, pool: &str, backend: &str) -> Result<Backend, AdminError> {
+        let body = serde_json::json!({ "health": "up" });
+        self.call(
+            Method::PATCH,
+            &format!("/v1/pools/{pool}/backends/{backend}"),
+            Some(body),
+        )
+        .await
+    }
+
     pub async fn add(&self, pool: &str, spec: &BackendSpec) -> Result<Pool, AdminError> {
         let body = serde_json::to_value(spec).expect("a spec is plain data");
         self.call(
@@ -213,7 +255,7 @@ impl AdminClient {
         .await
     }
 
-    pub async fn reload(&self) -> Result<Value, AdminError> {
+    pub async fn reload(&self) -> Result<ReloadReport, AdminError> {
         self.call(Method::POST, "/v1/reload", None).await
     }
 

@@ -18,6 +18,17 @@ impl BuiltinBalancer {
         }
     }
 
+    /// Marks `node` up in the proxy's own health view: call it after the engine's health gate
+    /// passed, so a freshly enabled node is eligible at once even when the pool's active checks
+    /// would need `rise` passes first.
+    pub async fn mark_healthy(&self, node: &NodeName) -> PortResult<()> {
+        self.client
+            .mark_up(&self.pool, node.as_str())
+            .await
+            .map(drop)
+            .map_err(err)
+    }
+
     async fn pool(&self) -> PortResult<Pool> {
         self.client.pool(&self.pool).await.map_err(err)
     }

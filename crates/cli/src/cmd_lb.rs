@@ -175,11 +175,11 @@ async fn execute(client: &AdminClient, command: Command, json: bool) -> anyhow::
             print_pools(&[client.remove(&target.pool, &target.backend).await?])
         }
         Command::Reload => {
-            let answer = client.reload().await?;
-            println!(
-                "reloaded {}",
-                answer["config"].as_str().unwrap_or("the configuration")
-            );
+            let report = client.reload().await?;
+            println!("reloaded {}", report.config.display());
+            for line in &report.summary {
+                println!("  {line}");
+            }
         }
     }
     Ok(())

@@ -546,6 +546,79 @@ async fn bad_requests_get_clear_answers_and_others_keep_flowing() {
     );
 }
 
+/// One request written raw on its own connection; the answer up to the proxy's close (or 5 s).
+fn raw_exchange(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Issue 12: 12 malformed chunked bodies used to eject both backends of a pool (502 each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_the_clients_fault_and_eject_no_backend() {
+    let (a, b) = (Hello::start("a", "1"), Hello::start("b", "1"));
+    let proxy = Proxy::start(
+        "",
+        &pool_toml(
+            "app",
+            "eject = { consecutive_failures = 2, cooldown = \"60s\" }",
+            &[("a", a.addr(), ""), ("b", b.addr(), "")],
+        ),
+    );
+    let port = proxy.port;
+    let answers = tokio::task::spawn_blocking(move || {
+        let head = "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+        let mut answers = Vec::new();
+        for body in [
+            "zz\r\nhello\r\n0\r\n\r\n",
+            "2\r\nhello\r\n0\r\n\r\n",
+            "5\nhello\n0\n\n",
+        ] {
+            for _ in 0..4 {
+                answers.push(raw_exchange(port, format!("{head}{body}").as_bytes()));
+            }
+        }
+        answers.push(raw_exchange(
+            port,
+            b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+        ));
+        let filler = "f".repeat(100_000);
+        answers.push(raw_exchange(
+            port,
+            format!("GET / HTTP/1.1\r\nhost: x\r\nx-filler: {filler}\r\n\r\n").as_bytes(),
+        ));
+        answers
+    })
+    .await
+    .unwrap();
+    let firsts: Vec<&str> = answers
+        .iter()
+        .map(|a| a.lines().next().unwrap_or(""))
+        .collect();
+    assert!(
+        firsts[..12].iter().all(|l| l.starts_with("HTTP/1.1 400")),
+        "{firsts:?}"
+    );
+    assert!(
+        firsts[12].starts_with("HTTP/1.1 400") && answers[12].contains("more than one Host"),
+        "{}",
+        answers[12]
+    );
+    assert!(firsts[13].starts_with("HTTP/1.1 431"), "{firsts:?}");
+    let pool = proxy.admin.pool("app").await.unwrap();
+    for backend in &pool.backends {
+        assert!(!backend.ejected && backend.failures == 0, "{backend:?}");
+        assert_eq!(backend.responses.get("5xx"), Some(&0), "{backend:?}");
+    }
+    assert_eq!(served_by(&client(), &proxy.url("/"), 4).await.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_backend_left_gets_a_503_that_says_why() {
     let a = Hello::start("a", "1");
@@ -712,6 +785,56 @@ async fn reload_applies_a_good_config_and_refuses_a_bad_one() {
     );
 }
 
+/// Issue 10 item 2: a deploy set the pool's backends through the admin API; an operator adds a
+/// `health = …` line under the pool's section and reloads, by `nonstop lb reload` and by SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_an_edited_deploy_managed_pool_fails_no_request() {
+    let (blue, green) = (Hello::start("blue", "1"), Hello::start("green", "2"));
+    let proxy = Proxy::start("", "[pools.roll]\n");
+    let mut deployed = vec![spec("blue", &blue), spec("green", &green)];
+    deployed[0].state = Some(BackendState::Disabled);
+    proxy.admin.replace("roll", &deployed).await.unwrap();
+    let path = proxy.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+    let load = Load::start(proxy.url("/"), 4, 1_000_000);
+    load.wait_for_requests(200).await;
+
+    let health = "[pools.roll]\nhealth = { path = \"/health\", interval = \"200ms\", timeout = \"1s\", rise = 2, fall = 3 }\n";
+    write(&path, &original.replace("[pools.roll]\n", health));
+    let (ok, text) = proxy.cli(&["lb", "reload"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("pool `roll`: health changed; kept the backends, states and weights set through the admin API"),
+        "{text}"
+    );
+    let seen = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_for_requests(seen + 500).await;
+
+    write(&path, &original);
+    proxy.proc.signal("HUP");
+    wait_until("SIGHUP reload logged", DEADLINE, || async {
+        proxy.log_text().matches("reload: pool `roll`").count() >= 2
+    })
+    .await;
+    let seen = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_for_requests(seen + 500).await;
+    let report = load.stop().await;
+    println!(
+        "reload of a managed pool under load: {} sent, {} ok, {} failed, served by {:?}",
+        report.sent, report.ok, report.failed, report.by_node
+    );
+    assert_eq!(
+        report.failed,
+        0,
+        "failures: {:?}",
+        &report.failures[..report.failures.len().min(10)]
+    );
+    assert_eq!(report.by_node.keys().collect::<Vec<_>>(), ["green"]);
+    let pool = proxy.admin.pool("roll").await.unwrap();
+    assert_eq!(pool.backend("blue").unwrap().state, BackendState::Disabled);
+    assert_eq!(pool.backend("green").unwrap().state, BackendState::Active);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish() {
     let a = Hello::start("a", "1");
@@ -864,7 +987,8 @@ async fn a_restarted_proxy_serves_what_the_last_switch_set_up() {
         BTreeMap::from([("green".into(), 5)])
     );
 
-    // Once the pool's section in the file changes, the file wins over the saved state.
+    // An edit of the pool's settings applies, and the admin-set members still survive the
+    // restart (issue 10 item 2: a deploy's pool is never emptied by an edited file).
     let text = std::fs::read_to_string(&path).unwrap();
     write(
         &path,
@@ -872,6 +996,9 @@ async fn a_restarted_proxy_serves_what_the_last_switch_set_up() {
     );
     let proxy = proxy.restart();
     let pool = proxy.admin.pool("app").await.unwrap();
-    assert_eq!(pool.backends.len(), 1);
-    assert_eq!(pool.backends[0].name, "blue");
+    assert_eq!(pool.balance, "least-conn");
+    let names: Vec<&str> = pool.backends.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["green", "blue"]);
+    assert_eq!(pool.backend("blue").unwrap().state, BackendState::Draining);
+    assert_eq!(pool.backend("green").unwrap().weight, 3);
 }

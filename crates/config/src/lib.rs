@@ -18,7 +18,7 @@ pub use driver::{BalancerKind, DriverTable, RuntimeKind, RuntimeShared};
 pub use error::ConfigError;
 pub use hosts::HostConfig;
 pub use proxy::{
-    AdminEndpoint, AdminState, BackendConfig, Balance, EjectConfig, HealthCheck, LogFormat,
+    AdminEndpoint, AdminState, BackendConfig, Balance, EjectConfig, HealthCheck, Limits, LogFormat,
     PoolConfig, ProxyConfig, RouteConfig, Sticky, Timeouts,
 };
 pub use service::ServiceConfig;

@@ -30,6 +30,9 @@ pub struct ProxyConfig {
     pub max_body: ByteSize,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Caps on what one client may make the proxy hold.
+    #[serde(default)]
+    pub limits: Limits,
     /// How long requests still running on a removed backend may take to finish.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: HumanDuration,
@@ -63,6 +66,9 @@ pub struct Timeouts {
     pub response_header: HumanDuration,
     #[serde(default = "Timeouts::default_idle")]
     pub idle: HumanDuration,
+    /// Longest pause between two pieces of a client's request body before it gets 408.
+    #[serde(default = "Timeouts::default_request_body")]
+    pub request_body: HumanDuration,
 }
 
 impl Timeouts {
@@ -75,6 +81,42 @@ impl Timeouts {
     fn default_idle() -> HumanDuration {
         HumanDuration::secs(60)
     }
+    fn default_request_body() -> HumanDuration {
+        HumanDuration::secs(30)
+    }
+}
+
+/// Caps on client input and connections; defaults fit a small server.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Total size of a request's line and headers; larger gets 431 and is not forwarded.
+    #[serde(default = "Limits::default_max_header_size")]
+    pub max_header_size: ByteSize,
+    /// Client connections one worker thread holds; more wait in the listen backlog.
+    #[serde(default = "Limits::default_connections_per_worker")]
+    pub connections_per_worker: usize,
+}
+
+/// hyper's smallest read buffer.
+pub const MIN_HEADER_SIZE: u64 = 8 * 1024;
+
+impl Limits {
+    fn default_max_header_size() -> ByteSize {
+        ByteSize::kib(64)
+    }
+    fn default_connections_per_worker() -> usize {
+        10_000
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_size: Self::default_max_header_size(),
+            connections_per_worker: Self::default_connections_per_worker(),
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -83,6 +125,7 @@ impl Default for Timeouts {
             connect: Self::default_connect(),
             response_header: Self::default_response_header(),
             idle: Self::default_idle(),
+            request_body: Self::default_request_body(),
         }
     }
 }
@@ -476,6 +519,30 @@ impl ProxyConfig {
         }
         if self.workers == Some(0) {
             return Err(source.error_at(at_proxy(), "`workers` must be at least 1", None));
+        }
+        if self.limits.max_header_size.as_u64() < MIN_HEADER_SIZE {
+            return Err(source.error_at(
+                at_proxy(),
+                format!(
+                    "`limits.max_header_size` is {}; it must be at least 8KiB",
+                    self.limits.max_header_size
+                ),
+                Some("the default is \"64KiB\"".into()),
+            ));
+        }
+        if self.limits.connections_per_worker == 0 {
+            return Err(source.error_at(
+                at_proxy(),
+                "`limits.connections_per_worker` must be at least 1",
+                Some("the default is 10000".into()),
+            ));
+        }
+        if self.timeouts.request_body.0.is_zero() {
+            return Err(source.error_at(
+                at_proxy(),
+                "`timeouts.request_body` must be longer than 0",
+                None,
+            ));
         }
         for route in &self.routes {
             let pool = route.pool.get_ref();

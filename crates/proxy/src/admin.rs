@@ -170,8 +170,15 @@ async fn patch_backend(
 }
 
 async fn reload(State(shared): State<Arc<Shared>>) -> Result<Response, ControlError> {
-    let path = shared.reload().await?;
-    Ok(Json(json!({ "reloaded": true, "config": path })).into_response())
+    let report = shared.reload().await?;
+    Ok(Json(json!({
+        "reloaded": true,
+        "config": report.config,
+        "pools": report.pools,
+        "needs_restart": report.needs_restart,
+        "summary": report.summary,
+    }))
+    .into_response())
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>, _headers: HeaderMap) -> Response {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nonstop_config::AdminState;
+use tokio::sync::OwnedMutexGuard;
 
 use crate::Shared;
 use crate::state::{Backend, BackendSpec, BackendView, Members, Pool, PoolView, check_weight};
@@ -25,12 +26,21 @@ pub enum ControlError {
     Config(String),
 }
 
-/// A change of one backend's operator-set state and weight.
+/// A change of one backend's operator-set state and weight, or of its health.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendPatch {
     pub state: Option<AdminState>,
     pub weight: Option<u32>,
+    /// `"up"`: a health gate of the caller's own (the deploy engine's) passed, so the backend
+    /// is eligible now rather than after `rise` of the proxy's checks. Down comes only from checks.
+    pub health: Option<HealthMark>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthMark {
+    Up,
 }
 
 impl Shared {
@@ -42,8 +52,24 @@ impl Shared {
             .ok_or_else(|| ControlError::UnknownPool(name.to_string()))
     }
 
+    pub fn metrics(&self) -> &crate::Metrics {
+        &self.metrics
+    }
+
     pub fn pools(&self) -> Vec<PoolView> {
         self.table.load().pools.iter().map(|p| p.view()).collect()
+    }
+
+    /// The current pool of that name with its edit lock held. A reload replaces pool objects, so
+    /// the lock of one that left the table is let go and the new one's taken.
+    async fn edit(&self, name: &str) -> Result<(Arc<Pool>, OwnedMutexGuard<()>), ControlError> {
+        loop {
+            let pool = self.pool(name)?;
+            let guard = pool.edit.clone().lock_owned().await;
+            if self.pool(name).is_ok_and(|now| Arc::ptr_eq(&now, &pool)) {
+                return Ok((pool, guard));
+            }
+        }
     }
 
     pub async fn patch_backend(
@@ -52,10 +78,10 @@ impl Shared {
         backend: &str,
         patch: &BackendPatch,
     ) -> Result<BackendView, ControlError> {
-        let pool = self.pool(pool)?;
         if let Some(weight) = patch.weight {
             check_weight(weight).map_err(ControlError::Invalid)?;
         }
+        let (pool, _edit) = self.edit(pool).await?;
         let members = pool.members.load();
         let target = members
             .find(backend)
@@ -71,8 +97,15 @@ impl Shared {
             target.set_weight(weight);
             tracing::info!(pool = %pool.name, backend, weight, "backend weight set");
         }
-        self.save_state();
-        Ok(target.view())
+        if patch.health == Some(HealthMark::Up) {
+            target.mark_up();
+            tracing::info!(pool = %pool.name, backend, "backend marked up by the admin API");
+        }
+        if patch.state.is_some() || patch.weight.is_some() {
+            pool.set_managed();
+            self.save_state();
+        }
+        Ok(target.view(pool.health.is_some()))
     }
 
     /// Replaces a pool's whole member set in one step; kept backends keep counters and health.
@@ -81,8 +114,7 @@ impl Shared {
         pool: &str,
         specs: &[BackendSpec],
     ) -> Result<PoolView, ControlError> {
-        let pool = self.pool(pool)?;
-        let _edit = pool.edit.lock().await;
+        let (pool, _edit) = self.edit(pool).await?;
         let mut names = HashSet::new();
         for spec in specs {
             spec.check().map_err(ControlError::Invalid)?;
@@ -123,8 +155,7 @@ impl Shared {
         pool: &str,
         spec: &BackendSpec,
     ) -> Result<PoolView, ControlError> {
-        let pool = self.pool(pool)?;
-        let _edit = pool.edit.lock().await;
+        let (pool, _edit) = self.edit(pool).await?;
         let old = pool.members.load_full();
         if old.find(&spec.name).is_some() {
             return Err(ControlError::Duplicate {
@@ -144,8 +175,7 @@ impl Shared {
         pool: &str,
         backend: &str,
     ) -> Result<PoolView, ControlError> {
-        let pool = self.pool(pool)?;
-        let _edit = pool.edit.lock().await;
+        let (pool, _edit) = self.edit(pool).await?;
         let old = pool.members.load_full();
         if old.find(backend).is_none() {
             return Err(ControlError::UnknownBackend {
@@ -178,6 +208,7 @@ impl Shared {
             .cloned()
             .collect();
         pool.members.store(Arc::new(Members::new(next)));
+        pool.set_managed();
         self.save_state();
         for backend in leaving {
             self.retire(pool.name.clone(), backend);

@@ -2,31 +2,34 @@
 //! Also the proxy's own answers (400/404/413/502/503/504), each saying what went wrong.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use nonstop_config::Sticky;
 
 use crate::Shared;
+use crate::attempt::Attempt;
 use crate::balance;
+use crate::client_body::{BodyWatch, ClientBody, ClientFault};
+use crate::host::{RequestHost, request_host};
 use crate::metrics::ErrorKind;
+use crate::response_body::Tracked;
 use crate::state::{Backend, InFlight, Pool};
+use crate::upstream::{Pooled, Upstream};
 
-pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub type UpstreamBody = Either<Full<Bytes>, ClientBody>;
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// Backends one request may be tried on (refused connects, connections lost before an answer).
+const MAX_ATTEMPTS: usize = 8;
 
 /// Bodies up to this size are buffered so that a refused connection can be retried elsewhere.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
@@ -38,41 +41,15 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// A backend's response body that keeps the backend's in-flight count until it has been sent.
-pub struct Tracked {
-    inner: Incoming,
-    _in_flight: InFlight,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Serves one client request. Never fails: every problem becomes an explanatory response.
 pub async fn handle(
     shared: &Shared,
-    client: &UpstreamClient,
+    upstream: &Arc<Upstream>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let request_id = shared.request_ids.take(req.headers());
-    let mut response = match relay(shared, client, req, peer, &request_id).await {
+    let mut response = match relay(shared, upstream, req, peer, &request_id).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_response(),
     };
@@ -83,13 +60,13 @@ pub async fn handle(
 }
 
 /// An answer the proxy gives itself.
-struct Refusal {
+pub struct Refusal {
     status: StatusCode,
     message: String,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Refusal {
             status,
             message: message.into(),
@@ -113,7 +90,7 @@ impl Refusal {
 
 async fn relay(
     shared: &Shared,
-    client: &UpstreamClient,
+    upstream: &Arc<Upstream>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     request_id: &HeaderValue,
@@ -162,32 +139,39 @@ async fn relay(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
+    let pause = table.settings.request_body_timeout;
+    let mut watch: Option<Arc<BodyWatch>> = None;
     let mut body = Some(if body.is_end_stream() {
         Either::Left(Full::new(Bytes::new()))
-    } else if declared_length.is_some_and(|len| len <= RETRY_BUFFER_LIMIT) {
-        let bytes = Limited::new(body, max_body as usize)
-            .collect()
-            .await
-            .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "the request body ended early"))?
-            .to_bytes();
-        Either::Left(Full::new(bytes))
     } else {
-        Either::Right(Limited::new(body, max_body as usize))
+        let (client_body, body_watch) = ClientBody::new(body, max_body, pause);
+        if declared_length.is_some_and(|len| len <= RETRY_BUFFER_LIMIT) {
+            match client_body.collect().await {
+                Ok(collected) => Either::Left(Full::new(collected.to_bytes())),
+                Err(_) => {
+                    let fault = body_watch.fault().unwrap_or(ClientFault::Malformed);
+                    return Err(client_fault(shared, &pool, fault, &table.settings, peer));
+                }
+            }
+        } else {
+            watch = Some(body_watch);
+            Either::Right(client_body)
+        }
     });
-
-    let mut tried: Vec<usize> = Vec::new();
+    // The backends tried so far, on the stack: this runs for every request.
+    let mut tried = [0usize; MAX_ATTEMPTS];
+    let mut attempts = 0;
     loop {
         // A fresh member set per attempt: a slow upload must not pick from before a switch.
         let members = pool.members.load_full();
-        let Some(backend) = balance::pick(&members, pool.balance, route.as_deref(), &tried) else {
-            return Err(no_backend(
-                shared,
-                &pool,
-                &members.backends,
-                !tried.is_empty(),
-            ));
+        let picked = (attempts < MAX_ATTEMPTS)
+            .then(|| balance::pick(&members, pool.balance, route.as_deref(), &tried[..attempts]))
+            .flatten();
+        let Some(backend) = picked else {
+            return Err(no_backend(shared, &pool, &members.backends, attempts > 0));
         };
-        tried.push(Arc::as_ptr(&backend) as usize);
+        tried[attempts] = Arc::as_ptr(&backend) as usize;
+        attempts += 1;
         let in_flight = backend.begin();
 
         // A buffered body can be sent again; a streamed one is gone once handed to the client.
@@ -197,28 +181,55 @@ async fn relay(
         };
         let this_body = body.take().expect("a body is kept for every attempt");
         // Copy the headers only when another attempt could need them.
-        let may_retry = retry_body.is_some() && tried.len() < members.backends.len();
+        let may_retry = retry_body.is_some() && attempts < members.backends.len().min(MAX_ATTEMPTS);
         let attempt_headers = if may_retry {
             headers.clone()
         } else {
             std::mem::take(&mut headers)
         };
-        let upstream = build_request(&parts.method, &path, &backend, attempt_headers, this_body);
+        let request = build_request(&parts.method, &path, &backend, attempt_headers, this_body);
 
         let started = Instant::now();
+        let limit = table.settings.response_header_timeout;
+        let mut attempt = Attempt {
+            request: Some(Box::pin(
+                upstream.clone().send(backend.authority.clone(), request),
+            )),
+            in_flight: Some(in_flight),
+            eject: pool.eject,
+            watch: watch.clone(),
+            deadline: tokio::time::Instant::now() + limit,
+        };
+        let deadline = async {
+            match &watch {
+                Some(watch) => watch.response_deadline(limit).await,
+                None => tokio::time::sleep(limit).await,
+            }
+        };
         let outcome = tokio::select! {
             biased;
-            result = tokio::time::timeout(table.settings.response_header_timeout, client.request(upstream)) => result,
+            result = attempt.request.as_mut().expect("set just above") => Ok(result),
+            _ = deadline => Err(()),
             _ = backend.retired.cancelled() => {
+                attempt.request = None;
                 return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE,
                     format!("backend `{}` was removed from pool `{}` and its drain timeout ran out", backend.name, pool.name)));
             }
         };
+        attempt.request = None;
+        let in_flight = attempt.in_flight.take().expect("set just above");
+        if let Ok(Err(_)) = &outcome
+            && let Some(fault) = watch.as_ref().and_then(|w| w.fault())
+        {
+            // The client's body broke or stalled; the backend did nothing wrong.
+            return Err(client_fault(shared, &pool, fault, &table.settings, peer));
+        }
         match outcome {
-            Ok(Ok(response)) => {
+            Ok(Ok((response, pooled))) => {
                 backend.record_response(response.status(), started.elapsed(), &pool.eject);
                 return Ok(finish_response(
                     response,
+                    (pooled, upstream.clone()),
                     in_flight,
                     &pool,
                     route.as_deref(),
@@ -246,12 +257,8 @@ async fn relay(
                 }
             }
             Ok(Err(err)) => {
-                if body_too_large(&err) {
-                    shared.metrics.error(&pool.name, ErrorKind::BodyTooLarge);
-                    return Err(too_large(max_body));
-                }
                 backend.record_failure(&pool.eject, false);
-                let garbage = is_parse_error(&err);
+                let garbage = err.is_parse();
                 // A backend that died mid-request (reset, closed) may be retried when the method is
                 // idempotent (RFC 9110 §9.2.2); an answer that is not HTTP is the backend's fault, not luck.
                 if !garbage
@@ -280,95 +287,25 @@ async fn relay(
                     ),
                 ));
             }
-            Err(_elapsed) => {
+            Err(()) => {
+                drop(in_flight);
                 backend.record_failure(&pool.eject, false);
                 shared.metrics.error(&pool.name, ErrorKind::Timeout);
+                let after = if watch.as_ref().is_some_and(|w| !w.sent()) {
+                    "of the request body it stopped reading"
+                } else {
+                    "after the request was sent"
+                };
                 return Err(Refusal::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
-                        "backend `{}` ({}) sent no response headers within {:?}",
-                        backend.name, backend.addr, table.settings.response_header_timeout
+                        "backend `{}` ({}) sent no response headers within {:?} {after}",
+                        backend.name, backend.addr, limit
                     ),
                 ));
             }
         }
     }
-}
-
-/// The host a request was sent to, as the client wrote it (Host, or `:authority` in HTTP/2).
-struct RequestHost {
-    value: HeaderValue,
-    host_len: usize,
-}
-
-impl RequestHost {
-    /// The host without its port.
-    fn host(&self) -> &str {
-        &self.value.to_str().unwrap_or("")[..self.host_len]
-    }
-}
-
-fn request_host(req: &Request<Incoming>) -> Result<Option<RequestHost>, Refusal> {
-    let bad = || {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "the Host header is not a valid host[:port]",
-        )
-    };
-    let value = match req.headers().get(header::HOST) {
-        Some(value) => value.clone(),
-        None if req.version() == Version::HTTP_2 => match req.uri().authority() {
-            Some(authority) => HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
-            None => return Ok(None),
-        },
-        None if req.version() == Version::HTTP_11 => {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "an HTTP/1.1 request needs a Host header",
-            ));
-        }
-        None => return Ok(None),
-    };
-    let host_len = value.to_str().ok().and_then(host_length).ok_or_else(bad)?;
-    Ok(Some(RequestHost { value, host_len }))
-}
-
-/// Checks `host[:port]` (RFC 9110 §7.2) without allocating; returns the length of the host part.
-fn host_length(authority: &str) -> Option<usize> {
-    if authority.is_empty() || authority.len() > 255 {
-        return None;
-    }
-    let (host, port) = if authority.starts_with('[') {
-        let end = authority.find(']')? + 1;
-        let inside = &authority[1..end - 1];
-        if inside.is_empty()
-            || !inside
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return None;
-        }
-        let rest = &authority[end..];
-        let port = if rest.is_empty() {
-            None
-        } else {
-            Some(rest.strip_prefix(':')?)
-        };
-        (&authority[..end], port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    let host_ok = host.starts_with('[')
-        || (!host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')));
-    let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    (host_ok && port_ok).then_some(host.len())
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -380,35 +317,45 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// The answer to a request whose body was the client's fault: logged and counted as a client
+/// error, never against the backend (passive ejection, canary error rates).
+fn client_fault(
+    shared: &Shared,
+    pool: &Pool,
+    fault: ClientFault,
+    settings: &crate::state::Settings,
+    peer: SocketAddr,
+) -> Refusal {
+    let (kind, refusal) = match fault {
+        ClientFault::TooLarge => (ErrorKind::BodyTooLarge, too_large(settings.max_body)),
+        ClientFault::Malformed => (
+            ErrorKind::ClientBody,
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "the request body is malformed or ended early (bad chunk framing, or shorter than its Content-Length)",
+            ),
+        ),
+        ClientFault::Slow => (
+            ErrorKind::ClientTimeout,
+            Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body paused for longer than timeouts.request_body ({:?})",
+                    settings.request_body_timeout
+                ),
+            ),
+        ),
+    };
+    shared.metrics.error(&pool.name, kind);
+    tracing::info!(pool = %pool.name, %peer, status = refusal.status.as_u16(), "client error: {}", refusal.message);
+    refusal
+}
+
 fn too_large(max_body: u64) -> Refusal {
     Refusal::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the request body is larger than the proxy's max_body of {max_body} bytes"),
     )
-}
-
-fn body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-fn is_parse_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>()
-            && (hyper_error.is_parse() || hyper_error.is_parse_status())
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -489,8 +436,19 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named in Connection and the fixed set.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass of cheap name comparisons first: most messages carry none of these, and each
+    // `remove` hashes its name.
+    let (mut connection, mut fixed) = (false, false);
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if is_fixed_hop_by_hop(name) {
+            fixed = true;
+        }
+    }
+    if connection {
         let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
@@ -500,20 +458,66 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
+    if fixed {
+        for name in [
+            &KEEP_ALIVE,
+            &PROXY_CONNECTION,
+            &header::TE,
+            &header::TRAILER,
+            &header::TRANSFER_ENCODING,
+            &header::PROXY_AUTHORIZATION,
+        ] {
+            headers.remove(name);
+        }
+        if !keep_upgrade {
+            headers.remove(header::UPGRADE);
+        }
     }
-    headers.remove(header::PROXY_AUTHORIZATION);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// `ip` as text in `buf`, without the formatting machinery for the common IPv4 case.
+fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + (octet / 10) % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            &buf[..len]
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{v6}");
+            let len = cursor.position() as usize;
+            &buf[..len]
+        }
     }
 }
 
@@ -525,12 +529,19 @@ fn prepare_request_headers(
     request_id: &HeaderValue,
 ) {
     strip_hop_by_hop(headers, upgrade);
-    let client_ip = peer.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client_ip}"),
-        None => client_ip,
+    let mut buf = [0u8; 48];
+    let client_ip = ip_text(peer.ip(), &mut buf);
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        Some(previous) => {
+            let mut value = Vec::with_capacity(previous.len() + 2 + client_ip.len());
+            value.extend_from_slice(previous.as_bytes());
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(client_ip);
+            HeaderValue::from_maybe_shared(Bytes::from(value))
+        }
+        None => HeaderValue::from_bytes(client_ip),
     };
-    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+    if let Ok(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -550,20 +561,23 @@ fn build_request(
     headers: HeaderMap,
     body: UpstreamBody,
 ) -> Request<UpstreamBody> {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.authority.clone());
-    uri.path_and_query = Some(path.clone());
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
-    *request.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    // Origin form (`/path?query`): the connection already goes to the backend.
+    *request.uri_mut() = Uri::from(path.clone());
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
+    if !request.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(backend.authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
     request
 }
 
 fn finish_response(
     mut response: Response<Incoming>,
+    (pooled, upstream): (Pooled, Arc<Upstream>),
     in_flight: InFlight,
     pool: &Pool,
     route: Option<&str>,
@@ -584,6 +598,12 @@ fn finish_response(
     }
     if let (true, Some(client_side)) = (switching, client_upgrade) {
         let backend_side = hyper::upgrade::on(&mut response);
+        // The connection future hands its socket over to the upgrade once polled past the 101.
+        if let Some(conn) = pooled.into_conn() {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
         tokio::spawn(tunnel(client_side, backend_side, in_flight));
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
@@ -591,10 +611,7 @@ fn finish_response(
     let (parts, body) = response.into_parts();
     Response::from_parts(
         parts,
-        Either::Left(Tracked {
-            inner: body,
-            _in_flight: in_flight,
-        }),
+        Either::Left(Tracked::new(body, in_flight, pool.eject, pooled, upstream)),
     )
 }
 
@@ -619,26 +636,34 @@ async fn tunnel(
 
 #[cfg(test)]
 mod tests {
-    use super::host_length;
+    use super::*;
 
     #[test]
-    fn host_headers_are_checked_without_allocating() {
-        assert_eq!(host_length("shop.example.com"), Some(16));
-        assert_eq!(host_length("shop.example.com:8080"), Some(16));
-        assert_eq!(host_length("[::1]:8080"), Some(5));
-        assert_eq!(host_length("[::1]"), Some(5));
-        for bad in [
-            "",
-            "bad host",
-            "a:b",
-            "a:",
-            "a/b",
-            "[::1",
-            "[zz]:1",
-            "a:123456",
-            "\u{e9}.com",
-        ] {
-            assert_eq!(host_length(bad), None, "{bad:?}");
+    fn client_addresses_are_written_as_text() {
+        let mut buf = [0u8; 48];
+        for ip in ["127.0.0.1", "10.20.255.0", "0.0.0.9", "::1", "2001:db8::7"] {
+            let parsed: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(parsed, &mut buf), ip.as_bytes());
         }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_others_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        let mut plain = HeaderMap::new();
+        plain.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut plain, true);
+        assert_eq!(plain.get(header::CONNECTION).unwrap(), "upgrade");
     }
 }

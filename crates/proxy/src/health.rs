@@ -1,7 +1,6 @@
 //! Active HTTP health checks: one task per pool probes every member on the pool's interval.
 //! `rise` passes bring a backend up, `fall` failures take it down; probes use fresh connections.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -40,14 +39,7 @@ pub fn spawn(pool: &Arc<Pool>, client: ProbeClient) {
     });
 }
 
-#[derive(Default)]
-struct Streak {
-    passes: u32,
-    failures: u32,
-}
-
 async fn run(pool: Weak<Pool>, check: HealthCheck, client: ProbeClient) {
-    let mut streaks: HashMap<(String, String), Streak> = HashMap::new();
     let mut ticker = tokio::time::interval(check.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -61,37 +53,19 @@ async fn run(pool: Weak<Pool>, check: HealthCheck, client: ProbeClient) {
                 .map(|backend| probe(&client, &check, backend)),
         )
         .await;
-        streaks.retain(|(name, addr), _| {
-            members
-                .backends
-                .iter()
-                .any(|b| &b.name == name && &b.addr == addr)
-        });
         for (backend, verdict) in members.backends.iter().zip(results) {
-            let streak = streaks
-                .entry((backend.name.clone(), backend.addr.clone()))
-                .or_default();
-            match verdict {
-                Ok(()) => {
-                    streak.passes += 1;
-                    streak.failures = 0;
-                    if !backend.healthy()
-                        && streak.passes >= check.rise
-                        && backend.set_healthy(true)
-                    {
-                        tracing::info!(pool = %pool.name, backend = %backend.name, "backend is up: {} checks passed", streak.passes);
-                    }
+            let (passed, why) = match verdict {
+                Ok(()) => (true, String::new()),
+                Err(why) => (false, why),
+            };
+            match backend.record_probe(passed, check.rise, check.fall) {
+                Some(true) => {
+                    tracing::info!(pool = %pool.name, backend = %backend.name, "backend is up: {} checks passed", check.rise)
                 }
-                Err(why) => {
-                    streak.failures += 1;
-                    streak.passes = 0;
-                    if backend.healthy()
-                        && streak.failures >= check.fall
-                        && backend.set_healthy(false)
-                    {
-                        tracing::warn!(pool = %pool.name, backend = %backend.name, reason = %why, "backend is down: {} checks failed", streak.failures);
-                    }
+                Some(false) => {
+                    tracing::warn!(pool = %pool.name, backend = %backend.name, reason = %why, "backend is down: {} checks failed", check.fall)
                 }
+                None => {}
             }
         }
     }

@@ -2,13 +2,20 @@
 //! This file wires the pieces together: state, request path, health checks, admin API, reload.
 
 mod admin;
+mod attempt;
+mod backend;
 mod balance;
+mod client_body;
 mod control;
 mod forward;
 mod health;
+mod host;
 mod metrics;
 mod persist;
+mod reload;
+mod response_body;
 mod state;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,8 +27,6 @@ use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -29,13 +34,15 @@ use nonstop_config::{AdminEndpoint, Config, ProxyConfig, Source};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use control::{BackendPatch, ControlError};
+pub use backend::ChecksView;
+pub use control::{BackendPatch, ControlError, HealthMark};
 pub use metrics::Metrics;
+pub use reload::{BackendsFrom, ChangeKind, PoolChange, ReloadReport};
 pub use state::{BackendSpec, BackendView, PoolView};
 
-use forward::UpstreamClient;
 use health::ProbeClient;
-use state::{Pool, Route, Settings, Table};
+use state::Table;
+use upstream::Upstream;
 
 /// State shared by every connection, the admin API and background tasks.
 pub struct Shared {
@@ -60,8 +67,8 @@ impl Shared {
         let saved = state_file(proxy, config_path)
             .map(|path| persist::load(&path))
             .unwrap_or_default();
-        let table =
-            build_table(proxy, config, None, &saved, &metrics).map_err(anyhow::Error::msg)?;
+        let table = reload::build_table(proxy, config, None, &saved, &metrics, &mut Vec::new())
+            .map_err(anyhow::Error::msg)?;
         let shared = Arc::new_cyclic(|weak_self| Shared {
             table: ArcSwap::from_pointee(table),
             probe_client: health::probe_client(),
@@ -76,76 +83,6 @@ impl Shared {
             health::spawn(pool, shared.probe_client.clone());
         }
         Ok(shared)
-    }
-
-    /// Re-reads the config file. If it is invalid, nothing changes and the error says where.
-    pub async fn reload(&self) -> Result<PathBuf, ControlError> {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let (config, _source) =
-            Config::load(&self.config_path).map_err(|e| ControlError::Config(e.to_string()))?;
-        let Some(proxy) = config.proxy.as_ref() else {
-            return Err(ControlError::Config(format!(
-                "{}: the file no longer has a [proxy] section",
-                self.config_path.display()
-            )));
-        };
-        let old = self.table.load_full();
-        let table = build_table(
-            proxy,
-            &config,
-            Some(&old),
-            &persist::SavedState::default(),
-            &self.metrics,
-        )
-        .map_err(ControlError::Config)?;
-        let fresh: Vec<Arc<Pool>> = table
-            .pools
-            .iter()
-            .filter(|p| !old.pools.iter().any(|o| Arc::ptr_eq(o, p)))
-            .cloned()
-            .collect();
-        self.table.store(Arc::new(table));
-        for pool in &fresh {
-            health::spawn(pool, self.probe_client.clone());
-        }
-        let current = self.table.load();
-        for pool in old
-            .pools
-            .iter()
-            .filter(|o| !current.pools.iter().any(|p| Arc::ptr_eq(o, p)))
-        {
-            pool.closed.cancel();
-            for backend in &pool.members.load().backends {
-                self.retire(pool.name.clone(), backend.clone());
-            }
-        }
-        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        for (what, changed) in [
-            ("listen", applied.listen != proxy.listen),
-            (
-                "admin",
-                applied.admin != proxy.admin || applied.admin_token_file != proxy.admin_token_file,
-            ),
-            ("metrics", applied.metrics != proxy.metrics),
-            ("workers", applied.workers != proxy.workers),
-            (
-                "timeouts.connect/idle",
-                applied.timeouts.connect != proxy.timeouts.connect
-                    || applied.timeouts.idle != proxy.timeouts.idle,
-            ),
-        ] {
-            if changed {
-                tracing::warn!(
-                    "`{what}` changed in {}; it takes effect at the next restart",
-                    self.config_path.display()
-                );
-            }
-        }
-        *applied = proxy.clone();
-        drop(applied);
-        self.save_state();
-        tracing::info!(config = %self.config_path.display(), pools = current.pools.len(), reused = current.pools.len() - fresh.len(), "configuration reloaded");
-        Ok(self.config_path.clone())
     }
 }
 
@@ -170,75 +107,6 @@ fn state_file(proxy: &ProxyConfig, config_path: &Path) -> Option<PathBuf> {
     Some(match config_path.parent() {
         Some(dir) if path.is_relative() => dir.join(path),
         _ => path.clone(),
-    })
-}
-
-/// The pooled HTTP/1.1 client to backends; each worker thread has its own pool.
-fn upstream_client(proxy: &ProxyConfig) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(proxy.timeouts.connect.0));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(proxy.timeouts.idle.0)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
-
-/// Builds a routing table; pools whose config section is unchanged are carried over with their runtime state.
-fn build_table(
-    proxy: &ProxyConfig,
-    config: &Config,
-    previous: Option<&Table>,
-    saved: &persist::SavedState,
-    metrics: &Metrics,
-) -> Result<Table, String> {
-    let mut pools = Vec::with_capacity(config.pools.len());
-    for (name, pool_config) in &config.pools {
-        let kept = previous
-            .and_then(|t| t.pool(name))
-            .filter(|p| p.config == *pool_config)
-            .cloned();
-        pools.push(match kept {
-            Some(pool) => pool,
-            None => Pool::from_config(name, pool_config, saved.members(name, pool_config), metrics)
-                .map_err(|e| format!("pool `{name}`: {e}"))?,
-        });
-    }
-    let find = |name: &str| pools.iter().find(|p| p.name == name).cloned();
-    let routes = if proxy.routes.is_empty() {
-        pools
-            .first()
-            .map(|pool| Route {
-                host: None,
-                path: "/".into(),
-                pool: pool.clone(),
-            })
-            .into_iter()
-            .collect()
-    } else {
-        proxy
-            .routes
-            .iter()
-            .map(|r| {
-                Ok(Route {
-                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                    path: r.path.clone(),
-                    pool: find(r.pool.get_ref())
-                        .ok_or_else(|| format!("route to unknown pool `{}`", r.pool.get_ref()))?,
-                })
-            })
-            .collect::<Result<_, String>>()?
-    };
-    Ok(Table {
-        routes,
-        pools,
-        settings: Settings {
-            max_body: proxy.max_body.as_u64(),
-            response_header_timeout: proxy.timeouts.response_header.0,
-            drain_timeout: proxy.drain_timeout.0,
-        },
     })
 }
 
@@ -268,8 +136,18 @@ impl RequestIds {
             }
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::try_from(format!("{:08x}-{n:x}", self.prefix))
-            .expect("hex digits are a valid header value")
+        // `{prefix:08x}-{n:x}`, written by hand: this runs for every request.
+        let mut buf = [0u8; 8 + 1 + 16];
+        let hex = |nibble: u64| b"0123456789abcdef"[(nibble & 0xf) as usize];
+        for (i, slot) in buf[..8].iter_mut().enumerate() {
+            *slot = hex(u64::from(self.prefix) >> (28 - 4 * i));
+        }
+        buf[8] = b'-';
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            buf[9 + i] = hex(n >> (4 * (digits - 1 - i)));
+        }
+        HeaderValue::from_bytes(&buf[..9 + digits]).expect("hex digits are a valid header value")
     }
 }
 
@@ -329,7 +207,7 @@ pub async fn start(config: &Config, source: &Source) -> anyhow::Result<Running> 
                     .enable_all()
                     .build()
                     .expect("a worker runtime can be built");
-                runtime.block_on(worker(listeners, shared, proxy, shutdown));
+                runtime.block_on(worker(index, listeners, shared, proxy, shutdown));
             })
             .context("cannot start a worker thread")?;
         workers.push(thread);
@@ -415,7 +293,7 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hangup.recv() => match running.shared.reload().await {
-                Ok(_) => {}
+                Ok(_report) => {}
                 Err(err) => tracing::error!("reload refused, still serving the previous configuration: {err}"),
             },
             _ = terminate.recv() => break,
@@ -429,19 +307,40 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
 
 /// One data-plane thread: accepts on its listeners and serves until shutdown, then drains.
 async fn worker(
+    index: usize,
     listeners: Vec<std::net::TcpListener>,
     shared: Arc<Shared>,
     proxy: ProxyConfig,
     shutdown: CancellationToken,
 ) {
-    let client = upstream_client(&proxy);
+    let upstream = Upstream::new(proxy.timeouts.connect.0, proxy.timeouts.idle.0);
+    let sweeper = {
+        let (upstream, stop) = (upstream.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(upstream.sweep_every());
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = every.tick() => upstream.sweep(),
+                }
+            }
+        })
+    };
     let mut server = auto::Builder::new(TokioExecutor::new());
+    // hyper answers a request line + headers larger than its read buffer with 431 itself,
+    // before anything is forwarded; the buffer never grows past it.
+    let header_cap = proxy.limits.max_header_size.as_u64();
     server
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(proxy.timeouts.idle.0)
+        .max_buf_size(header_cap as usize)
         .keep_alive(true);
+    server
+        .http2()
+        .max_header_list_size(header_cap.min(u32::MAX as u64) as u32);
     let server = Arc::new(server);
+    let connections = ConnectionLimit::new(index, proxy.limits.connections_per_worker);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -455,10 +354,11 @@ async fn worker(
         loops.spawn(accept_loop(
             listener,
             shared.clone(),
-            client.clone(),
+            upstream.clone(),
             server.clone(),
             graceful.clone(),
             shutdown.clone(),
+            connections.clone(),
         ));
     }
     while loops.join_next().await.is_some() {}
@@ -471,6 +371,7 @@ async fn worker(
     {
         tracing::warn!("drain timeout ran out with requests still in flight");
     }
+    sweeper.abort();
 }
 
 async fn serve_admin<L: axum::serve::Listener>(
@@ -500,14 +401,19 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    client: UpstreamClient,
+    upstream: Arc<Upstream>,
     server: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
     shutdown: CancellationToken,
+    connections: ConnectionLimit,
 ) {
     // One reference-counted pair, so each request clones a single Arc.
-    let context = Arc::new((shared, client));
+    let context = Arc::new((shared, upstream));
     loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = connections.acquire(&context.0.metrics) => permit,
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -537,7 +443,74 @@ async fn accept_loop(
             if let Err(err) = connection.await {
                 tracing::debug!(%peer, error = %err, "client connection ended with an error");
             }
+            drop(permit);
         });
+    }
+}
+
+/// `limits.connections_per_worker`: a worker at its cap stops accepting, so new connections wait
+/// in the kernel's listen backlog (as HAProxy does at `maxconn`) instead of being reset.
+#[derive(Clone)]
+struct ConnectionLimit {
+    worker: usize,
+    cap: usize,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// When the cap was last logged, so an overloaded worker logs once a minute, not per accept.
+    logged: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// One client connection's place under the cap; counted in `nonstop_client_connections`.
+struct ConnectionPermit {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl ConnectionLimit {
+    fn new(worker: usize, cap: usize) -> ConnectionLimit {
+        ConnectionLimit {
+            worker,
+            cap,
+            permits: Arc::new(tokio::sync::Semaphore::new(cap)),
+            logged: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    fn log_full(&self) {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *logged = Some(std::time::Instant::now());
+        tracing::warn!(
+            worker = self.worker,
+            open = self.cap,
+            "worker {} holds limits.connections_per_worker = {} client connections; new ones wait in the listen backlog until one closes (raise the limit if this machine can hold more)",
+            self.worker,
+            self.cap
+        );
+    }
+
+    async fn acquire(&self, metrics: &Metrics) -> ConnectionPermit {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics.connection_limit_reached.inc();
+                self.log_full();
+                let waited = self.permits.clone().acquire_owned().await;
+                waited.expect("the semaphore is never closed")
+            }
+        };
+        metrics.client_connections.inc();
+        ConnectionPermit {
+            _permit: permit,
+            open: metrics.client_connections.clone(),
+        }
     }
 }
 
@@ -574,4 +547,22 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         .with_context(|| format!("cannot create the admin socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestIds;
+
+    #[test]
+    fn request_ids_read_prefix_dash_counter_in_hex() {
+        let ids = RequestIds::new();
+        for n in [1u64, 9, 10, 255, 4096, u64::MAX - 1] {
+            ids.next.store(n, std::sync::atomic::Ordering::Relaxed);
+            let id = ids.take(&http::HeaderMap::new());
+            assert_eq!(id.to_str().unwrap(), format!("{:08x}-{n:x}", ids.prefix));
+        }
+        let mut sent = http::HeaderMap::new();
+        sent.insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(ids.take(&sent), "abc-123");
+    }
 }

@@ -75,6 +75,10 @@ pub enum ErrorKind {
     BadResponse,
     BodyTooLarge,
     Retry,
+    /// The client's body was malformed or cut off (400): the client's fault, not the backend's.
+    ClientBody,
+    /// The client paused its body longer than `timeouts.request_body` (408).
+    ClientTimeout,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,6 +105,8 @@ pub struct Metrics {
     health_changes: Family<HealthLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     unrouted: Counter,
+    pub client_connections: Gauge,
+    pub connection_limit_reached: Counter,
 }
 
 /// The metric handles one backend updates on every request.
@@ -134,6 +140,18 @@ impl Metrics {
         let health_changes = Family::default();
         let errors = Family::default();
         let unrouted = Counter::default();
+        let client_connections = Gauge::default();
+        let connection_limit_reached = Counter::default();
+        registry.register(
+            "client_connections",
+            "Client connections open, all workers",
+            client_connections.clone(),
+        );
+        registry.register(
+            "connection_limit_reached",
+            "Times a worker reached limits.connections_per_worker and stopped accepting",
+            connection_limit_reached.clone(),
+        );
         registry.register(
             "responses",
             "Responses relayed from backends, by status class",
@@ -180,6 +198,8 @@ impl Metrics {
             health_changes,
             errors,
             unrouted,
+            client_connections,
+            connection_limit_reached,
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use nonstop_config::PoolConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::state::{BackendSpec, Table};
+use crate::state::{BackendSpec, Pool, Table};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SavedState {
@@ -20,15 +20,26 @@ pub struct SavedPool {
     /// The pool's config section when the state was saved; a changed section wins over the state.
     pub section: String,
     pub backends: Vec<BackendSpec>,
+    /// The members were set through the admin API; absent in files of older versions.
+    #[serde(default)]
+    pub managed: Option<bool>,
 }
 
 impl SavedState {
-    /// The saved members of `pool`, if its config section is still the one they were saved under.
-    pub fn members(&self, pool: &str, config: &PoolConfig) -> Option<&[BackendSpec]> {
-        self.pools
-            .get(pool)
-            .filter(|saved| saved.section == section(config))
-            .map(|saved| saved.backends.as_slice())
+    /// The saved members of `pool` and whether they are admin-set: kept if the section is still
+    /// the one they were saved under, or if they were set through the admin API (a deploy's
+    /// backends survive an edit of the pool's settings, as they do on reload).
+    pub fn members(&self, pool: &str, config: &PoolConfig) -> Option<(&[BackendSpec], bool)> {
+        let saved = self.pools.get(pool)?;
+        let managed = saved.managed.unwrap_or_else(|| {
+            // Older files did not say; members that differ from the file's were set by the API.
+            let normal = |specs: &[BackendSpec]| -> Vec<BackendSpec> {
+                specs.iter().map(BackendSpec::normalized).collect()
+            };
+            normal(&saved.backends) != normal(&Pool::file_specs(config))
+        });
+        (managed || saved.section == section(config))
+            .then_some((saved.backends.as_slice(), managed))
     }
 }
 
@@ -66,6 +77,7 @@ pub fn save(path: &Path, table: &Table) -> std::io::Result<()> {
                 let saved = SavedPool {
                     section: section(&pool.config),
                     backends: pool.specs(),
+                    managed: Some(pool.managed()),
                 };
                 (pool.name.clone(), saved)
             })
