@@ -18,17 +18,6 @@ impl BuiltinBalancer {
         }
     }
 
-    /// Marks `node` up in the proxy's own health view: call it after the engine's health gate
-    /// passed, so a freshly enabled node is eligible at once even when the pool's active checks
-    /// would need `rise` passes first.
-    pub async fn mark_healthy(&self, node: &NodeName) -> PortResult<()> {
-        self.client
-            .mark_up(&self.pool, node.as_str())
-            .await
-            .map(drop)
-            .map_err(err)
-    }
-
     async fn pool(&self) -> PortResult<Pool> {
         self.client.pool(&self.pool).await.map_err(err)
     }
@@ -159,6 +148,17 @@ impl Balancer for BuiltinBalancer {
             .collect();
         self.client
             .replace(&self.pool, &specs)
+            .await
+            .map(drop)
+            .map_err(err)
+    }
+
+    /// Marks `node` up in the proxy's own health view once the engine's gate passed, so a
+    /// freshly started node is eligible at once even when the pool's active checks would need
+    /// `rise` passes first.
+    async fn mark_healthy(&self, node: &NodeName) -> PortResult<()> {
+        self.client
+            .mark_up(&self.pool, node.as_str())
             .await
             .map(drop)
             .map_err(err)
