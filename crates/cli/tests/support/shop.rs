@@ -30,7 +30,6 @@ admin = "unix:{socket}"
 
 [pools.shop]
 {pool}
-
 [services.shop]
 strategy = "{strategy}"
 {balancer}
