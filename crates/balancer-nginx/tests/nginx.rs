@@ -21,7 +21,9 @@ impl Nginx {
     fn argv(dir: &Path) -> Vec<String> {
         let d = dir.display();
         vec![
-            "nginx".into(),
+            nonstop_testkit::peer::require("nginx")
+                .display()
+                .to_string(),
             "-p".into(),
             format!("{d}/"),
             "-e".into(),
@@ -110,10 +112,7 @@ impl Drop for Nginx {
             );
         }
         // SIGTERM makes the master stop its workers too; a SIGKILL (Proc's drop) would orphan them.
-        let pid = self.proc.pid().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status();
+        let _ = nonstop_testkit::process::send_signal(self.proc.child.id(), "TERM");
         let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while matches!(self.proc.child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
             std::thread::sleep(std::time::Duration::from_millis(20));

@@ -22,8 +22,11 @@ struct Nginx {
 impl Nginx {
     fn argv(dir: &Path) -> Vec<String> {
         let d = dir.display();
+        let nginx = nonstop_testkit::peer::require("nginx")
+            .display()
+            .to_string();
         [
-            "nginx",
+            &nginx,
             "-p",
             &format!("{d}/"),
             "-e",
@@ -101,7 +104,7 @@ impl Nginx {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start nginx (apt-get install nginx-light)");
+            .expect("start nginx");
         let nginx = Nginx {
             child,
             dir,
@@ -143,9 +146,7 @@ impl Drop for Nginx {
             eprintln!("nginx error.log:\n{}", errors.join("\n"));
         }
         // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = nonstop_testkit::process::send_signal(self.child.id(), "TERM");
         let until = std::time::Instant::now() + Duration::from_secs(5);
         while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));
