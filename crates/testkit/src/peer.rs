@@ -105,19 +105,20 @@ pub fn find(program: &str) -> Result<PathBuf, Missing> {
     find_in(program, &search)
 }
 
-/// [`find`], failing the test with the one line of [`Missing`] when it is not installed.
+/// [`find`], failing the test (at the caller's line) with the one line of [`Missing`] when it is
+/// not installed.
+#[track_caller]
 pub fn require(program: &str) -> PathBuf {
-    find(program).unwrap_or_else(|missing| panic!("{missing}"))
+    match find(program) {
+        Ok(path) => path,
+        Err(missing) => panic!("{missing}"),
+    }
 }
 
 /// A command for the installed `program` (by its full path), or the test fails with [`Missing`].
+#[track_caller]
 pub fn command(program: &str) -> std::process::Command {
     std::process::Command::new(require(program))
-}
-
-/// [`command`] for tokio.
-pub fn tokio_command(program: &str) -> tokio::process::Command {
-    tokio::process::Command::new(require(program))
 }
 
 #[cfg(test)]

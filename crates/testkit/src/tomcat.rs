@@ -329,6 +329,8 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 /// `version=<version> route=<jvmRoute> count=<n>` on `/` and `/count`.
 pub fn build_war(out_dir: &Path, version: &str, variant: Variant) -> io::Result<PathBuf> {
     check_token("version", version)?;
+    // javac compiles against Tomcat's servlet API jar.
+    crate::peer::require(CATALINA_SH);
     static BUILDING: Mutex<()> = Mutex::new(());
     let name = match variant {
         Variant::Good => format!("app-{version}.war"),
