@@ -4,7 +4,7 @@
 #[path = "../../balancer-nginx/tests/support/mod.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 use nonstop_balancer_haproxy::{HaproxyBalancer, HaproxyConfig};
@@ -34,7 +34,7 @@ impl Haproxy {
             cfg.push_str(&format!("  server {name} {addr} check inter 1s {extra}\n"));
         }
         std::fs::write(dir.path().join("haproxy.cfg"), cfg).unwrap();
-        let child = Command::new("haproxy")
+        let child = nonstop_testkit::peer::command("haproxy")
             .args(["-W", "-db", "-f"])
             .arg(dir.path().join("haproxy.cfg"))
             .stdin(Stdio::null())

@@ -35,14 +35,14 @@ impl Haproxy {
             ));
         }
         write(&dir.path().join("haproxy.cfg"), &cfg);
-        let child = Command::new("haproxy")
+        let child = nonstop_testkit::peer::command("haproxy")
             .args(["-W", "-db", "-f"])
             .arg(dir.path().join("haproxy.cfg"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start haproxy (apt-get install haproxy)");
+            .expect("start haproxy");
         let socket = dir.path().join("admin.sock");
         wait_until("haproxy opens its stats socket", DEADLINE, || {
             let socket = socket.clone();
@@ -73,9 +73,7 @@ impl Haproxy {
     /// Reloads HAProxy (SIGUSR2 to the master) and waits for the new worker.
     async fn reload(&self) {
         let before = self.worker_pid();
-        let _ = Command::new("kill")
-            .args(["-USR2", &self.child.id().to_string()])
-            .status();
+        nonstop_testkit::process::send_signal(self.child.id(), "USR2").unwrap();
         wait_until("a new HAProxy worker answers", DEADLINE, || {
             let now = self.worker_pid();
             let before = before.clone();
@@ -87,9 +85,7 @@ impl Haproxy {
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = nonstop_testkit::process::send_signal(self.child.id(), "TERM");
         let until = Instant::now() + Duration::from_secs(5);
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));

@@ -47,7 +47,7 @@ impl Host {
     }
 
     async fn start_agent(&mut self, config: &Path) {
-        let child = Command::new("ip")
+        let child = nonstop_testkit::peer::command("ip")
             .args(["netns", "exec", &self.ns.name])
             .arg(nonstop_bin())
             .args(["agent", "run", "--config"])
@@ -369,14 +369,16 @@ async fn rolling_deploy_behind_haproxy_driven_through_its_hosts_agent() {
         ),
     )
     .unwrap();
-    let haproxy = Command::new("ip")
-        .args(["netns", "exec", &host.ns.name, "haproxy", "-W", "-db", "-f"])
+    let haproxy = nonstop_testkit::peer::command("ip")
+        .args(["netns", "exec", &host.ns.name])
+        .arg(nonstop_testkit::peer::require("haproxy"))
+        .args(["-W", "-db", "-f"])
         .arg(haproxy_dir.join("haproxy.cfg"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start haproxy (apt-get install haproxy)");
+        .expect("start haproxy");
     let _haproxy = Proc { child: haproxy };
     let config = dir.path().join("nonstop.toml");
     let balancer = format!(

@@ -1,6 +1,7 @@
 //! The console in a real browser: starts `nonstop proxy` and `nonstop console` as processes, then
 //! runs tests/browser/console.mjs (playwright-core + Debian Chromium), which saves screenshots
-//! (to docs/screenshots/ with `NONSTOP_SCREENSHOTS=docs/screenshots`). Needs `node`, `npm` and `/usr/bin/chromium`; fails without them.
+//! (to docs/screenshots/ with `NONSTOP_SCREENSHOTS=docs/screenshots`). Needs `node`, `npm` and
+//! `/usr/bin/chromium` (scripts/test installs them); fails naming the Debian package without.
 
 mod support;
 
@@ -32,11 +33,11 @@ fn node_modules() {
     if dir.join("node_modules/playwright-core").exists() {
         return;
     }
-    let out = Command::new("npm")
+    let out = nonstop_testkit::peer::command("npm")
         .args(["ci", "--no-audit", "--no-fund"])
         .current_dir(&dir)
         .output()
-        .expect("npm is needed for the browser test (apt-get install nodejs npm)");
+        .expect("run npm ci");
     assert!(
         out.status.success(),
         "npm ci in {}: {}{}",
@@ -64,10 +65,8 @@ fn bootstrap_secret(console: &mut Child) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_headless_chromium() {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "the browser test needs {CHROMIUM} (apt-get install chromium)"
-    );
+    nonstop_testkit::peer::require(CHROMIUM);
+    let node = nonstop_testkit::peer::require("node");
     node_modules();
     let (nonstop, hello) = binaries();
     let dir = tempfile::tempdir().unwrap();
@@ -107,7 +106,7 @@ async fn the_console_in_headless_chromium() {
             shots
         }
     };
-    let node = tokio::process::Command::new("node")
+    let node = tokio::process::Command::new(node)
         .arg("console.mjs")
         .current_dir(browser_dir())
         .env("CONSOLE_URL", format!("https://127.0.0.1:{port}"))
@@ -118,7 +117,7 @@ async fn the_console_in_headless_chromium() {
     let out = tokio::time::timeout(Duration::from_secs(240), node)
         .await
         .expect("the browser scenario within 4 minutes")
-        .expect("node is needed for the browser test (apt-get install nodejs)");
+        .expect("run node");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -126,7 +126,7 @@ async fn console_enrols_agents_and_rolls_across_three_hosts_under_load() {
         let issued = r.json();
         fingerprint = issued["ca_sha256"].as_str().unwrap().to_string();
         let state = console.dir.path().join(format!("agent-{name}"));
-        let join = Command::new("ip")
+        let join = nonstop_testkit::peer::command("ip")
             .args(["netns", "exec", &ns.name])
             .arg(&nonstop)
             .args(["agent", "join", &format!("https://{}", console.addr)])
@@ -136,7 +136,7 @@ async fn console_enrols_agents_and_rolls_across_three_hosts_under_load() {
             .output()
             .unwrap();
         assert!(join.status.success(), "join {name}: {}", text(&join));
-        let reused = Command::new("ip")
+        let reused = nonstop_testkit::peer::command("ip")
             .args(["netns", "exec", &ns.name])
             .arg(&nonstop)
             .args(["agent", "join", &format!("https://{}", console.addr)])
@@ -146,7 +146,7 @@ async fn console_enrols_agents_and_rolls_across_three_hosts_under_load() {
             .output()
             .unwrap();
         assert!(!reused.status.success(), "a join token works once");
-        let child = Command::new("ip")
+        let child = nonstop_testkit::peer::command("ip")
             .args(["netns", "exec", &ns.name])
             .arg(&nonstop)
             .args(["agent", "run", "--config"])

@@ -9,13 +9,15 @@
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use nonstop_http_client as http;
 
 pub const APACHE: &str = "/usr/sbin/apache2";
 pub const MODULES: &str = "/usr/lib/apache2/modules";
+/// Debian's mod_jk (package libapache2-mod-jk), loaded from [`MODULES`].
+pub const MOD_JK: &str = "/usr/lib/apache2/modules/mod_jk.so";
 pub const LB_WORKER: &str = "balancer";
 pub const STATUS_WORKER: &str = "jkstatus";
 
@@ -160,12 +162,12 @@ fn httpd_conf(dir: &Path, port: u16, options: &ApacheOptions, as_root: bool) -> 
     )
 }
 
-/// An htpasswd line: `htpasswd -nbB` when apache2-utils is installed, else `{SHA}` base64(sha1).
+/// An htpasswd line from `htpasswd -nbB` (apache2-utils).
 fn htpasswd_line(user: &str, password: &str) -> Result<String, String> {
-    let out = Command::new("htpasswd")
+    let out = crate::peer::command("htpasswd")
         .args(["-nbB", "-C", "5", user, password])
         .output()
-        .map_err(|e| format!("cannot run htpasswd (apt-get install apache2-utils): {e}"))?;
+        .map_err(|e| format!("cannot run htpasswd: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "htpasswd failed: {}",
@@ -207,6 +209,8 @@ impl Apache {
     }
 
     async fn start_once(dir: &Path, options: &ApacheOptions) -> Result<Apache, String> {
+        crate::peer::require(APACHE);
+        crate::peer::require(MOD_JK);
         let as_root = rustix::process::geteuid().is_root();
         for sub in ["", "run", "logs", "htdocs"] {
             let path = dir.join(sub);
@@ -237,7 +241,7 @@ impl Apache {
         let stderr_path = dir.join("logs/stderr.log");
         let stderr = std::fs::File::create(&stderr_path)
             .map_err(|e| format!("create {}: {e}", stderr_path.display()))?;
-        let child = Command::new(APACHE)
+        let child = crate::peer::command(APACHE)
             .arg("-d")
             .arg(dir)
             .arg("-f")

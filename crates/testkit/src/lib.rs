@@ -3,8 +3,8 @@
 //! ([`apache`]), a sticky load client with per-user cookie jars ([`client`]), a network namespace
 //! with a veth pair ([`netns`]), a real systemd user manager ([`systemd`]), the sample app as a
 //! backend ([`hello`]), nginx ([`nginx`]) and PostgreSQL ([`postgres`]) of their own, fakes of
-//! the engine's ports ([`fakes`]), child processes killed on drop ([`process`]) and waits with
-//! deadlines (this module).
+//! the engine's ports ([`fakes`]), every real program found before it is run ([`peer`]), child
+//! processes killed on drop ([`process`]) and waits with deadlines (this module).
 
 pub mod apache;
 pub mod client;
@@ -13,6 +13,7 @@ pub mod hello;
 pub mod keepalive;
 pub mod netns;
 pub mod nginx;
+pub mod peer;
 pub mod postgres;
 pub mod process;
 pub mod systemd;

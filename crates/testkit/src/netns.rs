@@ -4,7 +4,7 @@
 //! (also when the test panics).
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// The namespace and its veth pair; deleted on drop.
 #[derive(Debug)]
@@ -19,10 +19,10 @@ pub struct NetnsVeth {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
+    let out = crate::peer::command("ip")
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run `ip` (apt-get install iproute2): {e}"))?;
+        .map_err(|e| format!("cannot run `ip`: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -88,10 +88,10 @@ impl NetnsVeth {
         // Tests of one process start from the same `x`: pick and create one at a time.
         static PICKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _picking = PICKING.lock().unwrap_or_else(|e| e.into_inner());
-        let out = Command::new("ip")
+        let out = crate::peer::command("ip")
             .args(["-o", "-4", "addr", "show"])
             .output()
-            .map_err(|e| format!("cannot run `ip` (apt-get install iproute2): {e}"))?;
+            .map_err(|e| format!("cannot run `ip`: {e}"))?;
         let used = String::from_utf8_lossy(&out.stdout).into_owned();
         let start = std::process::id() % 250;
         let x = (0..250)
@@ -112,7 +112,7 @@ impl NetnsVeth {
 
     /// Runs `argv` inside the namespace (`ip netns exec <name> argv...`).
     pub fn exec(&self, argv: &[&str]) -> std::io::Result<Output> {
-        Command::new("ip")
+        crate::peer::command("ip")
             .args(["netns", "exec", &self.name])
             .args(argv)
             .output()
@@ -121,7 +121,7 @@ impl NetnsVeth {
     /// `curl` from inside the namespace: the HTTP status code of `url` (0 if no answer).
     pub fn curl_status(&self, url: &str, basic_auth: Option<(&str, &str)>) -> Result<u16, String> {
         let mut argv = vec![
-            "curl".to_string(),
+            crate::peer::require("curl").display().to_string(),
             "-s".into(),
             "-o".into(),
             "/dev/null".into(),

@@ -17,7 +17,7 @@ impl Nginx {
     pub fn argv(dir: &Path) -> Vec<String> {
         let d = dir.display();
         vec![
-            "nginx".into(),
+            crate::peer::require("nginx").display().to_string(),
             "-p".into(),
             format!("{d}/"),
             "-e".into(),
@@ -100,9 +100,7 @@ impl Drop for Nginx {
             eprintln!("nginx error.log:\n{}", errors.join("\n"));
         }
         // SIGTERM lets the master stop its workers; Proc's SIGKILL would orphan them.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.proc.pid().to_string()])
-            .status();
+        let _ = crate::process::send_signal(self.proc.child.id(), "TERM");
         crate::poll_blocking(Duration::from_secs(5), || {
             matches!(self.proc.child.try_wait(), Ok(Some(_)))
         });

@@ -15,9 +15,9 @@ pub struct Postgres {
 
 /// The newest `/usr/lib/postgresql/N/bin`.
 fn bin_dir() -> Result<PathBuf, String> {
-    let root = Path::new("/usr/lib/postgresql");
-    let mut versions: Vec<u32> = std::fs::read_dir(root)
-        .map_err(|_| "PostgreSQL is not installed: install Debian package postgresql".to_string())?
+    let root = crate::peer::require("/usr/lib/postgresql");
+    let mut versions: Vec<u32> = std::fs::read_dir(&root)
+        .map_err(|e| format!("{}: {e}", root.display()))?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
@@ -35,7 +35,7 @@ fn is_root() -> bool {
 /// `program args…`, as the `postgres` user when this process is root (the server refuses root).
 fn as_postgres(program: &Path) -> Command {
     if is_root() {
-        let mut command = Command::new("runuser");
+        let mut command = crate::peer::command("runuser");
         command.args(["-u", "postgres", "--"]).arg(program);
         command
     } else {
@@ -119,7 +119,7 @@ impl Postgres {
     /// Runs `sql`; `Ok` is what psql printed.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
         let argv = self.psql_argv(sql);
-        let out = Command::new(&argv[0])
+        let out = crate::peer::command(&argv[0])
             .args(&argv[1..])
             .output()
             .map_err(|e| format!("psql: {e} (install Debian package postgresql-client)"))?;

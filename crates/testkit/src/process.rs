@@ -2,7 +2,7 @@
 //! with deadlines, and their output watched for a line that says they are ready.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// A child process that is killed (by its pid, which the test started) when dropped.
@@ -15,13 +15,11 @@ impl Proc {
         self.child.id() as i32
     }
 
-    /// Sends `signal` (`TERM`, `HUP`, …) with `kill`.
+    /// Sends `signal` (`TERM`, `HUP`, …).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {}", self.pid());
+        if let Err(e) = send_signal(self.child.id(), signal) {
+            panic!("{e}");
+        }
     }
 
     pub fn kill(&mut self) {
@@ -50,6 +48,26 @@ impl Proc {
             panic!("{what} exited: {status}");
         }
     }
+}
+
+/// Sends `signal` by name (`TERM`, `HUP`, `INT`, `KILL`, `USR1`, `USR2`) to `pid`, which the
+/// test started; no `kill` program needed.
+pub fn send_signal(pid: u32, signal: &str) -> Result<(), String> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let sig = match signal {
+        "TERM" => Signal::TERM,
+        "HUP" => Signal::HUP,
+        "INT" => Signal::INT,
+        "KILL" => Signal::KILL,
+        "USR1" => Signal::USR1,
+        "USR2" => Signal::USR2,
+        other => return Err(format!("unknown signal `{other}`")),
+    };
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| format!("no such pid {pid}"))?;
+    kill_process(target, sig).map_err(|e| format!("kill -{signal} {pid}: {e}"))
 }
 
 impl Drop for Proc {
@@ -104,5 +122,25 @@ impl Drop for KillUnder {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_reach_the_child() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut proc = Proc {
+            child: std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap(),
+        };
+        assert!(send_signal(proc.child.id(), "WINCH").is_err());
+        proc.signal("TERM");
+        let status = proc.wait_exit(Duration::from_secs(5));
+        assert_eq!(status.signal(), Some(15), "{status}");
     }
 }

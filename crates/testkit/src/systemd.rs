@@ -37,26 +37,14 @@ pub struct Shutdown {
 }
 
 impl UserManager {
-    /// Why a real user manager cannot run here; `None` when it can.
+    /// Why a real user manager cannot run here (not root); `None` when it can. As root, a
+    /// missing systemd, `systemctl` or `unshare` fails the test with its Debian package.
     pub fn unavailable() -> Option<String> {
-        if !Path::new(SYSTEMD).exists() {
-            return Some(format!(
-                "{SYSTEMD} is missing (Debian: apt-get install systemd)"
-            ));
-        }
         if !rustix::process::geteuid().is_root() {
             return Some("a private mount namespace for systemd --user needs root".into());
         }
-        for tool in ["unshare", "systemctl"] {
-            if Command::new(tool)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_err()
-            {
-                return Some(format!("`{tool}` is missing"));
-            }
+        for program in [SYSTEMD, "systemctl", "unshare"] {
+            crate::peer::require(program);
         }
         None
     }
@@ -72,7 +60,7 @@ impl UserManager {
         std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("chmod: {e}"))?;
         let log = std::fs::File::create(dir.join("manager.log")).map_err(|e| e.to_string())?;
-        let mut command = Command::new("unshare");
+        let mut command = crate::peer::command("unshare");
         command
             .args(["-m", "--propagation", "private", "sh", "-c", BOOT, SYSTEMD])
             .stdin(Stdio::null())
@@ -142,7 +130,7 @@ impl UserManager {
 
     /// `systemctl --user ARGS` against this manager, killed after 30 s.
     pub fn systemctl(&self, args: &[&str]) -> Result<Output, String> {
-        let mut command = Command::new("systemctl");
+        let mut command = crate::peer::command("systemctl");
         command
             .arg("--user")
             .args(args)

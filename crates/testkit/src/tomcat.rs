@@ -16,6 +16,9 @@ use std::sync::{Mutex, OnceLock};
 /// Debian's Tomcat 10.
 pub const CATALINA_HOME: &str = "/usr/share/tomcat10";
 
+/// Its start script, which the Tomcat runtime runs (a [`crate::peer`]).
+pub const CATALINA_SH: &str = "/usr/share/tomcat10/bin/catalina.sh";
+
 /// Debian's manager webapp (package tomcat10-admin).
 pub const MANAGER_DOCBASE: &str = "/usr/share/tomcat10-admin/manager";
 
@@ -85,6 +88,9 @@ impl TomcatBase {
     ) -> io::Result<TomcatBase> {
         check_token("jvmRoute", jvm_route)?;
         check_token("AJP secret", ajp_secret)?;
+        // What starts this base later, so a missing Tomcat or JVM is named here, not by a runtime.
+        crate::peer::require(CATALINA_SH);
+        crate::peer::require("java");
         let conf = dir.join("conf");
         for sub in ["conf", "webapps", "logs", "temp", "work"] {
             std::fs::create_dir_all(dir.join(sub))?;
@@ -132,12 +138,7 @@ impl TomcatBase {
         use std::os::unix::fs::PermissionsExt;
         check_token("manager user", user)?;
         check_token("manager password", password)?;
-        if !Path::new(MANAGER_DOCBASE).join("WEB-INF/web.xml").is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no manager webapp in {MANAGER_DOCBASE} (apt-get install tomcat10-admin)"),
-            ));
-        }
+        crate::peer::require(MANAGER_DOCBASE);
         let host = self.dir.join("conf/Catalina/localhost");
         std::fs::create_dir_all(&host)?;
         // The context file replaces the webapp's META-INF/context.xml, so it repeats its valve.
@@ -286,7 +287,7 @@ fn compiled_classes() -> io::Result<PathBuf> {
                 std::fs::create_dir_all(&src)?;
                 std::fs::write(src.join("CounterServlet.java"), SERVLET)?;
                 std::fs::write(src.join("FailingListener.java"), LISTENER)?;
-                run(Command::new("javac")
+                run(crate::peer::command("javac")
                     .args(["--release", "17", "-nowarn", "-encoding", "UTF-8", "-cp"])
                     .arg(Path::new(CATALINA_HOME).join("lib/servlet-api.jar"))
                     .arg("-d")
@@ -328,6 +329,8 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 /// `version=<version> route=<jvmRoute> count=<n>` on `/` and `/count`.
 pub fn build_war(out_dir: &Path, version: &str, variant: Variant) -> io::Result<PathBuf> {
     check_token("version", version)?;
+    // javac compiles against Tomcat's servlet API jar.
+    crate::peer::require(CATALINA_SH);
     static BUILDING: Mutex<()> = Mutex::new(());
     let name = match variant {
         Variant::Good => format!("app-{version}.war"),
@@ -343,7 +346,7 @@ pub fn build_war(out_dir: &Path, version: &str, variant: Variant) -> io::Result<
             copy_tree(&classes, &stage.join("WEB-INF/classes"))?;
             std::fs::write(stage.join("WEB-INF/web.xml"), web_xml(version, variant))?;
             let war = scratch(&cached);
-            run(Command::new("jar")
+            run(crate::peer::command("jar")
                 .arg("--create")
                 .arg("--no-manifest")
                 .arg("--file")

@@ -158,9 +158,6 @@ pub fn assert_exit(out: &Output, code: i32) {
 
 /// SIGKILL to `pid`, as a crash or an OOM kill does.
 pub fn kill9(pid: i32) {
-    let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -KILL {pid}");
+    nonstop_testkit::process::send_signal(pid as u32, "KILL")
+        .unwrap_or_else(|e| panic!("SIGKILL {pid}: {e}"));
 }
