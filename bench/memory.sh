@@ -10,7 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 for tool in nginx haproxy curl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
-ulimit -n $((CONNS * 3 + 1024))
+ulimit -n "$(ulimit -Hn)"  # as many as allowed: HAProxy sizes its own needs from maxconn
 (cd "$root" && cargo build --release -q -p nonstop-hello -p nonstop)
 bin="$root/target/release"
 dir=$(mktemp -d /tmp/nonstop-memory.XXXXXX)
@@ -29,7 +29,7 @@ read -r backend p_nginx p_haproxy p_nonstop < <(python3 -c 'import socket; s=[so
 mkdir -p "$dir/nginx"
 cat > "$dir/nginx/nginx.conf" <<CONF
 worker_processes $WORKERS;
-worker_rlimit_nofile $((CONNS * 3 + 1024));
+worker_rlimit_nofile $((CONNS * 3));
 pid $dir/nginx.pid;
 error_log $dir/nginx/error.log;
 events { worker_connections $((CONNS * 2)); }
@@ -50,7 +50,7 @@ nginx_master=$!
 cat > "$dir/haproxy.cfg" <<CONF
 global
     nbthread $WORKERS
-    maxconn $((CONNS * 2))
+    maxconn $((CONNS + 1000))
 defaults
     mode http
     option http-keep-alive
@@ -91,14 +91,13 @@ done
 rss_kib() {  # total VmRSS of a process and its children, KiB
     local total=0 pid
     for pid in "$1" $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")))
+        total=$((total + $(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)))
     done
     echo "$total"
 }
 
 # Opens CONNS connections to a port, one GET each, and holds them until stdin closes.
-hold() {
-    python3 - "$1" "$CONNS" <<'PY'
+read -r -d '' holder <<'PY' || true
 import asyncio, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 async def one():
@@ -117,7 +116,7 @@ async def main():
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 asyncio.run(main())
 PY
-}
+hold() { python3 -c "$holder" "$1" "$CONNS"; }
 
 measure() {  # name pid port → KiB per connection
     local before after
@@ -126,8 +125,9 @@ measure() {  # name pid port → KiB per connection
     read -r _ <&"${HOLD[0]}"
     sleep 1
     after=$(rss_kib "$2")
-    exec {HOLD[1]}>&-
-    wait "$HOLD_PID" 2>/dev/null || true
+    local pid=$HOLD_PID
+    eval "exec ${HOLD[1]}>&-"
+    wait "$pid" 2>/dev/null || true
     awk -v a="$after" -v b="$before" -v n="$CONNS" -v name="$1" \
         'BEGIN { printf "| %s | %.1f | %.1f | %.2f |\n", name, b / 1024, a / 1024, (a - b) / n }'
 }

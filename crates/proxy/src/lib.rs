@@ -8,6 +8,7 @@ mod balance;
 mod client_body;
 mod control;
 mod forward;
+mod headers;
 mod health;
 mod host;
 mod metrics;
