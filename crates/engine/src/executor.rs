@@ -93,14 +93,17 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     pub(crate) async fn execute_one(&self, run: &mut Run, step: &Step) -> Result<(), StepError> {
-        if !run.undoing {
-            self.reconcile(run).await?;
-            self.watch(run).await?;
-        }
-        let undo = if run.undoing {
-            Vec::new()
+        // One look at the balancer serves the reconcile and the undo's "before" states.
+        let seen = if run.undoing {
+            None
         } else {
-            self.undo_of(step).await?
+            let members = self.reconcile(run).await?;
+            self.watch(run).await?;
+            Some(members)
+        };
+        let undo = match &seen {
+            None => Vec::new(),
+            Some(members) => self.undo_of(step, members),
         };
         let index = run.index;
         let data = JournalData {
@@ -213,8 +216,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     /// The steps that put back what `step` is about to change, from the state before it.
-    async fn undo_of(&self, step: &Step) -> Result<Vec<Step>, StepError> {
-        Ok(match step {
+    fn undo_of(&self, step: &Step, members: &Members) -> Vec<Step> {
+        match step {
             Step::Start { node, version, .. } => vec![Step::Stop {
                 node: node.clone(),
                 version: version.clone(),
@@ -279,18 +282,14 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                     version: old.clone(),
                 },
             ],
-            Step::Set { changes, .. } => {
-                let members = self.members().await?;
-                undo_of_changes(&members, changes)
-            }
+            Step::Set { changes, .. } => undo_of_changes(members, changes),
             Step::Canary { nodes, live, .. } => {
-                let members = self.members().await?;
                 let mut touched: Vec<Change> = nodes
                     .iter()
                     .map(|n| Change::new(n, LbState::Active, None))
                     .collect();
                 touched.extend(live.iter().map(|n| Change::new(n, LbState::Active, None)));
-                undo_of_changes(&members, &touched)
+                undo_of_changes(members, &touched)
             }
             Step::Register { .. }
             | Step::Retire { .. }
@@ -310,7 +309,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 }],
                 _ => Vec::new(),
             },
-        })
+        }
     }
 
     /// Performs one step; `Ok` says what happened (the journal's result).
@@ -388,6 +387,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         let deadline = Instant::now() + self.spec.health.deadline;
         let mut waited = false;
         loop {
+            // Read right before acting: the view the reconcile saw may have changed since.
             let members = self.members().await?;
             match self.invariant_violation(run, &members, &changes).await {
                 None => break,
