@@ -29,36 +29,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         }
         let mut steps = Vec::new();
         for node in &targets {
-            steps.push(Step::Register {
-                node: node.clone(),
-                addr: self.spec.node(node).map(|n| n.addr()).unwrap_or_default(),
-            });
-            steps.extend(self.hook_step(HookPoint::AfterInstall, Some(node)));
-            match observed.live.get(node) {
-                Some(i) if &i.version == version => steps.push(Step::Reuse {
-                    node: node.clone(),
-                    version: version.clone(),
-                }),
-                running => {
-                    if let Some(old) = running {
-                        steps.push(Step::Stop {
-                            node: node.clone(),
-                            version: old.version.clone(),
-                            why: "free the idle slot".into(),
-                            keep_stopped: false,
-                        });
-                    }
-                    steps.push(Step::Start {
-                        node: node.clone(),
-                        version: version.clone(),
-                        port: self.spec.port_of(node),
-                    });
-                }
-            }
-            steps.push(Step::Gate {
-                node: node.clone(),
-                version: version.clone(),
-            });
+            steps.extend(self.bring_up(node, version, observed, "free the idle slot", false));
         }
         steps.push(Step::Eligible {
             nodes: targets.clone(),

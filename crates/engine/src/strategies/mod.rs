@@ -119,6 +119,66 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         })
     }
 
+    /// The steps that give `node` the release `version`: register it, its `after_install`
+    /// hook, then reuse an instance that runs it already, or — `beside` — start it next to the
+    /// old one and retire that after the gate, or stop what runs there (`why`) and start it.
+    fn bring_up(
+        &self,
+        node: &NodeName,
+        version: &Version,
+        observed: &Observed,
+        why: &str,
+        beside: bool,
+    ) -> Vec<Step> {
+        let mut steps = vec![Step::Register {
+            node: node.clone(),
+            addr: self.spec.node(node).map(|n| n.addr()).unwrap_or_default(),
+        }];
+        steps.extend(self.hook_step(HookPoint::AfterInstall, Some(node)));
+        let gate = Step::Gate {
+            node: node.clone(),
+            version: version.clone(),
+        };
+        match observed.live.get(node) {
+            Some(i) if &i.version == version => {
+                steps.push(Step::Reuse {
+                    node: node.clone(),
+                    version: version.clone(),
+                });
+                steps.push(gate);
+            }
+            Some(old) if beside => {
+                steps.push(Step::StartBeside {
+                    node: node.clone(),
+                    version: version.clone(),
+                    old: old.version.clone(),
+                });
+                steps.push(gate);
+                steps.push(Step::Retire {
+                    node: node.clone(),
+                    version: old.version.clone(),
+                });
+            }
+            running => {
+                if let Some(old) = running {
+                    steps.push(Step::Stop {
+                        node: node.clone(),
+                        version: old.version.clone(),
+                        why: why.into(),
+                        keep_stopped: false,
+                    });
+                }
+                steps.push(Step::Start {
+                    node: node.clone(),
+                    version: version.clone(),
+                    port: self.spec.port_of(node),
+                });
+                steps.push(gate);
+            }
+        }
+        steps
+    }
+
     /// Slots kept warm past their `keep_warm` that the balancer sends nothing are stopped first.
     fn reap_steps(&self, observed: &mut Observed) -> Vec<Step> {
         let now = nonstop_store::now_ms();

@@ -41,52 +41,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 steps.push(set(SetPurpose::Disable, LbState::Disabled));
             }
             for node in batch {
-                steps.push(Step::Register {
-                    node: node.clone(),
-                    addr: self.spec.node(node).map(|n| n.addr()).unwrap_or_default(),
-                });
-                steps.extend(self.hook_step(HookPoint::AfterInstall, Some(node)));
-                match observed.live.get(node) {
-                    Some(i) if &i.version == version => steps.push(Step::Reuse {
-                        node: node.clone(),
-                        version: version.clone(),
-                    }),
-                    Some(old) if beside => {
-                        steps.push(Step::StartBeside {
-                            node: node.clone(),
-                            version: version.clone(),
-                            old: old.version.clone(),
-                        });
-                        steps.push(Step::Gate {
-                            node: node.clone(),
-                            version: version.clone(),
-                        });
-                        steps.push(Step::Retire {
-                            node: node.clone(),
-                            version: old.version.clone(),
-                        });
-                        continue;
-                    }
-                    running => {
-                        if let Some(old) = running {
-                            steps.push(Step::Stop {
-                                node: node.clone(),
-                                version: old.version.clone(),
-                                why: "replace it".into(),
-                                keep_stopped: false,
-                            });
-                        }
-                        steps.push(Step::Start {
-                            node: node.clone(),
-                            version: version.clone(),
-                            port: self.spec.port_of(node),
-                        });
-                    }
-                }
-                steps.push(Step::Gate {
-                    node: node.clone(),
-                    version: version.clone(),
-                });
+                steps.extend(self.bring_up(node, version, observed, "replace it", beside));
             }
             steps.push(Step::Eligible {
                 nodes: batch.to_vec(),
