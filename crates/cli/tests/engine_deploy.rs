@@ -432,28 +432,8 @@ async fn killed_mid_deploy_is_recovered_by_the_next_command() {
     assert_exit(&shop.deploy("1", &[]), 0);
     let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
     load.wait_for_requests(50).await;
-    let artifact = shop.artifact("2");
-    let mut deploy = Proc {
-        child: shop
-            .command(&[
-                "deploy",
-                "shop",
-                artifact.to_str().unwrap(),
-                "--version",
-                "2",
-                "--env",
-                "HELLO_START_DELAY=3s",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
-    wait_until("the deploy is in its health gate", DEADLINE, || async {
-        let out = shop.run(&["history", "shop", "--deploy", "2", "--json"]);
-        String::from_utf8_lossy(&out.stdout).contains("\"health\"")
-    })
-    .await;
+    let mut deploy = shop.spawn_deploy("2", &["--env", "HELLO_START_DELAY=3s"]);
+    shop.wait_for_step(2, "health", DEADLINE).await;
     deploy.signal("KILL");
     deploy.wait_exit(DEADLINE);
     assert!(

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nonstop_ports::{Instance, InstanceSpec, PortResult, Runtime};
@@ -70,30 +69,9 @@ async fn killed_rolling_deploy_recovers(pool: &str) {
     assert_exit(&shop.deploy("1", &["--env", "X=1"]), 0);
     let load = Load::start(shop.proxy.url("/"), 8, 10_000_000);
     load.wait_for_requests(100).await;
-    let artifact = shop.artifact("2");
-    let mut deploy = Proc {
-        child: shop
-            .command(&[
-                "deploy",
-                "shop",
-                artifact.to_str().unwrap(),
-                "--version",
-                "2",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
-    wait_until(
-        "the deploy is in verify",
-        Duration::from_secs(60),
-        || async {
-            let out = shop.run(&["history", "shop", "--deploy", "2", "--json"]);
-            String::from_utf8_lossy(&out.stdout).contains("\"verify\"")
-        },
-    )
-    .await;
+    let mut deploy = shop.spawn_deploy("2", &[]);
+    shop.wait_for_step(2, "verify", Duration::from_secs(60))
+        .await;
     deploy.signal("KILL");
     deploy.wait_exit(DEADLINE);
     let out = shop.deploy("2", &[]);
@@ -204,25 +182,8 @@ async fn an_operators_disable_during_verify_wins() {
     assert_exit(&shop.deploy("1", &[]), 0);
     let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
     load.wait_for_requests(50).await;
-    let artifact = shop.artifact("2");
-    let deploy = shop
-        .command(&[
-            "deploy",
-            "shop",
-            artifact.to_str().unwrap(),
-            "--version",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut deploy = Proc { child: deploy };
-    wait_until("the deploy is in verify", DEADLINE, || async {
-        let out = shop.run(&["history", "shop", "--deploy", "2", "--json"]);
-        String::from_utf8_lossy(&out.stdout).contains("\"verify\"")
-    })
-    .await;
+    let mut deploy = shop.spawn_deploy("2", &[]);
+    shop.wait_for_step(2, "verify", DEADLINE).await;
     let started = Instant::now();
     let (ok, out) = shop.proxy.cli(&["lb", "disable", "shop/green"]);
     assert!(ok, "{out}");
@@ -439,28 +400,8 @@ async fn a_full_disk_stops_the_deploy_and_the_next_one_recovers() {
     assert_exit(&shop.deploy("1", &[]), 0);
     let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
     load.wait_for_requests(50).await;
-    let artifact = shop.artifact("2");
-    let mut deploy = Proc {
-        child: shop
-            .command(&[
-                "deploy",
-                "shop",
-                artifact.to_str().unwrap(),
-                "--version",
-                "2",
-                "--env",
-                "HELLO_START_DELAY=1500ms",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    };
-    wait_until("the deploy is in its health gate", DEADLINE, || async {
-        let out = shop.run(&["history", "shop", "--deploy", "2", "--json"]);
-        String::from_utf8_lossy(&out.stdout).contains("\"health\"")
-    })
-    .await;
+    let mut deploy = shop.spawn_deploy("2", &["--env", "HELLO_START_DELAY=1500ms"]);
+    shop.wait_for_step(2, "health", DEADLINE).await;
     let filler = fill(&shop.base);
     let status = deploy.wait_exit(DEADLINE);
     let mut output = String::new();

@@ -114,6 +114,42 @@ drain = {{ timeout = "5s" }}
         self.run(&args)
     }
 
+    /// `nonstop deploy shop ARTIFACT --version VERSION EXTRA…` in the background, its stdout
+    /// and stderr piped.
+    pub fn spawn_deploy(&self, version: &str, extra: &[&str]) -> Proc {
+        let artifact = self.artifact(version);
+        let mut args = vec![
+            "deploy",
+            "shop",
+            artifact.to_str().unwrap(),
+            "--version",
+            version,
+        ];
+        args.extend_from_slice(extra);
+        Proc {
+            child: self
+                .command(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        }
+    }
+
+    /// Waits until deploy `id` has journaled a step of `kind` (e.g. `health`, `verify`).
+    pub async fn wait_for_step(&self, id: i64, kind: &str, timeout: std::time::Duration) {
+        let needle = format!("\"{kind}\"");
+        wait_until(
+            &format!("deploy #{id} is at its {kind} step"),
+            timeout,
+            || async {
+                let out = self.run(&["history", "shop", "--deploy", &id.to_string(), "--json"]);
+                String::from_utf8_lossy(&out.stdout).contains(&needle)
+            },
+        )
+        .await;
+    }
+
     pub fn status(&self) -> serde_json::Value {
         let out = self.run(&["status", "shop", "--json"]);
         assert!(out.status.success(), "{}", text(&out));
