@@ -18,8 +18,9 @@ use crate::{POLL, ProcessGuard, poll_blocking};
 pub const SYSTEMD: &str = "/lib/systemd/systemd";
 
 /// Mounts the tmpfs inside the new mount namespace only, then becomes the manager (same pid).
-const BOOT: &str =
-    "mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system && exec \"$0\" --user";
+/// Without systemd as PID 1 (a container, a chroot) there is no /run/systemd to mount on yet.
+const BOOT: &str = "mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd \
+     && mkdir -p /run/systemd/system && exec \"$0\" --user";
 
 /// A running `systemd --user` that this test started.
 pub struct UserManager {
