@@ -334,6 +334,14 @@ impl Store {
         }
     }
 
+    /// One statement that returns no rows.
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<()> {
+        self.conn
+            .execute(sql, params)
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
     fn sql(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sql {
             path: self.path.clone(),
@@ -385,13 +393,10 @@ impl Store {
     }
 
     pub fn release(&self) -> Result<()> {
-        self.conn
-            .execute(
-                "DELETE FROM locks WHERE service = ?1 AND pid = ?2",
-                params![self.service, std::process::id() as i32],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.exec(
+            "DELETE FROM locks WHERE service = ?1 AND pid = ?2",
+            params![self.service, std::process::id() as i32],
+        )
     }
 
     /// Records a new deployment (outcome `running`) and ties the lock to it.
@@ -435,13 +440,10 @@ impl Store {
 
     pub fn journal(&self, deploy: i64, step: &str, detail: &str) -> Result<()> {
         self.spend_journal_budget()?;
-        self.conn
-            .execute(
-                "INSERT INTO journal (deploy, at_ms, step, detail) VALUES (?1, ?2, ?3, ?4)",
-                params![deploy, now_ms(), step, detail],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.exec(
+            "INSERT INTO journal (deploy, at_ms, step, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![deploy, now_ms(), step, detail],
+        )
     }
 
     /// One plan step's journal entry; durable (synchronous = FULL) when this returns.
@@ -455,23 +457,17 @@ impl Store {
         data: Option<&str>,
     ) -> Result<()> {
         self.spend_journal_budget()?;
-        self.conn
-            .execute(
-                "INSERT INTO journal (deploy, at_ms, step, detail, idx, phase, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![deploy, now_ms(), step, detail, index, phase, data],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.exec(
+            "INSERT INTO journal (deploy, at_ms, step, detail, idx, phase, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![deploy, now_ms(), step, detail, index, phase, data],
+        )
     }
 
     pub fn finish(&self, deploy: i64, outcome: Outcome, reason: Option<&str>) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE deployments SET outcome = ?1, reason = ?2, finished_ms = ?3 WHERE id = ?4",
-                params![outcome.as_str(), reason, now_ms(), deploy],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.exec(
+            "UPDATE deployments SET outcome = ?1, reason = ?2, finished_ms = ?3 WHERE id = ?4",
+            params![outcome.as_str(), reason, now_ms(), deploy],
+        )
     }
 
     fn read_deployment(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
@@ -584,44 +580,32 @@ impl Store {
 
     pub fn put_instance(&self, instance: &Instance) -> Result<()> {
         let json = serde_json::to_string(instance).expect("an instance is plain data");
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO instances (service, node, json, warm_until_ms) VALUES (?1, ?2, ?3, NULL)",
-                params![self.service, instance.node.as_str(), json],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.exec(
+            "INSERT OR REPLACE INTO instances (service, node, json, warm_until_ms) VALUES (?1, ?2, ?3, NULL)",
+            params![self.service, instance.node.as_str(), json],
+        )
     }
 
     pub fn remove_instance(&self, node: &NodeName) -> Result<()> {
-        self.conn
-            .execute(
-                "DELETE FROM instances WHERE service = ?1 AND node = ?2",
-                params![self.service, node.as_str()],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.exec(
+            "DELETE FROM instances WHERE service = ?1 AND node = ?2",
+            params![self.service, node.as_str()],
+        )
     }
 
     pub fn set_warm_until(&self, node: &NodeName, until_ms: Option<i64>) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE instances SET warm_until_ms = ?1 WHERE service = ?2 AND node = ?3",
-                params![until_ms, self.service, node.as_str()],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.exec(
+            "UPDATE instances SET warm_until_ms = ?1 WHERE service = ?2 AND node = ?3",
+            params![until_ms, self.service, node.as_str()],
+        )
     }
 
     /// Records that `version`'s database migration ran (in deploy `deploy`).
     pub fn record_migration(&self, version: &Version, reversible: bool, deploy: i64) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO migrations (service, version, reversible, deploy, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![self.service, version.as_str(), reversible, deploy, now_ms()],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.exec(
+            "INSERT OR REPLACE INTO migrations (service, version, reversible, deploy, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![self.service, version.as_str(), reversible, deploy, now_ms()],
+        )
     }
 
     /// Whether `version` ran a migration, and whether it was reversible.
@@ -637,13 +621,10 @@ impl Store {
     }
 
     pub fn forget_migration(&self, version: &Version) -> Result<()> {
-        self.conn
-            .execute(
-                "DELETE FROM migrations WHERE service = ?1 AND version = ?2",
-                params![self.service, version.as_str()],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.exec(
+            "DELETE FROM migrations WHERE service = ?1 AND version = ?2",
+            params![self.service, version.as_str()],
+        )
     }
 
     /// The running release and the one before it.
@@ -662,17 +643,14 @@ impl Store {
     }
 
     pub fn set_releases(&self, current: &Version, previous: Option<&Version>) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO releases (service, current, previous) VALUES (?1, ?2, ?3)",
-                params![
-                    self.service,
-                    current.as_str(),
-                    previous.map(Version::as_str)
-                ],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.exec(
+            "INSERT OR REPLACE INTO releases (service, current, previous) VALUES (?1, ?2, ?3)",
+            params![
+                self.service,
+                current.as_str(),
+                previous.map(Version::as_str)
+            ],
+        )
     }
 }
 
