@@ -200,14 +200,6 @@ impl Step {
             other => other.node().into_iter().cloned().collect(),
         }
     }
-
-    /// Whether the step changes who gets traffic.
-    pub fn touches_balancer(&self) -> bool {
-        matches!(
-            self,
-            Step::Register { .. } | Step::Set { .. } | Step::Canary { .. }
-        )
-    }
 }
 
 impl std::fmt::Display for Step {

@@ -92,8 +92,6 @@ pub struct HealthSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CanarySpec {
-    pub weight: u32,
-    pub window: Duration,
     pub max_error_rate: f64,
     pub max_latency_ratio: f64,
     /// Fewer requests than this in the window is inconclusive: the canary is not promoted.
@@ -152,8 +150,6 @@ impl ServiceSpec {
             verify: config.verify.0,
             max_unavailable: (*config.rolling.max_unavailable.get_ref()).max(1),
             canary: CanarySpec {
-                weight: *c.weight.get_ref(),
-                window: c.window.0,
                 max_error_rate: *c.max_error_rate.get_ref(),
                 max_latency_ratio: *c.max_latency_ratio.get_ref(),
                 min_requests: c.min_requests.max(1),

@@ -101,7 +101,8 @@ drain = {{ timeout = "5s" }}
         self.command(args).output().unwrap()
     }
 
-    pub fn deploy(&self, version: &str, extra: &[&str]) -> Output {
+    /// `nonstop deploy shop ARTIFACT --version VERSION EXTRA…`, the artifact written first.
+    fn deploy_command(&self, version: &str, extra: &[&str]) -> Command {
         let artifact = self.artifact(version);
         let mut args = vec![
             "deploy",
@@ -111,24 +112,19 @@ drain = {{ timeout = "5s" }}
             version,
         ];
         args.extend_from_slice(extra);
-        self.run(&args)
+        self.command(&args)
+    }
+
+    pub fn deploy(&self, version: &str, extra: &[&str]) -> Output {
+        self.deploy_command(version, extra).output().unwrap()
     }
 
     /// `nonstop deploy shop ARTIFACT --version VERSION EXTRA…` in the background, its stdout
     /// and stderr piped.
     pub fn spawn_deploy(&self, version: &str, extra: &[&str]) -> Proc {
-        let artifact = self.artifact(version);
-        let mut args = vec![
-            "deploy",
-            "shop",
-            artifact.to_str().unwrap(),
-            "--version",
-            version,
-        ];
-        args.extend_from_slice(extra);
         Proc {
             child: self
-                .command(&args)
+                .deploy_command(version, extra)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()

@@ -165,8 +165,6 @@ mod tests {
 
     fn cfg() -> CanarySpec {
         CanarySpec {
-            weight: 10,
-            window: Duration::from_secs(30),
             max_error_rate: 0.01,
             max_latency_ratio: 3.0,
             min_requests: 1,
