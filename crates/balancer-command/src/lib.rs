@@ -202,6 +202,11 @@ fn switch_order(state: LbState) -> u8 {
 }
 
 impl Balancer for CommandBalancer {
+    /// A status command reports states and in-flight counts, not requests.
+    fn reports_traffic(&self) -> bool {
+        false
+    }
+
     async fn members(&self) -> PortResult<Vec<Member>> {
         let text = self.run("status", &self.config.status, None, None).await?;
         Ok(parse_status(&text)?

@@ -299,6 +299,10 @@ impl Balancer for NginxBalancer {
         vec![self.config.mode_summary(strategy, nodes)]
     }
 
+    fn reports_traffic(&self) -> bool {
+        false
+    }
+
     /// nginx OSS has no per-server counters. A member taken out of the set is still reached by
     /// the workers of earlier generations until they have finished their requests and exited,
     /// so each of them counts as one request in flight on every member that is not active.

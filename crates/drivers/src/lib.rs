@@ -512,6 +512,9 @@ impl Balancer for AnyBalancer {
     fn plan_notes(&self, strategy: &str, nodes: usize) -> Vec<String> {
         each_balancer!(self, b => b.plan_notes(strategy, nodes))
     }
+    fn reports_traffic(&self) -> bool {
+        each_balancer!(self, b => b.reports_traffic())
+    }
 }
 
 impl Runtime for AnyRuntime {

@@ -54,6 +54,8 @@ pub struct Run {
     pub strategy: String,
     /// The members' weights before the first canary step.
     pub canary_base: Option<BTreeMap<NodeName, u32>>,
+    /// Canary steps begun so far (the number of the current one).
+    pub canary_steps: usize,
 }
 
 impl Run {
@@ -74,6 +76,7 @@ impl Run {
             from: None,
             strategy: String::new(),
             canary_base: None,
+            canary_steps: 0,
         }
     }
 }

@@ -26,7 +26,7 @@ pub mod strategies;
 use std::path::{Path, PathBuf};
 
 use nonstop_config::service::ServiceConfig;
-use nonstop_ports::{Balancer, NodeName, Probe, Runtime};
+use nonstop_ports::{Analysis, Balancer, NodeName, Probe, Runtime};
 use nonstop_store::{Holder, Store};
 
 pub use deploy::{DeployReport, DeployRequest, NodeSnapshot, Snapshot};
@@ -50,6 +50,8 @@ pub struct Engine<B, R, P> {
     pub runtime: R,
     pub probe: P,
     pub store: Store,
+    /// Judges of canary windows beside the balancer's own counters (e.g. Prometheus queries).
+    pub analyses: Vec<Box<dyn Analysis>>,
     holder: Holder,
     emit: Box<dyn Fn(&Event)>,
     deploy: std::cell::Cell<Option<i64>>,
@@ -79,6 +81,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             runtime,
             probe,
             store,
+            analyses: Vec::new(),
             holder: Holder::current(),
             emit,
             deploy: std::cell::Cell::new(None),

@@ -1,7 +1,10 @@
 //! The seams the deploy engine drives: a `Balancer` (who gets traffic), a `Runtime` (which
 //! process runs where) and a `Probe` (is it healthy). Drivers live in their own crates.
 
+pub mod analysis;
 pub mod template;
+
+pub use analysis::{Analysis, AnalysisWindow, Verdict};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -192,6 +195,10 @@ pub trait Balancer: Send + Sync {
     /// members that get no traffic). Where not, eligibility is judged once a member is active.
     fn knows_health_of_disabled(&self) -> bool {
         false
+    }
+    /// Whether `Member::traffic` counts each member's requests (a canary can be judged on it).
+    fn reports_traffic(&self) -> bool {
+        true
     }
     /// What a plan should say about this balancer (its mode and what a deploy costs there).
     fn plan_notes(&self, strategy: &str, nodes: usize) -> Vec<String> {

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use nonstop_ports::{Balancer, LbState, NodeName, Probe, Runtime, Traffic};
+use nonstop_ports::{
+    AnalysisWindow, Balancer, LbState, NodeName, Probe, Runtime, Traffic, Verdict,
+};
 use tokio::time::{Duration, Instant};
 
 use crate::error::StepError;
@@ -65,21 +67,62 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let after = self.members().await?;
-        let c = traffic(&after, &before, canaries);
-        let o = traffic(&after, &before, live);
-        let summary = format!(
-            "canary: {} requests, {:.2}% errors, mean {:.1}ms; old: {} requests, {:.2}% errors, mean {:.1}ms",
-            c.requests,
-            c.error_rate() * 100.0,
-            c.mean_latency_ms().unwrap_or(0.0),
-            o.requests,
-            o.error_rate() * 100.0,
-            o.mean_latency_ms().unwrap_or(0.0)
-        );
-        judge(&c, &o, &self.spec.canary)
-            .map_err(|why| StepError::Failed(format!("{why} ({summary})")))?;
-        Ok(format!("passed: {summary}"))
+        run.canary_steps += 1;
+        let verdict = self
+            .verdict(run, canaries, live, share, window, &before)
+            .await?;
+        match verdict {
+            Verdict::Pass(summary) => Ok(format!("passed: {summary}")),
+            Verdict::Fail(why) => Err(StepError::Failed(why)),
+            Verdict::Inconclusive(why) => Err(StepError::Failed(why)),
+        }
+    }
+
+    /// The window's verdict: the balancer's counters (where it counts requests per member)
+    /// and every configured analysis; the worst one wins, and no judge at all is no pass.
+    async fn verdict(
+        &self,
+        run: &Run,
+        canaries: &[NodeName],
+        live: &[NodeName],
+        share: u32,
+        window: Duration,
+        before: &Members,
+    ) -> Result<Verdict, StepError> {
+        let mut verdict = None::<Verdict>;
+        if self.balancer.reports_traffic() {
+            let after = self.members().await?;
+            let c = traffic(&after, before, canaries);
+            let o = traffic(&after, before, live);
+            verdict = Some(judge(&c, &o, &self.spec.canary));
+        }
+        let asked = AnalysisWindow {
+            service: self.service.clone(),
+            version: run.release.version.clone(),
+            step: run.canary_steps,
+            share,
+            window,
+            canaries: canaries.to_vec(),
+            stable: live.to_vec(),
+        };
+        for analysis in &self.analyses {
+            let v = match analysis.analyze(&asked).await {
+                Verdict::Pass(m) => Verdict::Pass(format!("{}: {m}", analysis.name())),
+                Verdict::Fail(m) => Verdict::Fail(format!("{}: {m}", analysis.name())),
+                Verdict::Inconclusive(m) => {
+                    Verdict::Inconclusive(format!("{}: {m}", analysis.name()))
+                }
+            };
+            verdict = Some(match verdict {
+                Some(earlier) => earlier.and(v),
+                None => v,
+            });
+        }
+        Ok(verdict.unwrap_or_else(|| {
+            Verdict::Inconclusive(
+                "inconclusive: this balancer counts no requests per member and no analysis is configured".into(),
+            )
+        }))
     }
 }
 
@@ -120,9 +163,28 @@ pub fn canary_weights(
         .collect()
 }
 
-/// The canary verdict: `Err` says why it must not be promoted. Fewer requests than
-/// `min_requests` is inconclusive, which is not a pass.
-pub fn judge(canary: &Traffic, old: &Traffic, cfg: &CanarySpec) -> Result<(), String> {
+/// The verdict on the balancer's counters of one window. Fewer requests than `min_requests`
+/// is inconclusive, which is not a pass.
+pub fn judge(canary: &Traffic, old: &Traffic, cfg: &CanarySpec) -> Verdict {
+    let summary = format!(
+        "canary: {} requests, {:.2}% errors, mean {:.1}ms; old: {} requests, {:.2}% errors, mean {:.1}ms",
+        canary.requests,
+        canary.error_rate() * 100.0,
+        canary.mean_latency_ms().unwrap_or(0.0),
+        old.requests,
+        old.error_rate() * 100.0,
+        old.mean_latency_ms().unwrap_or(0.0)
+    );
+    match judge_counters(canary, old, cfg) {
+        Ok(()) => Verdict::Pass(summary),
+        Err(why) if canary.requests < cfg.min_requests => {
+            Verdict::Inconclusive(format!("{why} ({summary})"))
+        }
+        Err(why) => Verdict::Fail(format!("{why} ({summary})")),
+    }
+}
+
+fn judge_counters(canary: &Traffic, old: &Traffic, cfg: &CanarySpec) -> Result<(), String> {
     if canary.requests < cfg.min_requests {
         return Err(format!(
             "inconclusive: the canary got {} requests in its window, fewer than min_requests = {} (does this balancer report traffic?)",
@@ -196,17 +258,27 @@ mod tests {
 
     #[test]
     fn canary_judgement() {
-        assert!(judge(&t(100, 0, 2.0), &t(900, 0, 2.0), &cfg()).is_ok());
-        let err = judge(&t(100, 10, 2.0), &t(900, 0, 2.0), &cfg()).unwrap_err();
+        let pass = |v: Verdict| matches!(v, Verdict::Pass(_));
+        assert!(pass(judge(&t(100, 0, 2.0), &t(900, 0, 2.0), &cfg())));
+        let Verdict::Fail(err) = judge(&t(100, 10, 2.0), &t(900, 0, 2.0), &cfg()) else {
+            panic!("10 % errors passed")
+        };
         assert!(err.contains("error rate 10.00%"), "{err}");
-        assert!(judge(&t(100, 1, 2.0), &t(900, 9, 2.0), &cfg()).is_ok());
-        let err = judge(&t(100, 0, 200.0), &t(900, 0, 10.0), &cfg()).unwrap_err();
+        assert!(pass(judge(&t(100, 1, 2.0), &t(900, 9, 2.0), &cfg())));
+        let Verdict::Fail(err) = judge(&t(100, 0, 200.0), &t(900, 0, 10.0), &cfg()) else {
+            panic!("20× latency passed")
+        };
         assert!(err.contains("latency"), "{err}");
         let mut strict = cfg();
         strict.min_requests = 50;
-        assert!(judge(&t(10, 0, 1.0), &t(900, 0, 1.0), &strict).is_err());
+        assert!(matches!(
+            judge(&t(10, 0, 1.0), &t(900, 0, 1.0), &strict),
+            Verdict::Inconclusive(_)
+        ));
         // Zero requests (a balancer that reports no traffic) is never a pass.
-        let err = judge(&t(0, 0, 0.0), &t(0, 0, 0.0), &cfg()).unwrap_err();
+        let Verdict::Inconclusive(err) = judge(&t(0, 0, 0.0), &t(0, 0, 0.0), &cfg()) else {
+            panic!("zero requests was not inconclusive")
+        };
         assert!(err.contains("inconclusive"), "{err}");
     }
 }
