@@ -218,6 +218,7 @@ async fn deploy(
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            pause_before_switch: false,
         })
         .await
 }

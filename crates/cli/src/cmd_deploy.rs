@@ -59,6 +59,10 @@ pub struct DeployArgs {
     /// Print the steps the deploy would take and change nothing.
     #[arg(long)]
     pub plan: bool,
+    /// Wait for `nonstop promote` once the new release is up and healthy, before any user
+    /// traffic reaches it (blue-green and canary).
+    #[arg(long)]
+    pub pause_before_switch: bool,
     #[command(flatten)]
     pub remote: crate::cmd_remote::ConsoleArgs,
     #[command(flatten)]
@@ -178,12 +182,13 @@ fn mark(kind: EventKind) -> &'static str {
         EventKind::Progress => "…",
         EventKind::Switched => "⇄",
         EventKind::RollingBack => "↩",
+        EventKind::Paused => "⏸",
         EventKind::Warn => "!",
         EventKind::Done => "■",
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -209,7 +214,7 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, DeployError> 
 }
 
 /// Prints the outcome and turns it into the documented exit code.
-fn conclude<T: serde::Serialize>(
+pub(crate) fn conclude<T: serde::Serialize>(
     json: bool,
     renderer: &Renderer,
     result: Result<T, DeployError>,
@@ -271,7 +276,8 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 ),
             };
             // The same plan a deploy runs, from the same observation; nothing is changed.
-            let plan = rt.block_on(engine.plan(&version, args.strategy))?;
+            let plan =
+                rt.block_on(engine.plan_with(&version, args.strategy, args.pause_before_switch))?;
             if json {
                 println!(
                     "{}",
@@ -293,6 +299,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             version,
             strategy: args.strategy,
             env,
+            pause_before_switch: args.pause_before_switch,
         };
         rt.block_on(async {
             let _hangup = ignore_hangup();
@@ -407,6 +414,21 @@ pub fn status(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(unfinished) = s["unfinished"].as_str() {
         println!("  ! {unfinished}");
+    }
+    if let Some(p) = s["paused"].as_object() {
+        println!(
+            "  ⏸ paused at step {} of {} ({}) since {}; aborts on its own at {}{}",
+            p["step"],
+            p["steps"],
+            p["why"].as_str().unwrap_or(""),
+            nonstop_store::format_ms(p["since_ms"].as_i64().unwrap_or(0)),
+            nonstop_store::format_ms(p["until_ms"].as_i64().unwrap_or(0)),
+            if p["holder_alive"].as_bool() == Some(false) {
+                " (its process is gone: promote resumes it in yours)"
+            } else {
+                ""
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

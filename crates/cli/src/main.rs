@@ -9,6 +9,7 @@ mod cmd_demo;
 mod cmd_deploy;
 mod cmd_import;
 mod cmd_lb;
+mod cmd_pause;
 mod cmd_proxy;
 mod cmd_remote;
 mod logging;
@@ -41,6 +42,11 @@ enum Command {
     Deploy(cmd_deploy::DeployArgs),
     /// Put the previous release of SERVICE back (instant while blue-green keeps it warm).
     Rollback(cmd_deploy::RollbackArgs),
+    /// Let SERVICE's paused deploy go on (a canary pause, `--pause-before-switch`, an
+    /// inconclusive canary window).
+    Promote(cmd_deploy::ServiceArgs),
+    /// Roll SERVICE's paused deploy back.
+    Abort(cmd_deploy::ServiceArgs),
     /// Nodes, versions, balancer state and health of SERVICE.
     Status(cmd_deploy::ServiceArgs),
     /// Past deploys of SERVICE with outcome and duration; `--deploy N` shows its steps.
@@ -65,6 +71,8 @@ fn main() -> ExitCode {
         Command::Config(args) => cmd_config::run(args),
         Command::Deploy(args) => cmd_deploy::deploy(args),
         Command::Rollback(args) => cmd_deploy::rollback(args),
+        Command::Promote(args) => cmd_pause::promote(args),
+        Command::Abort(args) => cmd_pause::abort(args),
         Command::Status(args) => cmd_deploy::status(args),
         Command::History(args) => cmd_deploy::history(args),
         Command::Logs(args) => cmd_deploy::logs(args),

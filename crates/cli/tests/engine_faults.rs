@@ -139,6 +139,7 @@ async fn an_instance_started_but_never_recorded_is_stopped_by_recovery() {
         version: Some(nonstop_ports::Version::from("2")),
         strategy: None,
         env: Default::default(),
+        pause_before_switch: false,
     };
     let killed = tokio::time::timeout(Duration::from_secs(10), engine.deploy(request)).await;
     assert!(killed.is_err(), "the deploy hung after its spawn");

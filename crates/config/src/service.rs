@@ -35,6 +35,9 @@ pub struct ServiceConfig {
     pub rolling: RollingConfig,
     #[serde(default)]
     pub canary: CanaryConfig,
+    /// How long a paused deploy waits for `nonstop promote` or `abort` before it aborts itself.
+    #[serde(default = "default_pause_limit")]
+    pub pause_limit: HumanDuration,
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     /// The operator's commands at named points of every deploy.
@@ -51,6 +54,10 @@ fn default_strategy() -> Spanned<Strategy> {
 
 fn default_keep_warm() -> HumanDuration {
     HumanDuration::secs(600)
+}
+
+fn default_pause_limit() -> HumanDuration {
+    HumanDuration::secs(3600)
 }
 
 fn default_verify() -> HumanDuration {
@@ -273,12 +280,15 @@ impl Default for DrainConfig {
 pub struct RollingConfig {
     /// Nodes taken out of the pool at the same time.
     pub max_unavailable: Spanned<usize>,
+    /// Wait for `nonstop promote` after the first batch serves the new release.
+    pub pause_after_first_batch: bool,
 }
 
 impl Default for RollingConfig {
     fn default() -> Self {
         RollingConfig {
             max_unavailable: Spanned::new(0..0, 1),
+            pause_after_first_batch: false,
         }
     }
 }
@@ -294,21 +304,37 @@ pub struct CanaryConfig {
     pub max_error_rate: Spanned<f64>,
     /// Largest ratio of the canary's mean latency to the old release's.
     pub max_latency_ratio: Spanned<f64>,
-    /// Fewer canary requests than this in the window makes the verdict "not enough data": abort.
+    /// Fewer canary requests than this in the window makes the verdict "not enough data".
     pub min_requests: u64,
-    /// Several watched steps, e.g. `[{ weight = 5, for = "2m" }, { weight = 25, for = "5m" }]`;
-    /// each is judged on its own window, the last one is followed by the promotion. Empty: one
-    /// step of `weight` for `window`.
+    /// What a window without enough data does: wait for a person (`pause`) or `abort`.
+    pub inconclusive: Inconclusive,
+    /// Several watched steps, e.g. `[{ weight = 5, for = "2m" }, { pause = true },
+    /// { weight = 25, for = "5m" }]`; each timed step is judged on its own window, a pause waits
+    /// for `nonstop promote`, the last step is followed by the promotion. Empty: one step of
+    /// `weight` for `window`.
     pub steps: Vec<CanaryStep>,
 }
 
-/// One step of a canary: a share of new requests for a while, then a verdict on that window.
+/// What a canary window with too little data to judge does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Inconclusive {
+    /// Wait for a person to promote or abort (up to `pause_limit`, then abort).
+    #[default]
+    Pause,
+    /// Roll back at once.
+    Abort,
+}
+
+/// One step of a canary: a share of new requests for a while, then a verdict on that window;
+/// or a pause that waits for a person.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryStep {
-    pub weight: Spanned<u32>,
+    pub weight: Option<Spanned<u32>>,
     #[serde(rename = "for")]
-    pub duration: HumanDuration,
+    pub duration: Option<HumanDuration>,
+    pub pause: Option<Spanned<bool>>,
 }
 
 impl Default for CanaryConfig {
@@ -319,6 +345,7 @@ impl Default for CanaryConfig {
             max_error_rate: Spanned::new(0..0, 0.01),
             max_latency_ratio: Spanned::new(0..0, 3.0),
             min_requests: 0,
+            inconclusive: Inconclusive::Pause,
             steps: Vec::new(),
         }
     }
@@ -561,8 +588,26 @@ impl ServiceConfig {
                 "use 1 (one node at a time) or more",
             ));
         }
-        let weights =
-            std::iter::once(&self.canary.weight).chain(self.canary.steps.iter().map(|s| &s.weight));
+        for step in &self.canary.steps {
+            let shape = (&step.weight, &step.duration, &step.pause);
+            let ok = matches!(shape, (Some(_), Some(_), None))
+                || matches!(shape, (None, None, Some(p)) if *p.get_ref());
+            if !ok {
+                let span = step
+                    .weight
+                    .as_ref()
+                    .map(|w| w.span())
+                    .or(step.pause.as_ref().map(|p| p.span()))
+                    .unwrap_or(self.strategy.span());
+                return Err(here(
+                    span,
+                    format!("service `{name}`: a canary step is either timed or a pause"),
+                    "write `{ weight = 10, for = \"2m\" }` or `{ pause = true }`",
+                ));
+            }
+        }
+        let weights = std::iter::once(&self.canary.weight)
+            .chain(self.canary.steps.iter().filter_map(|s| s.weight.as_ref()));
         for spanned in weights {
             let weight = *spanned.get_ref();
             if !(1..=99).contains(&weight) {
@@ -712,6 +757,35 @@ port = 8081
 name = "green"
 port = 8082
 "#;
+
+    #[test]
+    fn canary_steps_are_timed_or_pauses() {
+        let with = |steps: &str| {
+            GOOD.replace(
+                "drain = { timeout = \"10s\", sessions = true }",
+                &format!("drain = {{ timeout = \"10s\" }}\ncanary = {{ steps = {steps} }}"),
+            )
+        };
+        let config = parse(&with(
+            r#"[{ weight = 5, for = "1m" }, { pause = true }, { weight = 50, for = "2m" }]"#,
+        ))
+        .unwrap();
+        let canary = &config.services["shop"].canary;
+        assert_eq!(canary.steps.len(), 3);
+        assert!(canary.steps[1].pause.is_some());
+        for bad in [
+            r#"[{ weight = 5 }]"#,
+            r#"[{ pause = true, weight = 5, for = "1m" }]"#,
+            r#"[{ pause = false }]"#,
+        ] {
+            let err = parse(&with(bad)).unwrap_err();
+            assert!(
+                err.message.contains("either timed or a pause"),
+                "{bad}: {err}"
+            );
+            assert_eq!(err.line, 15, "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn full_service_parses_with_defaults() {

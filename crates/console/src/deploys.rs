@@ -403,6 +403,7 @@ pub async fn deploy(
         version,
         strategy,
         env: BTreeMap::new(),
+        pause_before_switch: false,
     };
     spawn(&app, job.clone(), Work::Deploy(request), upload)?;
     Ok(accepted(&job, detail))

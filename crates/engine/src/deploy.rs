@@ -25,6 +25,8 @@ pub struct DeployRequest {
     pub strategy: Option<Strategy>,
     /// Extra environment for this release, kept with it (also for its rollback).
     pub env: BTreeMap<String, String>,
+    /// Wait for `nonstop promote` once the new release is up and healthy, before the switch.
+    pub pause_before_switch: bool,
 }
 
 /// What a finished deploy did.
@@ -81,11 +83,28 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     /// Takes the lock; recovers a deploy left unfinished by a killed nonstop first.
     async fn lock_and_recover(&mut self) -> Result<(), DeployError> {
         if let Some(stale) = self.store.acquire(&self.holder)? {
+            self.refuse_if_paused(&stale)?;
             let why = format!("pid {} died", stale.pid);
             if let Err(e) = self.recover(stale, &why).await {
                 self.unlock();
                 return Err(e);
             }
+        }
+        Ok(())
+    }
+
+    /// A paused deploy whose process died waits for its decision; the next command does not
+    /// undo it behind the back of whoever is to decide (unless its pause has expired).
+    fn refuse_if_paused(&self, stale: &nonstop_store::Deployment) -> Result<(), DeployError> {
+        if self.waits_for_decision(stale)? {
+            self.unlock();
+            return Err(DeployError::Refused(format!(
+                "deploy #{id} of {v} is paused (its process, pid {pid}, is gone): `nonstop promote {s}` resumes it here, `nonstop abort {s}` rolls it back",
+                id = stale.id,
+                v = stale.version,
+                pid = stale.pid,
+                s = self.service
+            )));
         }
         Ok(())
     }
@@ -113,7 +132,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             let release =
                 releases::install(&self.base, &request.artifact, request.version, request.env)
                     .map_err(DeployError::Refused)?;
-            self.run_deploy(release, strategy, "deploy").await
+            self.run_deploy(release, strategy, "deploy", request.pause_before_switch)
+                .await
         }
         .await;
         self.finish_locked(result)
@@ -132,6 +152,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         force_past_migration: bool,
     ) -> Result<DeployReport, DeployError> {
         if let Some(stale) = self.store.acquire(&self.holder)? {
+            self.refuse_if_paused(&stale)?;
             let result = self.recover(stale, "found at rollback").await;
             self.unlock();
             result?;
@@ -161,7 +182,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 Strategy::Canary => Strategy::BlueGreen,
                 other => other,
             };
-            self.run_deploy(release, strategy, "rollback").await
+            self.run_deploy(release, strategy, "rollback", false).await
         }
         .await;
         self.finish_locked(result)
@@ -204,12 +225,18 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         release: Release,
         strategy: Strategy,
         kind: &str,
+        pause_before_switch: bool,
     ) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
         let observed = self.observe().await?;
         let snapshot = Snapshot::of(&observed, &self.spec.names());
         let plan: Plan = self
-            .plan_from(&release.version, strategy, observed.clone())
+            .plan_from(
+                &release.version,
+                strategy,
+                observed.clone(),
+                pause_before_switch,
+            )
             .await?;
         let id = self.store.begin(
             kind,
@@ -219,6 +246,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             &self.holder,
             &serde_json::to_string(&snapshot).expect("plain data"),
         )?;
+        self.store
+            .save_plan(id, &serde_json::to_string(&plan.steps).expect("plain data"))?;
         self.deploy.set(Some(id));
         self.event(
             EventKind::Begin,
@@ -244,7 +273,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         result
     }
 
-    fn succeeded(
+    pub(crate) fn succeeded(
         &self,
         run: &Run,
         plan: &Plan,
@@ -304,7 +333,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     /// A step failed: undo what the deploy did (newest first) and record how it ended.
-    async fn undo_failed(
+    pub(crate) async fn undo_failed(
         &self,
         run: &mut Run,
         snapshot: &Snapshot,

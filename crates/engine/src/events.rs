@@ -14,6 +14,8 @@ pub enum EventKind {
     /// All new traffic is on the new release.
     Switched,
     RollingBack,
+    /// The deploy waits for `nonstop promote` or `abort`.
+    Paused,
     Warn,
     /// The deploy ended; the message says how.
     Done,

@@ -23,6 +23,10 @@ pub struct JournalData {
     /// Whether this entry is itself part of an undo (recovery redoes only forward steps' undos).
     #[serde(default)]
     pub undoing: bool,
+    /// A canary step's: the members' weights before the first canary step (every step's
+    /// share is of these), so a resumed deploy goes on from the same base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_base: Option<BTreeMap<NodeName, u32>>,
 }
 
 /// One deploy's running state, shared by its steps.
@@ -109,10 +113,17 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             Some(members) => self.undo_of(step, members),
         };
         let index = run.index;
+        if let (Step::Canary { .. }, Some(members), None) = (step, &seen, &run.canary_base) {
+            run.canary_base = Some(members.iter().map(|(n, m)| (n.clone(), m.weight)).collect());
+        }
         let data = JournalData {
             step: step.clone(),
             undo: undo.clone(),
             undoing: run.undoing,
+            canary_base: match step {
+                Step::Canary { .. } => run.canary_base.clone(),
+                _ => None,
+            },
         };
         self.journal(
             run.deploy,
@@ -209,7 +220,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     }
 
     /// An instance this deploy started that died since is a failure now, not at the end.
-    async fn watch(&self, run: &Run) -> Result<(), StepError> {
+    pub(crate) async fn watch(&self, run: &Run) -> Result<(), StepError> {
         for instance in run.started.values() {
             if !self.runtime.is_running(instance).await {
                 return Err(self.died(instance, "exited after it started"));
@@ -302,6 +313,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             | Step::Eligible { .. }
             | Step::Drain { .. }
             | Step::Verify { .. }
+            | Step::Pause { .. }
             | Step::KeepWarm { .. }
             | Step::MigrateDown { .. }
             | Step::Hook { .. } => Vec::new(),
@@ -352,6 +364,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 window,
             } => self.canary(run, nodes, live, *share, *window).await,
             Step::Verify { nodes, window } => self.verify(run, nodes, *window).await,
+            Step::Pause { why, limit } => self.pause(run, why.as_str(), *limit).await,
             Step::Hook { point, node } => self.run_hook(run, *point, node.as_ref()).await,
             Step::Migrate { version } => self.migrate(run, version, false).await,
             Step::MigrateDown { version } => self.migrate(run, version, true).await,

@@ -25,6 +25,28 @@ impl Change {
     }
 }
 
+/// Why a deploy waits for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PauseWhy {
+    /// A `{ pause = true }` canary step.
+    CanaryStep,
+    /// `--pause-before-switch`: the new slots are up and healthy, traffic not yet switched.
+    BeforeSwitch,
+    /// Rolling's `pause_after_first_batch`: the first batch serves the new release.
+    AfterFirstBatch,
+}
+
+impl PauseWhy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseWhy::CanaryStep => "a canary pause step",
+            PauseWhy::BeforeSwitch => "before the switch: the new release is up for testers",
+            PauseWhy::AfterFirstBatch => "after the first batch",
+        }
+    }
+}
+
 /// What a `Set` step is for: only its wording and its invariant check differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -96,6 +118,13 @@ pub enum Step {
         #[serde(with = "humantime_serde_ms")]
         window: Duration,
     },
+    /// Waits for `nonstop promote` (goes on) or `nonstop abort` (rolls back); aborts on its own
+    /// after `limit`.
+    Pause {
+        why: PauseWhy,
+        #[serde(with = "humantime_serde_ms")]
+        limit: Duration,
+    },
     /// The new instances must stay up for `window` with traffic.
     Verify {
         nodes: Vec<NodeName>,
@@ -165,6 +194,7 @@ impl Step {
             Step::Drain { .. } => "drain",
             Step::Canary { .. } => "canary",
             Step::Verify { .. } => "verify",
+            Step::Pause { .. } => "pause",
             Step::KeepWarm { .. } => "keep-warm",
             Step::Hook { .. } => "hook",
             Step::Migrate { .. } => "migrate",
@@ -262,6 +292,12 @@ impl std::fmt::Display for Step {
                 "canary: {} takes {share}% of new requests for {}, then a verdict",
                 names(nodes),
                 humantime::format_duration(*window)
+            ),
+            Step::Pause { why, limit } => write!(
+                f,
+                "pause ({}): wait for `nonstop promote` or `abort`, abort on its own after {}",
+                why.as_str(),
+                humantime::format_duration(*limit)
             ),
             Step::Verify { nodes, window } => write!(
                 f,

@@ -96,8 +96,19 @@ pub struct CanarySpec {
     pub max_latency_ratio: f64,
     /// Fewer requests than this in the window is inconclusive: the canary is not promoted.
     pub min_requests: u64,
-    /// The watched steps (share in percent, window), in order.
-    pub steps: Vec<(u32, Duration)>,
+    /// Whether an inconclusive window waits for a person (else it aborts).
+    pub pause_when_inconclusive: bool,
+    /// The steps, in order.
+    pub steps: Vec<CanaryPhase>,
+}
+
+/// One step of a canary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CanaryPhase {
+    /// `share` percent of new requests for `window`, then a verdict.
+    Watch { share: u32, window: Duration },
+    /// Wait for `nonstop promote` (or abort).
+    Pause,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +129,10 @@ pub struct ServiceSpec {
     pub on_hosts: bool,
     pub hooks: BTreeMap<HookPoint, HookSpec>,
     pub migrate: Option<MigrationSpec>,
+    /// How long a pause waits for a decision before the deploy aborts itself.
+    pub pause_limit: Duration,
+    /// Rolling: wait for `nonstop promote` once the first batch serves the new release.
+    pub pause_after_first_batch: bool,
 }
 
 impl ServiceSpec {
@@ -153,15 +168,28 @@ impl ServiceSpec {
                 max_error_rate: *c.max_error_rate.get_ref(),
                 max_latency_ratio: *c.max_latency_ratio.get_ref(),
                 min_requests: c.min_requests.max(1),
+                pause_when_inconclusive: c.inconclusive
+                    == nonstop_config::service::Inconclusive::Pause,
                 steps: if c.steps.is_empty() {
-                    vec![(*c.weight.get_ref(), c.window.0)]
+                    vec![CanaryPhase::Watch {
+                        share: *c.weight.get_ref(),
+                        window: c.window.0,
+                    }]
                 } else {
                     c.steps
                         .iter()
-                        .map(|s| (*s.weight.get_ref(), s.duration.0))
+                        .map(|s| match (&s.weight, &s.duration) {
+                            (Some(w), Some(d)) => CanaryPhase::Watch {
+                                share: *w.get_ref(),
+                                window: d.0,
+                            },
+                            _ => CanaryPhase::Pause,
+                        })
                         .collect()
                 },
             },
+            pause_limit: config.pause_limit.0,
+            pause_after_first_batch: config.rolling.pause_after_first_batch,
             stop_grace: config.runtime.shared.stop_grace.0,
             keep_releases: *config.releases.keep.get_ref(),
             on_hosts: config.on_hosts(),

@@ -38,6 +38,8 @@ pub struct ServiceStatus {
     pub balancer_error: Option<String>,
     pub nodes: Vec<NodeStatus>,
     pub unfinished: Option<String>,
+    /// The deploy that waits for `nonstop promote` or `abort`, if one does.
+    pub paused: Option<crate::Paused>,
 }
 
 impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
@@ -100,8 +102,18 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 eligible,
             });
         }
+        let paused = self.paused().ok().flatten();
         let unfinished = self.store.unfinished().ok().flatten().map(|d| {
-            if nonstop_store::pid_alive(d.pid) {
+            if paused.as_ref().is_some_and(|p| p.deploy == d.id) {
+                format!(
+                    "deploy #{} of {} by {} (pid {}) is paused: `nonstop promote {s}` goes on, `nonstop abort {s}` rolls back",
+                    d.id,
+                    d.version,
+                    d.holder,
+                    d.pid,
+                    s = self.service
+                )
+            } else if nonstop_store::pid_alive(d.pid) {
                 format!(
                     "deploy #{} of {} by {} (pid {}) is in progress",
                     d.id, d.version, d.holder, d.pid
@@ -121,6 +133,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             balancer_error,
             nodes,
             unfinished,
+            paused,
         }
     }
 }

@@ -5,7 +5,8 @@ use nonstop_ports::{Balancer, LbState, NodeName, Probe, Runtime, Version};
 
 use super::Observed;
 use crate::error::DeployError;
-use crate::plan::{Change, SetPurpose, Step};
+use crate::plan::{Change, PauseWhy, SetPurpose, Step};
+use crate::spec::CanaryPhase;
 use crate::{Engine, HookPoint};
 
 impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
@@ -14,6 +15,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         version: &Version,
         observed: &Observed,
         canary: bool,
+        pause_before_switch: bool,
     ) -> Result<Vec<Step>, DeployError> {
         let all = self.spec.names();
         let live = observed.serving(&all);
@@ -34,13 +36,23 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         steps.push(Step::Eligible {
             nodes: targets.clone(),
         });
+        let pause = |why| Step::Pause {
+            why,
+            limit: self.spec.pause_limit,
+        };
+        if pause_before_switch {
+            steps.push(pause(PauseWhy::BeforeSwitch));
+        }
         if canary && !live.is_empty() {
-            for (share, window) in &self.spec.canary.steps {
-                steps.push(Step::Canary {
-                    nodes: targets.clone(),
-                    live: live.clone(),
-                    share: *share,
-                    window: *window,
+            for phase in &self.spec.canary.steps {
+                steps.push(match *phase {
+                    CanaryPhase::Watch { share, window } => Step::Canary {
+                        nodes: targets.clone(),
+                        live: live.clone(),
+                        share,
+                        window,
+                    },
+                    CanaryPhase::Pause => pause(PauseWhy::CanaryStep),
                 });
             }
         }

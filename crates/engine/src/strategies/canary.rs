@@ -74,6 +74,12 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         match verdict {
             Verdict::Pass(summary) => Ok(format!("passed: {summary}")),
             Verdict::Fail(why) => Err(StepError::Failed(why)),
+            // Too little data is nobody's verdict: a person decides (or the pause limit aborts).
+            Verdict::Inconclusive(why) if self.spec.canary.pause_when_inconclusive => {
+                let limit = self.spec.pause_limit;
+                let decided = self.pause(run, &why, limit).await?;
+                Ok(format!("{why}; {decided}"))
+            }
             Verdict::Inconclusive(why) => Err(StepError::Failed(why)),
         }
     }
@@ -230,7 +236,11 @@ mod tests {
             max_error_rate: 0.01,
             max_latency_ratio: 3.0,
             min_requests: 1,
-            steps: vec![(10, Duration::from_secs(30))],
+            pause_when_inconclusive: true,
+            steps: vec![crate::spec::CanaryPhase::Watch {
+                share: 10,
+                window: Duration::from_secs(30),
+            }],
         }
     }
 

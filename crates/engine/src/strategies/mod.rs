@@ -80,8 +80,19 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         version: &Version,
         strategy: Option<Strategy>,
     ) -> Result<Plan, DeployError> {
+        self.plan_with(version, strategy, false).await
+    }
+
+    /// [`Engine::plan`], with a pause before the switch (`--pause-before-switch`).
+    pub async fn plan_with(
+        &self,
+        version: &Version,
+        strategy: Option<Strategy>,
+        pause_before_switch: bool,
+    ) -> Result<Plan, DeployError> {
         let observed = self.observe().await?;
-        self.plan_from(version, strategy.unwrap_or(self.spec.strategy), observed)
+        let strategy = strategy.unwrap_or(self.spec.strategy);
+        self.plan_from(version, strategy, observed, pause_before_switch)
             .await
     }
 
@@ -90,7 +101,13 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         version: &Version,
         strategy: Strategy,
         mut observed: Observed,
+        pause_before_switch: bool,
     ) -> Result<Plan, DeployError> {
+        if pause_before_switch && strategy == Strategy::Rolling {
+            return Err(DeployError::Refused(
+                "a rolling deploy has no switch to pause before; use `rolling.pause_after_first_batch = true`".into(),
+            ));
+        }
         let mut steps = self.reap_steps(&mut observed);
         steps.extend(self.hook_step(HookPoint::BeforeDeploy, None));
         let mut notes = self
@@ -100,8 +117,14 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             notes.push("this balancer judges a node's health once it is active: the engine waits for it before taking the old one out".into());
         }
         steps.extend(match strategy {
-            Strategy::BlueGreen => self.blue_green(version, &observed, false).await?,
-            Strategy::Canary => self.blue_green(version, &observed, true).await?,
+            Strategy::BlueGreen => {
+                self.blue_green(version, &observed, false, pause_before_switch)
+                    .await?
+            }
+            Strategy::Canary => {
+                self.blue_green(version, &observed, true, pause_before_switch)
+                    .await?
+            }
             Strategy::Rolling => self.rolling(version, &observed),
         });
         if observed.current.as_ref() != Some(version) {

@@ -4,7 +4,7 @@
 use nonstop_ports::{Balancer, LbState, NodeName, Probe, Replacement, Runtime, Version};
 
 use super::Observed;
-use crate::plan::{Change, SetPurpose, Step};
+use crate::plan::{Change, PauseWhy, SetPurpose, Step};
 use crate::{Engine, HookPoint};
 
 impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
@@ -20,7 +20,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         // serving: draining it would only keep its sessions from ending.
         let beside = self.runtime.replacement() == Replacement::Beside;
         let mut steps = Vec::new();
-        for batch in nodes.chunks(self.spec.max_unavailable) {
+        let batches = nodes.chunks(self.spec.max_unavailable).count();
+        for (b, batch) in nodes.chunks(self.spec.max_unavailable).enumerate() {
             let serving: Vec<NodeName> = batch
                 .iter()
                 .filter(|n| observed.members.contains_key(*n))
@@ -58,6 +59,14 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             });
             for node in batch {
                 steps.extend(self.hook_step(HookPoint::AfterTraffic, Some(node)));
+            }
+            // Day one has no old release to compare the first batch with.
+            let old_serves = !observed.live.is_empty();
+            if b == 0 && batches > 1 && old_serves && self.spec.pause_after_first_batch {
+                steps.push(Step::Pause {
+                    why: PauseWhy::AfterFirstBatch,
+                    limit: self.spec.pause_limit,
+                });
             }
         }
         if !self.spec.verify.is_zero() {

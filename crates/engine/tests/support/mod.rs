@@ -72,6 +72,15 @@ fn scratch() -> tempfile::TempDir {
 
 impl Service {
     pub fn new(strategy: &'static str, pool_health: bool) -> Service {
+        Service::edited(strategy, pool_health, |text| text)
+    }
+
+    /// A service whose config text `edit` changes first.
+    pub fn edited(
+        strategy: &'static str,
+        pool_health: bool,
+        edit: impl FnOnce(String) -> String,
+    ) -> Service {
         let count = if strategy == "rolling" { 3 } else { 2 };
         let nodes: Vec<String> = (1..=count).map(|i| format!("n{i}")).collect();
         let world = World::new(&nodes.iter().map(String::as_str).collect::<Vec<_>>(), 1);
@@ -112,7 +121,7 @@ rolling = {{ max_unavailable = 1 }}
         }
         let source = Source {
             path: dir.path().join("nonstop.toml"),
-            text,
+            text: edit(text),
         };
         let config = Config::parse(&source).unwrap_or_else(|e| panic!("{e}"));
         let config = config.services["shop"].clone();
@@ -161,6 +170,7 @@ rolling = {{ max_unavailable = 1 }}
                 version: Some(Version::from(version)),
                 strategy: None,
                 env: Default::default(),
+                pause_before_switch: false,
             })
             .await
             .map(drop)
