@@ -12,6 +12,7 @@ mod cmd_lb;
 mod cmd_pause;
 mod cmd_proxy;
 mod cmd_remote;
+mod cmd_status;
 mod logging;
 mod signals;
 
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
         Command::Rollback(args) => cmd_deploy::rollback(args),
         Command::Promote(args) => cmd_pause::promote(args),
         Command::Abort(args) => cmd_pause::abort(args),
-        Command::Status(args) => cmd_deploy::status(args),
+        Command::Status(args) => cmd_status::status(args),
         Command::History(args) => cmd_deploy::history(args),
         Command::Logs(args) => cmd_deploy::logs(args),
         Command::Import(args) => cmd_import::run(args),

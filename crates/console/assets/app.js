@@ -254,7 +254,10 @@ function servicePage(service) {
     h('h2', {}, 'Progress ', h('span', { id: 'progress-status' })),
     h('ol', { class: 'steps', id: 'progress-steps' }));
   const history = h('section', { class: 'panel', id: 'history' });
-  page(service, h('section', { class: 'panel' }, summary, nodes), actions, progress, history);
+  const canary = h('section', { class: 'panel hidden', id: 'canary' });
+  page(service, h('section', { class: 'panel' }, summary, nodes), canary, actions, progress, history);
+  let lastStatus = null;
+  canaryPanel(service, canary, () => Boolean(lastStatus && lastStatus.can.deploy));
 
   let following = null;
   let actionsBuilt = false;
@@ -296,6 +299,7 @@ function servicePage(service) {
       const strategy = h('select', { id: 'deploy-strategy' },
         h('option', { value: '' }, `service default (${status.strategy})`),
         ['blue-green', 'rolling', 'canary'].map((s) => h('option', { value: s }, s)));
+      const pause = h('input', { type: 'checkbox', id: 'deploy-pause' });
       const deploy = h('button', { class: 'primary', id: 'deploy-button', type: 'button', onclick: () => attempt(deploy, error, async () => {
         let answer;
         if (file.files.length) {
@@ -303,11 +307,13 @@ function servicePage(service) {
           form.append('artifact', file.files[0]);
           if (version.value.trim()) form.append('version', version.value.trim());
           if (strategy.value) form.append('strategy', strategy.value);
+          if (pause.checked) form.append('pause_before_switch', 'true');
           answer = await api('POST', `/api/services/${enc(service)}/deploy`, form);
         } else {
           if (!pick.value) throw new Error('choose an artifact or upload one');
           answer = await api('POST', `/api/services/${enc(service)}/deploy`, {
             artifact: pick.value, version: version.value.trim() || null, strategy: strategy.value || null,
+            pause_before_switch: pause.checked,
           });
         }
         follow(answer.job);
@@ -317,6 +323,7 @@ function servicePage(service) {
         h('label', {}, `…or upload (up to ${Math.round(offer.upload_limit / 1048576)} MiB)`, file),
         h('label', {}, 'Version', version),
         h('label', {}, 'Strategy', strategy),
+        h('label', { class: 'check' }, pause, ' pause before the switch'),
         h('label', {}, ' ', deploy)));
     }
     if (status.can.rollback) {
@@ -357,6 +364,7 @@ function servicePage(service) {
   refreshService = async () => {
     try {
       const status = await api('GET', `/api/services/${enc(service)}`);
+      lastStatus = status;
       summary.replaceChildren(...[
         h('div', {}, h('span', {}, 'running'), h('strong', { id: 'current-version' }, status.current || 'nothing')),
         h('div', {}, h('span', {}, 'previous'), status.previous || '-'),

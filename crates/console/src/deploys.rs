@@ -196,7 +196,7 @@ impl Jobs {
     }
 
     /// Registers a new job unless one of the same service is running.
-    fn start(
+    pub(crate) fn start(
         &self,
         service: &str,
         kind: &'static str,
@@ -234,13 +234,15 @@ impl Jobs {
 }
 
 /// What a job does on its thread.
-enum Work {
+pub(crate) enum Work {
     Deploy(DeployRequest),
     Rollback,
+    /// The decision on a paused deploy whose process is gone, by whom.
+    Decide(nonstop_engine::Decision, String),
 }
 
 /// Runs `work` on its own thread with a current-thread runtime; returns at once.
-fn spawn(app: &App, job: Arc<Job>, work: Work, upload: Option<Upload>) -> ApiResult<()> {
+pub(crate) fn spawn(app: &App, job: Arc<Job>, work: Work, upload: Option<Upload>) -> ApiResult<()> {
     let app = app.clone();
     let thread_job = job.clone();
     std::thread::Builder::new()
@@ -310,6 +312,15 @@ fn run(app: &App, job: &Arc<Job>, work: Work) -> Result<DeployReport, DeployErro
         match work {
             Work::Deploy(request) => engine.deploy(request).await,
             Work::Rollback => engine.rollback().await,
+            Work::Decide(decision, by) => match engine.decide(decision, &by).await? {
+                nonstop_engine::Decided::Resumed(report) => Ok(report),
+                nonstop_engine::Decided::Undone { deploy } => Err(DeployError::RolledBack(
+                    format!("deploy #{deploy} aborted by {by}; undone, the previous state serves"),
+                )),
+                nonstop_engine::Decided::Relayed { deploy, pid } => Err(DeployError::Refused(
+                    format!("deploy #{deploy} is carried on by its own process (pid {pid})"),
+                )),
+            },
         }
     })
 }
@@ -323,6 +334,9 @@ pub struct DeployForm {
     version: Option<String>,
     #[serde(default)]
     strategy: Option<String>,
+    /// Wait for a promote once the new release is up, before the switch.
+    #[serde(default)]
+    pause_before_switch: bool,
 }
 
 /// Version and strategy as typed, checked before anything happens.
@@ -360,7 +374,7 @@ pub async fn deploy(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let (artifact, version, strategy, upload) = if multipart {
+    let (artifact, version, strategy, pause_before_switch, upload) = if multipart {
         let form = Multipart::from_request(request, &app)
             .await
             .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
@@ -369,12 +383,19 @@ pub async fn deploy(
             form.upload.path.clone(),
             form.version,
             form.strategy,
+            form.pause_before_switch,
             Some(form.upload),
         )
     } else {
         let ApiJson(form) = ApiJson::<DeployForm>::from_request(request, &app).await?;
         let path = artifacts::in_drop_dir(app.options.artifacts.as_deref(), &form.artifact)?;
-        (path, form.version, form.strategy, None)
+        (
+            path,
+            form.version,
+            form.strategy,
+            form.pause_before_switch,
+            None,
+        )
     };
     let (version, strategy) = options(version, strategy)?;
     let name = artifact
@@ -403,13 +424,13 @@ pub async fn deploy(
         version,
         strategy,
         env: BTreeMap::new(),
-        pause_before_switch: false,
+        pause_before_switch,
     };
     spawn(&app, job.clone(), Work::Deploy(request), upload)?;
     Ok(accepted(&job, detail))
 }
 
-fn accepted(job: &Job, detail: String) -> Response {
+pub(crate) fn accepted(job: &Job, detail: String) -> Response {
     let mut response = (
         StatusCode::ACCEPTED,
         axum::Json(json!({
@@ -439,6 +460,7 @@ struct UploadForm {
     upload: Upload,
     version: Option<String>,
     strategy: Option<String>,
+    pause_before_switch: bool,
 }
 
 async fn read_upload(app: &App, mut form: Multipart) -> ApiResult<UploadForm> {
@@ -459,6 +481,7 @@ async fn read_upload(app: &App, mut form: Multipart) -> ApiResult<UploadForm> {
         }
     };
     let (mut upload, mut version, mut strategy) = (None, None, None);
+    let mut pause_before_switch = false;
     while let Some(mut field) = form.next_field().await.map_err(field_error)? {
         match field.name().unwrap_or("") {
             "artifact" => {
@@ -490,9 +513,12 @@ async fn read_upload(app: &App, mut form: Multipart) -> ApiResult<UploadForm> {
             }
             "version" => version = Some(text_field(field).await?),
             "strategy" => strategy = Some(text_field(field).await?),
+            "pause_before_switch" => {
+                pause_before_switch = matches!(text_field(field).await?.as_str(), "true" | "on")
+            }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unexpected form field `{other}`: send artifact, version and strategy"
+                    "unexpected form field `{other}`: send artifact, version, strategy and pause_before_switch"
                 )));
             }
         }
@@ -502,6 +528,7 @@ async fn read_upload(app: &App, mut form: Multipart) -> ApiResult<UploadForm> {
         upload,
         version,
         strategy,
+        pause_before_switch,
     })
 }
 

@@ -11,6 +11,7 @@ mod drivers;
 mod error;
 mod logs;
 mod pages;
+mod pauses;
 mod refusals;
 pub mod routes;
 mod server;

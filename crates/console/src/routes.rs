@@ -12,7 +12,7 @@ use nonstop_accounts::Action;
 
 use crate::error::ApiError;
 use crate::state::App;
-use crate::{account, admin, agents, artifacts, auth, deploys, logs, pages, services};
+use crate::{account, admin, agents, artifacts, auth, deploys, logs, pages, pauses, services};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -141,6 +141,7 @@ fn table() -> Vec<Entry> {
         entry(Get, "/users", Admin(ManageUsers), Page, "page", pages::shell),
         entry(Get, "/agents", Admin(ManageUsers), Page, "page", pages::shell),
         entry(Get, "/assets/app.js", Public, Api, "asset", pages::script),
+        entry(Get, "/assets/canary.js", Public, Api, "asset", pages::canary_script),
         entry(Get, "/assets/app.css", Public, Api, "asset", pages::style),
         // Sign-in and one's own account.
         entry(Post, "/api/login", Public, Api, "login", account::login),
@@ -156,6 +157,9 @@ fn table() -> Vec<Entry> {
         entry(Get, "/api/services/{service}", service(View), Api, "service", services::one),
         upload,
         entry(Post, "/api/services/{service}/rollback", service(Rollback), Api, "rollback", deploys::rollback),
+        entry(Post, "/api/services/{service}/promote", service(Deploy), Api, "promote", pauses::promote),
+        entry(Post, "/api/services/{service}/abort", service(Deploy), Api, "abort", pauses::abort),
+        entry(Get, "/api/services/{service}/canary", service(View), Api, "canary", pauses::canary),
         entry(Post, "/api/services/{service}/nodes/{node}/drain", service(Drain), Api, "drain", services::drain),
         entry(Post, "/api/services/{service}/nodes/{node}/enable", service(Drain), Api, "enable", services::enable),
         entry(Get, "/api/services/{service}/nodes/{node}/log", service(View), Api, "log", logs::follow),

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Instances, binaries, free_port, start_proxy, write_config};
+use nonstop_testkit::client::{LoadOptions, StickyLoad, request_once};
+use support::{Instances, binaries, free_port, proxy_url, start_proxy, write_config};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -106,6 +107,25 @@ async fn the_console_in_headless_chromium() {
             shots
         }
     };
+    // Users of the shop from the moment the browser's first deploy serves: the canary is judged
+    // on their requests, and none of them may fail through the deploys, the rollback and the canary.
+    let users = tokio::spawn({
+        let url = proxy_url(&config);
+        async move {
+            let parsed = nonstop_http_client::Url::parse(&url).unwrap();
+            nonstop_testkit::try_wait_until("v1 serves", Duration::from_secs(240), || {
+                let parsed = parsed.clone();
+                async move {
+                    request_once(&parsed, "JSESSIONID", None, Duration::from_secs(2))
+                        .await
+                        .ok
+                }
+            })
+            .await
+            .ok()?;
+            Some(StickyLoad::start(&url, 2, LoadOptions::keep_alive()))
+        }
+    });
     let node = tokio::process::Command::new(node)
         .arg("console.mjs")
         .current_dir(browser_dir())
@@ -125,6 +145,18 @@ async fn the_console_in_headless_chromium() {
     );
     println!("{text}");
     assert!(out.status.success(), "the browser scenario failed:\n{text}");
+    let users = users
+        .await
+        .unwrap()
+        .expect("the browser's first deploy served")
+        .stop()
+        .await;
+    println!(
+        "users during the scenario: {} requests, {} failed",
+        users.sent(),
+        users.failures().len()
+    );
+    assert!(users.failures().is_empty(), "{:?}", &users.failures()[..1]);
     assert!(
         text.contains("browser scenario: all checks passed"),
         "{text}"

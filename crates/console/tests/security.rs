@@ -15,6 +15,7 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/login"),
     ("GET", "/setup"),
     ("GET", "/assets/app.js"),
+    ("GET", "/assets/canary.js"),
     ("GET", "/assets/app.css"),
     ("POST", "/api/login"),
     ("POST", "/api/setup"),

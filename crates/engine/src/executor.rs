@@ -362,9 +362,18 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 live,
                 share,
                 window,
-            } => self.canary(run, nodes, live, *share, *window).await,
+            } => {
+                let result = self.canary(run, nodes, live, *share, *window).await?;
+                // "Healthy → all traffic" counts from the last verdict, not through the windows.
+                run.healthy_at = Some(Instant::now());
+                Ok(result)
+            }
             Step::Verify { nodes, window } => self.verify(run, nodes, *window).await,
-            Step::Pause { why, limit } => self.pause(run, why.as_str(), *limit).await,
+            Step::Pause { why, limit } => {
+                let result = self.pause(run, why.as_str(), *limit).await?;
+                run.healthy_at = Some(Instant::now());
+                Ok(result)
+            }
             Step::Hook { point, node } => self.run_hook(run, *point, node.as_ref()).await,
             Step::Migrate { version } => self.migrate(run, version, false).await,
             Step::MigrateDown { version } => self.migrate(run, version, true).await,

@@ -6,6 +6,7 @@
 //! `reconcile` (the balancer's view), `deploy` (deploy / rollback), `recovery` (undo a
 //! deploy another process left unfinished), `spec` (the engine's own view of the config).
 
+mod canary_view;
 pub mod deploy;
 mod drain;
 pub mod error;
@@ -31,6 +32,7 @@ use nonstop_config::service::ServiceConfig;
 use nonstop_ports::{Analysis, Balancer, NodeName, Probe, Runtime};
 use nonstop_store::{Holder, Store};
 
+pub use canary_view::{CanaryStepView, CanaryView, Numbers};
 pub use deploy::{DeployReport, DeployRequest, NodeSnapshot, Snapshot};
 pub use error::{DeployError, StepError};
 pub use events::{Event, EventKind};

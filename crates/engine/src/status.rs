@@ -40,6 +40,8 @@ pub struct ServiceStatus {
     pub unfinished: Option<String>,
     /// The deploy that waits for `nonstop promote` or `abort`, if one does.
     pub paused: Option<crate::Paused>,
+    /// The running deploy's canary steps with their numbers.
+    pub canary: Option<crate::CanaryView>,
 }
 
 impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
@@ -134,6 +136,11 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             nodes,
             unfinished,
             paused,
+            canary: self
+                .canary_view()
+                .ok()
+                .flatten()
+                .filter(|c| c.outcome == "running"),
         }
     }
 }

@@ -80,6 +80,26 @@ async fn a_canary_pause_step_waits_and_promote_goes_on() {
         "{journal:#?}"
     );
     assert!(engine.paused().unwrap().is_none());
+    let view = engine.canary_view().unwrap().expect("a canary to show");
+    let states: Vec<(&str, &str)> = view.steps.iter().map(|s| (s.kind, s.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("canary", "passed"),
+            ("pause", "passed"),
+            ("canary", "passed")
+        ]
+    );
+    assert_eq!(view.steps[0].share, Some(20));
+    assert!(view.steps[0].canary.is_some() && view.steps[0].stable.is_some());
+    assert!(
+        view.steps[1]
+            .result
+            .as_deref()
+            .is_some_and(|r| r.starts_with("promoted by ann")),
+        "{:?}",
+        view.steps[1]
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,8 +4,10 @@
 //! The engine writes a journal entry *before* each side effect, so a crash leaves a record of what
 //! may have happened; the lock row names its holder's pid, so a dead holder is told from a live one.
 
+mod canary;
 mod pauses;
 
+pub use canary::CanaryWindow;
 pub use pauses::{Decision, Pause};
 
 use std::path::Path;
@@ -296,6 +298,7 @@ impl Store {
             .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.execute_batch(pauses::SCHEMA).map_err(sql)?;
+        conn.execute_batch(canary::SCHEMA).map_err(sql)?;
         let has_phase: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('journal') WHERE name = 'phase'")
             .and_then(|mut st| st.exists([]))

@@ -161,9 +161,36 @@ await page.click('#history a[href$="/deploys/3"]');
 await page.waitForSelector('#journal tbody tr');
 await shot('history');
 
+// 5b. A canary: it pauses after its first window, the chart shows the steps with the stable and
+// the canary release's numbers, and a click on Promote takes it through its last step.
+await page.goto(`${url}/services/shop`);
+await page.waitForSelector('#deploy-button');
+await page.selectOption('#deploy-artifact', 'hello-v2.jar');
+await page.fill('#deploy-version', 'v3');
+await page.selectOption('#deploy-strategy', 'canary');
+await page.click('#deploy-button');
+try {
+  await page.waitForSelector('#canary-step-2[data-state="waiting"]', { state: 'attached', timeout: 60_000 });
+} catch (e) {
+  console.log('canary panel:', await page.locator('#canary').innerHTML());
+  console.log('progress:', await page.locator('#progress').innerText());
+  throw e;
+}
+await page.waitForSelector('#paused #promote-button');
+check(await page.locator('#canary-step-1').getAttribute('data-state') === 'passed', 'canary: the first window passed');
+check(await page.locator('#canary-step-1 rect.canary').count() === 2, 'canary: the first window shows the canary\'s error rate and latency');
+check(await page.locator('#canary-step-1 rect.stable').count() === 2, 'canary: … and the stable release\'s');
+check(await page.locator('#canary-step-3').getAttribute('data-state') === 'pending', 'canary: the last step waits');
+await shot('canary-paused');
+await page.click('#promote-button');
+await page.waitForFunction(() => document.querySelector('#current-version')?.textContent === 'v3', null, { timeout: 60_000 });
+await page.waitForSelector('#canary-step-3[data-state="passed"]', { timeout: 30_000 });
+check(true, 'canary: promoted with a click, v3 serves after its last step');
+await shot('canary-promoted');
+
 // 6. All of it in the audit log.
 await page.goto(`${url}/audit`);
-for (const action of ['setup', 'login', 'logout', 'deploy', 'deploy-finished', 'rollback', 'rollback-finished']) {
+for (const action of ['setup', 'login', 'logout', 'deploy', 'deploy-finished', 'rollback', 'rollback-finished', 'promote']) {
   await page.waitForSelector(`#audit tr[data-action="${action}"]`);
 }
 check(true, 'setup, login, logout, deploys and the rollback are in the audit log');

@@ -40,14 +40,15 @@ pub fn target_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-/// The `nonstop` and `nonstop-hello` binaries, built once if this run did not build them.
+/// The `nonstop` and `nonstop-hello` binaries, built once per test binary: `cargo test -p
+/// nonstop-console` does not rebuild them, and a stale one would test yesterday's console.
 pub fn binaries() -> (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let dir = target_dir();
             let (nonstop, hello) = (dir.join("nonstop"), dir.join("nonstop-hello"));
-            if !nonstop.exists() || !hello.exists() {
+            {
                 let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
                 let mut build = Command::new(cargo);
                 build.args(["build", "-p", "nonstop", "-p", "nonstop-hello"]);
@@ -70,6 +71,17 @@ pub fn free_port() -> u16 {
 }
 
 /// A config with one blue-green service `shop` of the sample app behind `nonstop proxy`.
+/// The address the proxy of [`write_config`]'s file listens on.
+pub fn proxy_url(config: &Path) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    let listen = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("a listen line");
+    format!("http://{listen}/")
+}
+
 pub fn write_config(dir: &Path, hello: &Path) -> PathBuf {
     let (listen, blue, green) = (free_port(), free_port(), free_port());
     let socket = dir.join("admin.sock");
@@ -89,6 +101,7 @@ health = {{ path = "/health", expect_body = "UP", interval = "100ms", deadline =
 drain = {{ timeout = "2s" }}
 keep_warm = "0s"
 verify = "300ms"
+canary = {{ steps = [{{ weight = 30, for = "2s" }}, {{ pause = true }}, {{ weight = 60, for = "2s" }}] }}
 
 [[services.shop.nodes]]
 name = "blue"

@@ -37,6 +37,22 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         }
         let until = Instant::now() + window;
         let mut shown = Instant::now();
+        let (deploy, step) = (run.deploy, run.index as i64 - 1);
+        let started_ms = nonstop_store::now_ms();
+        let record = |c: &Traffic, o: &Traffic, verdict: Option<&str>| {
+            // The picture is best effort: a failed write must not fail the canary.
+            let _ = self.store.canary_window(
+                deploy,
+                step,
+                share,
+                window.as_millis() as i64,
+                started_ms,
+                c,
+                o,
+                verdict,
+            );
+        };
+        record(&Traffic::default(), &Traffic::default(), None);
         while Instant::now() < until {
             self.reconcile(run).await?;
             for node in canaries {
@@ -54,6 +70,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 shown = Instant::now();
                 let now = self.members().await?;
                 let c = traffic(&now, &before, canaries);
+                record(&c, &traffic(&now, &before, live), None);
                 self.event(
                     EventKind::Progress,
                     None,
@@ -71,6 +88,18 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         let verdict = self
             .verdict(run, canaries, live, share, window, &before)
             .await?;
+        if let Ok(after) = self.members().await {
+            let shown = match &verdict {
+                Verdict::Pass(m) => format!("passed: {m}"),
+                Verdict::Fail(m) => format!("failed: {m}"),
+                Verdict::Inconclusive(m) => m.clone(),
+            };
+            record(
+                &traffic(&after, &before, canaries),
+                &traffic(&after, &before, live),
+                Some(&shown),
+            );
+        }
         match verdict {
             Verdict::Pass(summary) => Ok(format!("passed: {summary}")),
             Verdict::Fail(why) => Err(StepError::Failed(why)),
