@@ -278,10 +278,23 @@ function servicePage(service) {
         source.close();
         const outcome = event.message.split(':')[0];
         $('#progress-status').replaceChildren(badge(outcome));
+        if (outcome === 'refused' && event.message.includes('--force-past-migration')) offerForcedRollback();
         loadHistory();
       }
     });
     source.onerror = () => { if (source.readyState === EventSource.CLOSED) following = null; };
+  };
+
+  // A rollback refused past a migration that cannot be undone: a second, confirmed (and audited)
+  // request may force it.
+  const offerForcedRollback = () => {
+    const error = h('p', { class: 'error' });
+    const force = h('button', { class: 'danger', id: 'rollback-force', type: 'button', onclick: () => attempt(force, error, async () => {
+      if (!confirm(`The current release of ${service} ran a database migration that cannot be undone. Roll back anyway? The previous release then runs on the migrated database.`)) return;
+      const answer = await api('POST', `/api/services/${enc(service)}/rollback`, { force_past_migration: true });
+      follow(answer.job);
+    }) }, 'Roll back past the migration anyway');
+    $('#progress-steps').append(h('li', { class: 'warn' }, force, error));
   };
 
   const buildActions = async (status) => {

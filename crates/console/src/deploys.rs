@@ -236,7 +236,8 @@ impl Jobs {
 /// What a job does on its thread.
 pub(crate) enum Work {
     Deploy(DeployRequest),
-    Rollback,
+    /// With `true`: even past a database migration that cannot be undone.
+    Rollback(bool),
     /// The decision on a paused deploy whose process is gone, by whom.
     Decide(nonstop_engine::Decision, String),
 }
@@ -311,7 +312,7 @@ fn run(app: &App, job: &Arc<Job>, work: Work) -> Result<DeployReport, DeployErro
     rt.block_on(async {
         match work {
             Work::Deploy(request) => engine.deploy(request).await,
-            Work::Rollback => engine.rollback().await,
+            Work::Rollback(force) => engine.rollback_with(force).await,
             Work::Decide(decision, by) => match engine.decide(decision, &by).await? {
                 nonstop_engine::Decided::Resumed(report) => Ok(report),
                 nonstop_engine::Decided::Undone { deploy } => Err(DeployError::RolledBack(
@@ -443,16 +444,42 @@ pub(crate) fn accepted(job: &Job, detail: String) -> Response {
     response
 }
 
-/// Puts the previous release back.
+/// The rollback's optional JSON body.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackForm {
+    /// Roll back even past a migration that cannot be undone (the page asks to confirm first).
+    #[serde(default)]
+    force_past_migration: bool,
+}
+
+/// Puts the previous release back; refused past a non-reversible migration unless
+/// `force_past_migration` (audited as such).
 pub async fn rollback(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
     Path(service): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Response> {
+    let form: RollbackForm = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackForm::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("rollback body: {e}")))?
+    };
     app.drivers.parts(&service)?;
     let job = app.jobs.start(&service, "rollback", &caller, None)?;
-    spawn(&app, job.clone(), Work::Rollback, None)?;
-    Ok(accepted(&job, format!("job {}", job.id)))
+    let force = form.force_past_migration;
+    spawn(&app, job.clone(), Work::Rollback(force), None)?;
+    let detail = if force {
+        format!(
+            "job {}: forced past a migration that cannot be undone",
+            job.id
+        )
+    } else {
+        format!("job {}", job.id)
+    };
+    Ok(accepted(&job, detail))
 }
 
 /// The multipart deploy form, its file written to the upload area.
