@@ -49,7 +49,7 @@ impl Rule {
                     many.len(),
                     many.iter()
                         .take(3)
-                        .map(|s| labels(s))
+                        .map(labels)
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
