@@ -1,6 +1,7 @@
 //! nonstop's configuration file: typed sections for the proxy, its pools and the services it deploys.
 //! Loading never half-succeeds: every error names the file, the line and what to change.
 
+pub mod analysis;
 pub mod driver;
 mod error;
 pub mod hosts;

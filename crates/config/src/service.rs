@@ -296,6 +296,10 @@ impl Default for RollingConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CanaryConfig {
+    /// The Prometheus server the `analysis` queries run against.
+    pub prometheus: Option<crate::analysis::PrometheusSource>,
+    /// PromQL queries judged at the end of every canary step, beside the balancer's counters.
+    pub analysis: Vec<crate::analysis::AnalysisQuery>,
     /// Share of new requests the canary gets during the watch window, in percent (1-99).
     pub weight: Spanned<u32>,
     /// How long the canary is watched before it is promoted.
@@ -340,6 +344,8 @@ pub struct CanaryStep {
 impl Default for CanaryConfig {
     fn default() -> Self {
         CanaryConfig {
+            prometheus: None,
+            analysis: Vec::new(),
             weight: Spanned::new(0..0, 10),
             window: HumanDuration::secs(30),
             max_error_rate: Spanned::new(0..0, 0.01),
@@ -550,6 +556,7 @@ impl ServiceConfig {
         if let Some(process) = &self.runtime.process {
             validate_process(name, process, source)?;
         }
+        crate::analysis::check(name, &self.canary, source)?;
         if *self.releases.keep.get_ref() == 0 {
             return Err(here(
                 self.releases.keep.span(),

@@ -1,6 +1,8 @@
 //! The composition root for drivers: turns a service's `balancer` and `runtime` tables into the
 //! concrete driver, so the engine stays generic over the `Balancer` and `Runtime` traits.
 
+pub mod analyses;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -75,7 +77,11 @@ pub fn open_fleet_engine(
         timeout: svc.health.timeout.0,
     };
     let base = nonstop_engine::service_base(svc, config_path);
-    Engine::new(service, svc.clone(), base, balancer, runtime, probe, emit)
+    let analyses =
+        analyses::build(service, svc, &source).map_err(|e| DeployError::Refused(e.to_string()))?;
+    let mut engine = Engine::new(service, svc.clone(), base, balancer, runtime, probe, emit)?;
+    engine.analyses = analyses::boxed(analyses);
+    Ok(engine)
 }
 
 /// Whichever balancer a service's config names.
@@ -120,7 +126,7 @@ enum RuntimeSettings {
 }
 
 /// Balancers whose members report no per-node traffic: a canary there would be judged on zero
-/// requests.
+/// requests, unless a Prometheus analysis judges it.
 const NO_TRAFFIC: [BalancerKind; 2] = [BalancerKind::Nginx, BalancerKind::Command];
 
 /// Checks every service's driver settings, with the file and line of a mistake.
@@ -133,15 +139,17 @@ pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
             .unwrap_or("this");
         if *svc.strategy.get_ref() == nonstop_config::service::Strategy::Canary
             && NO_TRAFFIC.contains(&kind)
+            && svc.canary.analysis.is_empty()
         {
             return Err(source.error_at(
                 svc.strategy.span(),
                 format!(
                     "service `{name}`: a canary is judged on the new release's requests, and the {kind_name} balancer reports no per-node traffic: every canary would be inconclusive"
                 ),
-                Some("use strategy = \"blue-green\" or \"rolling\" with this balancer, or a balancer that counts requests per node (builtin, haproxy)".into()),
+                Some("add a Prometheus analysis ([[services.NAME.canary.analysis]], see docs/strategies/canary.md), use strategy = \"blue-green\" or \"rolling\" with this balancer, or a balancer that counts requests per node (builtin, haproxy)".into()),
             ));
         }
+        analyses::build(name, svc, source)?;
         let balancer_error = |e: String| {
             source.error_at(
                 svc.balancer.table.span.clone(),

@@ -2,9 +2,10 @@
 //! a test WAR built with `javac`/`jar` ([`tomcat`]), our own Apache httpd + mod_jk instance
 //! ([`apache`]), a sticky load client with per-user cookie jars ([`client`]), a network namespace
 //! with a veth pair ([`netns`]), a real systemd user manager ([`systemd`]), the sample app as a
-//! backend ([`hello`]), nginx ([`nginx`]) and PostgreSQL ([`postgres`]) of their own, fakes of
-//! the engine's ports ([`fakes`]), every real program found before it is run ([`peer`]), child
-//! processes killed on drop ([`process`]) and waits with deadlines (this module).
+//! backend ([`hello`]), nginx ([`nginx`]), PostgreSQL ([`postgres`]) and Prometheus
+//! ([`prometheus`]) of their own, fakes of the engine's ports ([`fakes`]), every real program
+//! found before it is run ([`peer`]), child processes killed on drop ([`process`]) and waits
+//! with deadlines (this module).
 
 pub mod apache;
 pub mod client;
@@ -16,6 +17,7 @@ pub mod nginx;
 pub mod peer;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod systemd;
 pub mod tomcat;
 

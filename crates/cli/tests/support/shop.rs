@@ -20,6 +20,17 @@ impl Shop {
 
     /// [`Shop::start`] with `pool` settings in `[pools.shop]` (e.g. its active health check).
     pub fn start_with_pool(strategy: &str, nodes: &[&str], pool: &str, extra: &str) -> Shop {
+        Shop::start_full(strategy, nodes, "", pool, extra)
+    }
+
+    /// [`Shop::start_with_pool`] with `proxy` lines in `[proxy]` (e.g. a `metrics` listener).
+    pub fn start_full(
+        strategy: &str,
+        nodes: &[&str],
+        proxy: &str,
+        pool: &str,
+        extra: &str,
+    ) -> Shop {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("admin.sock");
         let base = dir.path().join("shop");
@@ -27,7 +38,7 @@ impl Shop {
             r#"[proxy]
 listen = "127.0.0.1:0"
 admin = "unix:{socket}"
-
+{proxy}
 [pools.shop]
 {pool}
 [services.shop]

@@ -113,6 +113,12 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         let mut notes = self
             .balancer
             .plan_notes(strategy.as_str(), self.spec.nodes.len());
+        notes.extend(
+            self.analyses
+                .iter()
+                .filter(|_| strategy == Strategy::Canary)
+                .map(|a| format!("every canary step's verdict also asks {}", a.name())),
+        );
         if !self.balancer.knows_health_of_disabled() {
             notes.push("this balancer judges a node's health once it is active: the engine waits for it before taking the old one out".into());
         }
