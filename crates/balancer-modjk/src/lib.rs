@@ -503,6 +503,11 @@ fn weight_unsupported() -> ModjkError {
 }
 
 impl Balancer for ModjkBalancer {
+    /// Only the status worker counts requests per member (`elected`, `errors`).
+    fn reports_traffic(&self) -> bool {
+        !matches!(&self.backend, Backend::Urimap { status: None, .. })
+    }
+
     async fn members(&self) -> PortResult<Vec<Member>> {
         Ok(self.list().await?)
     }

@@ -37,6 +37,10 @@ pub struct NginxConfig {
     /// How long a reload may take to show new workers, e.g. `"10s"`.
     #[serde(default = "default_reload_timeout", with = "human")]
     pub reload_timeout: Duration,
+    /// An access log in nonstop's format (`access_log PATH nonstop;` with
+    /// [`crate::LOG_FORMAT`]): the per-member traffic a canary is judged on.
+    #[serde(default)]
+    pub access_log: Option<PathBuf>,
 }
 
 fn default_reload_timeout() -> Duration {
@@ -64,6 +68,7 @@ impl NginxConfig {
             keepalive: 0,
             pid_file: None,
             reload_timeout: default_reload_timeout(),
+            access_log: None,
         }
     }
 
@@ -96,8 +101,17 @@ impl NginxConfig {
             "canary" => "2 reloads per deploy (the canary's weight, then the switch)".into(),
             _ => "1 reload per deploy (the switch)".into(),
         };
+        let traffic = match &self.access_log {
+            Some(log) if strategy == "canary" => format!(
+                "; the canary is judged on access log {} (`{}`, `access_log {} nonstop;`)",
+                log.display(),
+                crate::LOG_FORMAT,
+                log.display()
+            ),
+            _ => String::new(),
+        };
         format!(
-            "nginx reload mode ({}): {reloads}; each reload closes idle keep-alive client connections, which clients that do not resend see as failed requests. For 0, put nginx in front of `nonstop proxy` (kind = \"builtin\"; docs/balancers/nginx.md, \"Two modes\")",
+            "nginx reload mode ({}): {reloads}{traffic}; each reload closes idle keep-alive client connections, which clients that do not resend see as failed requests. For 0, put nginx in front of `nonstop proxy` (kind = \"builtin\"; docs/balancers/nginx.md, \"Two modes\")",
             self.target()
         )
     }
@@ -118,6 +132,12 @@ impl NginxConfig {
                 "nginx: the argv to run nginx is empty; give e.g. [\"nginx\"]".into(),
             ));
         }
+        if let Some(log) = self.access_log.as_ref().filter(|l| !l.is_absolute()) {
+            return Err(NginxError::Invalid(format!(
+                "access_log `{}` is relative; give the absolute path the `access_log` directive writes to",
+                log.display()
+            )));
+        }
         match (&self.upstream, &self.variable) {
             (Some(_), Some(_)) => Err(NginxError::Invalid(
                 "give either `upstream` (nonstop owns an `upstream NAME { server …; }` block) or `variable` (nonstop owns one `set $VAR http://ADDR;` line), not both".into(),
@@ -128,9 +148,9 @@ impl NginxConfig {
             (Some(upstream), None) => render::check_name(upstream),
             (None, Some(variable)) => {
                 render::check_variable(variable)?;
-                if self.sticky || self.keepalive > 0 {
+                if self.sticky || self.keepalive > 0 || self.access_log.is_some() {
                     return Err(NginxError::Invalid(format!(
-                        "`sticky` and `keepalive` need an upstream block; the `set ${variable}` style has none (remove them, or use `upstream`)"
+                        "`sticky`, `keepalive` and `access_log` need an upstream block; the `set ${variable}` style has none (remove them, or use `upstream`)"
                     )));
                 }
                 Ok(())

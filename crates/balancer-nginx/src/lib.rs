@@ -2,6 +2,7 @@
 //! in the blue-green `set $VAR` style, one `set $VAR http://ADDR;` line) and changes it by atomic
 //! write with backup → `nginx -t` → SIGHUP → confirmed new workers (docs/balancers/nginx.md).
 
+mod access_log;
 mod conf;
 mod config;
 mod files;
@@ -10,9 +11,10 @@ mod render;
 
 use std::path::PathBuf;
 
-use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult, Traffic};
+use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult};
 use tokio::process::Command;
 
+pub use access_log::{AccessLog, LOG_FORMAT};
 pub use config::NginxConfig;
 pub use render::{DesiredMember, DesiredSet, parse_variable, render};
 
@@ -80,6 +82,8 @@ pub struct NginxBalancer {
     local: tokio::sync::Mutex<()>,
     /// The master's pid file once found (`pid_file`, `nginx -T` or the build default).
     pid_file: tokio::sync::OnceCell<PathBuf>,
+    /// Where per-member traffic comes from, when configured.
+    access_log: Option<AccessLog>,
 }
 
 impl NginxBalancer {
@@ -87,6 +91,7 @@ impl NginxBalancer {
         config.check()?;
         Ok(NginxBalancer {
             pid_file: tokio::sync::OnceCell::new_with(config.pid_file.clone()),
+            access_log: config.access_log.clone().map(AccessLog::new),
             config,
             local: tokio::sync::Mutex::new(()),
         })
@@ -197,11 +202,19 @@ impl NginxBalancer {
         if !test.success {
             return Err(NginxError::Unchecked(test.stderr.trim().to_string()));
         }
-        Ok(format!(
+        let mut found = format!(
             "`{} -t` passes; nonstop writes {}",
             self.config.nginx.join(" "),
             include.display()
-        ))
+        );
+        if let Some(log) = &self.access_log {
+            log.counts().await?;
+            found.push_str(&format!(
+                "; the canary reads access log {} (`{LOG_FORMAT}`)",
+                log.path().display()
+            ));
+        }
+        Ok(found)
     }
 
     /// Whether `nginx -t` fails for a reason outside nonstop's change: it still fails with the
@@ -300,14 +313,19 @@ impl Balancer for NginxBalancer {
     }
 
     fn reports_traffic(&self) -> bool {
-        false
+        self.access_log.is_some()
     }
 
-    /// nginx OSS has no per-server counters. A member taken out of the set is still reached by
-    /// the workers of earlier generations until they have finished their requests and exited,
-    /// so each of them counts as one request in flight on every member that is not active.
+    /// nginx OSS has no per-server counters: traffic comes from the access log, if configured.
+    /// A member taken out of the set is still reached by the workers of earlier generations
+    /// until they have finished their requests and exited, so each of them counts as one
+    /// request in flight on every member that is not active.
     async fn members(&self) -> PortResult<Vec<Member>> {
         let set = self.desired().await?;
+        let counts = match &self.access_log {
+            Some(log) => log.counts().await?,
+            None => Default::default(),
+        };
         let old_workers = match self.pid_file.get() {
             Some(pid_file) => proc::old_workers(pid_file).await.unwrap_or(0),
             None => 0,
@@ -316,8 +334,6 @@ impl Balancer for NginxBalancer {
             .members
             .into_iter()
             .map(|m| Member {
-                node: m.node,
-                addr: m.addr,
                 state: m.state,
                 weight: m.weight,
                 in_flight: if m.state == LbState::Active {
@@ -326,7 +342,9 @@ impl Balancer for NginxBalancer {
                     old_workers as i64
                 },
                 healthy: true,
-                traffic: Traffic::default(),
+                traffic: counts.get(&m.addr).copied().unwrap_or_default(),
+                node: m.node,
+                addr: m.addr,
             })
             .collect())
     }

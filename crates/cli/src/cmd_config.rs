@@ -20,9 +20,11 @@ enum Command {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Check { file } => match Config::load(&file).and_then(|(config, source)| {
-            nonstop_drivers::check(&config, &source).map(|()| (config, source))
+            nonstop_drivers::check(&config, &source)?;
+            let canaries = nonstop_drivers::traffic_sources(&config, &source)?;
+            Ok((config, canaries))
         }) {
-            Ok((config, _)) => {
+            Ok((config, canaries)) => {
                 let backends: usize = config.pools.values().map(|p| p.backends.len()).sum();
                 let listeners = config.proxy.as_ref().map_or(0, |p| p.listen.len());
                 println!(
@@ -31,6 +33,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     config.pools.len(),
                     config.services.len()
                 );
+                for line in canaries {
+                    println!("{line}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(err) => {

@@ -5,95 +5,9 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
+use nonstop_testkit::haproxy::Haproxy;
 use support::*;
-
-/// HAProxy in master-worker mode in the foreground, backend `shop` with one server per node.
-struct Haproxy {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Haproxy {
-    async fn start(nodes: &[(&str, u16)]) -> Haproxy {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        let port = free_port();
-        let mut cfg = format!(
-            "global\n  maxconn 1024\n  stats socket {d}/admin.sock mode 600 level admin\n\
-               server-state-file {d}/servers.state\n\
-             defaults\n  mode http\n  load-server-state-from-file global\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
-             frontend fe\n  bind 127.0.0.1:{port}\n  default_backend shop\n\
-             backend shop\n  balance roundrobin\n  option httpchk GET /health\n  http-check expect status 200\n"
-        );
-        // Servers start in maintenance until nonstop has started something on them.
-        for (name, node_port) in nodes {
-            cfg.push_str(&format!(
-                "  server {name} 127.0.0.1:{node_port} check inter 500ms disabled\n"
-            ));
-        }
-        write(&dir.path().join("haproxy.cfg"), &cfg);
-        let child = nonstop_testkit::peer::command("haproxy")
-            .args(["-W", "-db", "-f"])
-            .arg(dir.path().join("haproxy.cfg"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start haproxy");
-        let socket = dir.path().join("admin.sock");
-        wait_until("haproxy opens its stats socket", DEADLINE, || {
-            let socket = socket.clone();
-            async move { std::os::unix::net::UnixStream::connect(&socket).is_ok() }
-        })
-        .await;
-        Haproxy { child, dir, port }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// The pid of the worker answering the Runtime API.
-    fn worker_pid(&self) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut socket =
-            std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock")).ok()?;
-        socket.write_all(b"show info\n").ok()?;
-        let mut answer = String::new();
-        socket.read_to_string(&mut answer).ok()?;
-        answer
-            .lines()
-            .find_map(|l| l.strip_prefix("Pid: "))
-            .map(str::to_string)
-    }
-
-    /// Reloads HAProxy (SIGUSR2 to the master) and waits for the new worker.
-    async fn reload(&self) {
-        let before = self.worker_pid();
-        nonstop_testkit::process::send_signal(self.child.id(), "USR2").unwrap();
-        wait_until("a new HAProxy worker answers", DEADLINE, || {
-            let now = self.worker_pid();
-            let before = before.clone();
-            async move { now.is_some() && now != before }
-        })
-        .await;
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = nonstop_testkit::process::send_signal(self.child.id(), "TERM");
-        let until = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn deploy(config: &Path, version: &str, extra: &[&str]) -> Output {
     let artifact = config.with_file_name(format!("shop-{version}.jar"));

@@ -27,6 +27,10 @@ use nonstop_runtime_process::ProcessRuntime;
 use nonstop_runtime_systemd::{SystemdConfig, SystemdRuntime};
 use nonstop_runtime_tomcat::{TomcatConfig, TomcatRuntime};
 
+mod canary;
+
+pub use canary::traffic_sources;
+
 /// The engine of one service with the drivers its config names.
 pub type ServiceEngine = Engine<AnyBalancer, AnyRuntime, HttpProbe>;
 
@@ -106,7 +110,7 @@ pub enum AnyRuntime {
 }
 
 /// The typed settings of a service's drivers, read and checked but not yet connected.
-enum BalancerSettings {
+pub(crate) enum BalancerSettings {
     Builtin {
         endpoint: Endpoint,
         token_file: Option<PathBuf>,
@@ -125,30 +129,9 @@ enum RuntimeSettings {
     Systemd(SystemdConfig),
 }
 
-/// Balancers whose members report no per-node traffic: a canary there would be judged on zero
-/// requests, unless a Prometheus analysis judges it.
-const NO_TRAFFIC: [BalancerKind; 2] = [BalancerKind::Nginx, BalancerKind::Command];
-
 /// Checks every service's driver settings, with the file and line of a mistake.
 pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
     for (name, svc) in &config.services {
-        let kind = svc.balancer.table.kind;
-        let kind_name = <BalancerKind as nonstop_config::driver::DriverKind>::ALL
-            .iter()
-            .find_map(|(name, k)| (*k == kind).then_some(*name))
-            .unwrap_or("this");
-        if *svc.strategy.get_ref() == nonstop_config::service::Strategy::Canary
-            && NO_TRAFFIC.contains(&kind)
-            && svc.canary.analysis.is_empty()
-        {
-            return Err(source.error_at(
-                svc.strategy.span(),
-                format!(
-                    "service `{name}`: a canary is judged on the new release's requests, and the {kind_name} balancer reports no per-node traffic: every canary would be inconclusive"
-                ),
-                Some("add a Prometheus analysis ([[services.NAME.canary.analysis]], see docs/strategies/canary.md), use strategy = \"blue-green\" or \"rolling\" with this balancer, or a balancer that counts requests per node (builtin, haproxy)".into()),
-            ));
-        }
         analyses::build(name, svc, source)?;
         let balancer_error = |e: String| {
             source.error_at(
@@ -157,7 +140,9 @@ pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
                 None,
             )
         };
-        match balancer_settings(name, svc, config, source)? {
+        let settings = balancer_settings(name, svc, config, source)?;
+        canary::check(name, svc, &settings, source)?;
+        match settings {
             // Hooks are checked whole (program, placeholders) here, not first at deploy time.
             BalancerSettings::Command(c) => {
                 CommandBalancer::new(c).map_err(|e| balancer_error(e.to_string()))?;
@@ -375,7 +360,7 @@ fn systemd_runtime(config: SystemdConfig, svc: &ServiceConfig) -> Result<Systemd
     .map_err(|e| e.to_string())
 }
 
-fn balancer_settings(
+pub(crate) fn balancer_settings(
     name: &str,
     svc: &ServiceConfig,
     config: &Config,
@@ -659,6 +644,14 @@ port = 8081
         let err = check_text(&canary).unwrap_err();
         assert_eq!(err.line, 3, "points at the strategy: {err}");
         assert!(err.message.contains("no per-node traffic"), "{err}");
+        assert!(err.to_string().contains("log_format nonstop"), "{err}");
+        // With the access log nginx counts per member: the canary is allowed.
+        let logged = nginx("upstream = \"shop\", access_log = \"/var/log/nginx/shop-nonstop.log\"")
+            .replace("\"rolling\"", "\"canary\"");
+        check_text(&logged).unwrap();
+        let err = check_text(&logged.replace("\"/var/log/nginx/", "\"")).unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        assert!(err.message.contains("relative"), "{err}");
         check_text(&nginx("upstream = \"shop\"")).unwrap();
         let err = check_text(
             &nginx("variable = \"$service_url\"").replace("\"rolling\"", "\"blue-green\""),

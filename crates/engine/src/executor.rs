@@ -298,12 +298,29 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             ],
             Step::Set { changes, .. } => undo_of_changes(members, changes),
             Step::Canary { nodes, live, .. } => {
-                let mut touched: Vec<Change> = nodes
+                let touched: Vec<Change> = nodes
                     .iter()
                     .map(|n| Change::new(n, LbState::Active, None))
                     .collect();
-                touched.extend(live.iter().map(|n| Change::new(n, LbState::Active, None)));
-                undo_of_changes(members, &touched)
+                // The stable nodes keep their state but not their weights: put those back
+                // first, or a rolled-back canary leaves them weighted for the next deploy.
+                let weights: Vec<Change> = live
+                    .iter()
+                    .filter_map(|n| {
+                        members
+                            .get(n)
+                            .map(|m| Change::new(n, m.state, Some(m.weight)))
+                    })
+                    .collect();
+                let mut undo = Vec::new();
+                if !weights.is_empty() {
+                    undo.push(Step::Set {
+                        purpose: SetPurpose::Restore,
+                        changes: weights,
+                    });
+                }
+                undo.extend(undo_of_changes(members, &touched));
+                undo
             }
             Step::Register { .. }
             | Step::Retire { .. }

@@ -116,6 +116,15 @@ async fn abort_at_a_pause_rolls_back_to_the_old_release() {
     assert!(err.to_string().contains("aborted by ann"), "{err}");
     assert_eq!(versions(svc.world.serving_versions()), ["1"]);
     assert!(svc.world.lock().violations.is_empty());
+    // The stable node's canary weight is undone too, or the next canary would compound it.
+    let weights: Vec<u32> = svc
+        .world
+        .lock()
+        .members
+        .values()
+        .map(|m| m.weight)
+        .collect();
+    assert!(weights.iter().all(|w| *w == 1), "{weights:?}");
 }
 
 #[tokio::test(start_paused = true)]

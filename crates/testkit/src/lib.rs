@@ -2,14 +2,15 @@
 //! a test WAR built with `javac`/`jar` ([`tomcat`]), our own Apache httpd + mod_jk instance
 //! ([`apache`]), a sticky load client with per-user cookie jars ([`client`]), a network namespace
 //! with a veth pair ([`netns`]), a real systemd user manager ([`systemd`]), the sample app as a
-//! backend ([`hello`]), nginx ([`nginx`]), PostgreSQL ([`postgres`]) and Prometheus
-//! ([`prometheus`]) of their own, fakes of the engine's ports ([`fakes`]), every real program
-//! found before it is run ([`peer`]), child processes killed on drop ([`process`]) and waits
-//! with deadlines (this module).
+//! backend ([`hello`]), nginx ([`nginx`]), HAProxy ([`haproxy`]), PostgreSQL ([`postgres`]) and
+//! Prometheus ([`prometheus`]) of their own, fakes of the engine's ports ([`fakes`]), every real
+//! program found before it is run ([`peer`]), child processes killed on drop ([`process`]) and
+//! waits with deadlines (this module).
 
 pub mod apache;
 pub mod client;
 pub mod fakes;
+pub mod haproxy;
 pub mod hello;
 pub mod keepalive;
 pub mod netns;

@@ -1,5 +1,6 @@
 //! `nonstop-hello`: the sample app of nonstop's tests and quickstart. It reports its version and
-//! node, keeps Tomcat-style sessions, echoes WebSockets, and can start slowly, fail health or crash.
+//! node, keeps Tomcat-style sessions, echoes WebSockets, and can start slowly, fail health, fail a
+//! share of requests or crash.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -45,6 +46,10 @@ struct Args {
     /// Answer 503 on /health from the start.
     #[arg(long, env = "HELLO_FAIL_HEALTH")]
     fail_health: bool,
+    /// Answer this share (0.0 to 1.0) of `GET /` with 500, spread evenly (every 10th for 0.1):
+    /// a release that starts and passes its health check but fails some requests.
+    #[arg(long, env = "HELLO_ERROR_RATE", default_value_t = 0.0, value_parser = share)]
+    error_rate: f64,
     /// Exit with code 3 this long after starting.
     #[arg(long, env = "HELLO_CRASH_AFTER", value_parser = humantime::parse_duration)]
     crash_after: Option<Duration>,
@@ -58,10 +63,32 @@ struct App {
     node: HeaderValue,
     route: String,
     healthy: AtomicBool,
+    error_rate: f64,
+    /// `GET /` requests so far, to fail exactly `error_rate` of them.
+    served: AtomicU64,
     sessions: Mutex<HashMap<String, u64>>,
     next_session: AtomicU64,
     /// Randomly keyed per process: hashing a counter with it gives unguessable session ids.
     session_keys: std::hash::RandomState,
+}
+
+impl App {
+    /// Whether this request is one of the `error_rate` share to fail: request n fails when
+    /// ⌊n·rate⌋ grows, so any window of N requests holds N·rate failures, ±1.
+    fn fails_next(&self) -> bool {
+        if self.error_rate <= 0.0 {
+            return false;
+        }
+        let n = self.served.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.error_rate).floor() > (n * self.error_rate).floor()
+    }
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{text}` is not a share between 0.0 and 1.0")),
+    }
 }
 
 type Body = Full<Bytes>;
@@ -99,6 +126,8 @@ async fn main() {
         node: HeaderValue::from_str(&args.node).expect("node is a header value"),
         route: args.route.clone().unwrap_or_else(|| args.node.clone()),
         healthy: AtomicBool::new(!args.fail_health),
+        error_rate: args.error_rate,
+        served: AtomicU64::new(0),
         sessions: Mutex::new(HashMap::new()),
         next_session: AtomicU64::new(0),
         session_keys: std::hash::RandomState::new(),
@@ -142,6 +171,10 @@ async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) {
 async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let mut response = match (req.method(), path.split(';').next().unwrap_or("")) {
+        (&Method::GET, "/") if app.fails_next() => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failing as asked (--error-rate)",
+        ),
         (&Method::GET, "/") => text(format!(
             "hello v{} from {}\n",
             to_str(&app.version),

@@ -114,6 +114,29 @@ fn root_version_health_and_status() {
 }
 
 #[test]
+fn error_rate_fails_that_share_of_root_requests_and_not_health() {
+    let hello = Hello::start(&["--error-rate", "0.2"]);
+    let statuses: Vec<u16> = (0..50).map(|_| hello.get("/").0).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 500).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 500),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[4], 500, "every 5th: {statuses:?}");
+    assert!((0..10).all(|_| hello.get("/health").0 == 200));
+    let bad = Command::new(env!("CARGO_BIN_EXE_nonstop-hello"))
+        .args(["--error-rate", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("between 0.0 and 1.0"));
+}
+
+#[test]
 fn sessions_by_cookie_and_path_parameter() {
     let hello = Hello::start(&["--route", "r1", "--fail-health"]);
     assert_eq!(hello.get_short("/health"), (503, "DOWN".into()));

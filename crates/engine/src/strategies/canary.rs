@@ -184,10 +184,13 @@ pub fn canary_weights(
 ) -> Vec<(NodeName, LbState, Option<u32>)> {
     let weight_of = |n: &NodeName| weights.get(n).copied().unwrap_or(1);
     let live_total: u32 = live.iter().map(weight_of).sum();
-    let canary_weight = (live_total * share / canaries.len().max(1) as u32).clamp(1, 10_000);
+    // 80:20 is 4:1: the smallest weights with the same shares (HAProxy takes at most 256).
+    let g = gcd(100 - share, share).max(1);
+    let (stable_part, canary_part) = ((100 - share) / g, share / g);
+    let canary_weight = (live_total * canary_part / canaries.len().max(1) as u32).clamp(1, 10_000);
     live.iter()
         .map(|n| {
-            let scaled = (weight_of(n) * (100 - share)).clamp(1, 10_000);
+            let scaled = (weight_of(n) * stable_part).clamp(1, 10_000);
             (n.clone(), LbState::Active, Some(scaled))
         })
         .chain(
@@ -196,6 +199,10 @@ pub fn canary_weights(
                 .map(|n| (n.clone(), LbState::Active, Some(canary_weight))),
         )
         .collect()
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The verdict on the balancer's counters of one window. Fewer requests than `min_requests`
@@ -286,8 +293,8 @@ mod tests {
             &BTreeMap::new(),
             10,
         );
-        assert_eq!(one[0], (a.clone(), LbState::Active, Some(90)));
-        assert_eq!(one[1], (b.clone(), LbState::Active, Some(10)));
+        assert_eq!(one[0], (a.clone(), LbState::Active, Some(9)));
+        assert_eq!(one[1], (b.clone(), LbState::Active, Some(1)));
         let weights = BTreeMap::from([(a.clone(), 3), (b.clone(), 1)]);
         let two = canary_weights(std::slice::from_ref(&c), &[a, b], &weights, 20);
         let total: u32 = two.iter().filter_map(|(_, _, w)| *w).sum();
