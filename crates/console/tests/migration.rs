@@ -7,16 +7,8 @@ use serde_json::{Value, json};
 use support::{Instances, Setup, TestConsole, bearer, binaries, start_proxy, write_config};
 
 async fn finished(console: &TestConsole, ci: &[(&str, String)], job: u64) -> String {
-    let events = console
-        .client
-        .sse(
-            &format!("/api/services/shop/jobs/{job}/events"),
-            ci,
-            |_, data| data.contains("\"kind\":\"finished\""),
-        )
-        .await;
-    let last: Value = serde_json::from_str(&events.last().expect("events").1).unwrap();
-    last["message"].as_str().unwrap().to_string()
+    let end = console.job_end(ci, job).await;
+    end["message"].as_str().unwrap().to_string()
 }
 
 async fn job(console: &TestConsole, ci: &[(&str, String)], path: &str, body: Value) -> u64 {

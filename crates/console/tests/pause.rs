@@ -10,18 +10,6 @@ use nonstop_testkit::client::{LoadOptions, StickyLoad};
 use serde_json::{Value, json};
 use support::{Instances, Setup, TestConsole, bearer, proxy_url, start_proxy};
 
-async fn finished(console: &TestConsole, ci: &[(&str, String)], job: u64) -> Value {
-    let events = console
-        .client
-        .sse(
-            &format!("/api/services/shop/jobs/{job}/events"),
-            ci,
-            |_, data| data.contains("\"kind\":\"finished\""),
-        )
-        .await;
-    serde_json::from_str(&events.last().expect("events").1).unwrap()
-}
-
 async fn deploy(
     console: &TestConsole,
     ci: &[(&str, String)],
@@ -68,7 +56,7 @@ async fn a_paused_canary_is_aborted_and_promoted_with_a_ci_token() {
 
     let job = deploy(&console, &ci, "v1", "blue-green").await;
     assert!(
-        finished(&console, &ci, job).await["message"]
+        console.job_end(&ci, job).await["message"]
             .as_str()
             .unwrap()
             .starts_with("succeeded")
@@ -95,7 +83,7 @@ async fn a_paused_canary_is_aborted_and_promoted_with_a_ci_token() {
         .post_json("/api/services/shop/abort", &json!({}), &ci)
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let end = finished(&console, &ci, job).await;
+    let end = console.job_end(&ci, job).await;
     assert!(
         end["message"].as_str().unwrap().starts_with("rolled-back"),
         "{end}"
@@ -119,7 +107,7 @@ async fn a_paused_canary_is_aborted_and_promoted_with_a_ci_token() {
         "nothing waits any more: {}",
         again.text()
     );
-    let end = finished(&console, &ci, job).await;
+    let end = console.job_end(&ci, job).await;
     assert!(
         end["message"].as_str().unwrap().starts_with("succeeded"),
         "{end}"

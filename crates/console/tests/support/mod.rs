@@ -209,6 +209,19 @@ impl TestConsole {
         }
     }
 
+    /// Follows the shop's job `job` to its `finished` event; returns that event.
+    pub async fn job_end(&self, headers: &[(&str, String)], job: u64) -> Value {
+        let events = self
+            .client
+            .sse(
+                &format!("/api/services/shop/jobs/{job}/events"),
+                headers,
+                |_, data| data.contains("\"kind\":\"finished\""),
+            )
+            .await;
+        serde_json::from_str(&events.last().expect("events").1).unwrap()
+    }
+
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("nonstop.toml")
     }
