@@ -12,7 +12,9 @@ use nonstop_accounts::Action;
 
 use crate::error::ApiError;
 use crate::state::App;
-use crate::{account, admin, agents, artifacts, auth, deploys, logs, pages, services};
+use crate::{
+    account, admin, agents, artifacts, auth, deploys, logs, maintenance, pages, services,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -158,6 +160,7 @@ fn table() -> Vec<Entry> {
         entry(Post, "/api/services/{service}/rollback", service(Rollback), Api, "rollback", deploys::rollback),
         entry(Post, "/api/services/{service}/nodes/{node}/drain", service(Drain), Api, "drain", services::drain),
         entry(Post, "/api/services/{service}/nodes/{node}/enable", service(Drain), Api, "enable", services::enable),
+        entry(Post, "/api/services/{service}/maintenance", service(Drain), Api, "maintenance", maintenance::switch),
         entry(Get, "/api/services/{service}/nodes/{node}/log", service(View), Api, "log", logs::follow),
         entry(Get, "/api/services/{service}/deploys", service(View), Api, "history", services::history),
         entry(Get, "/api/services/{service}/deploys/{deploy}", service(View), Api, "journal", services::journal),

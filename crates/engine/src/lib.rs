@@ -8,6 +8,7 @@
 
 pub mod deploy;
 mod drain;
+mod edge;
 pub mod error;
 pub mod events;
 mod executor;

@@ -38,6 +38,8 @@ pub struct ServiceStatus {
     pub balancer_error: Option<String>,
     pub nodes: Vec<NodeStatus>,
     pub unfinished: Option<String>,
+    /// Maintenance mode, when the balancer has it on.
+    pub maintenance: Option<nonstop_ports::Maintenance>,
 }
 
 impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
@@ -121,6 +123,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             balancer_error,
             nodes,
             unfinished,
+            // A balancer without maintenance mode reports none; its error is in balancer_error.
+            maintenance: self.balancer.maintenance().await.ok().flatten(),
         }
     }
 }

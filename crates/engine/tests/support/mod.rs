@@ -72,6 +72,11 @@ fn scratch() -> tempfile::TempDir {
 
 impl Service {
     pub fn new(strategy: &'static str, pool_health: bool) -> Service {
+        Service::with(strategy, pool_health, "")
+    }
+
+    /// [`Service::new`] with `extra` lines in `[services.shop]`.
+    pub fn with(strategy: &'static str, pool_health: bool, extra: &str) -> Service {
         let count = if strategy == "rolling" { 3 } else { 2 };
         let nodes: Vec<String> = (1..=count).map(|i| format!("n{i}")).collect();
         let world = World::new(&nodes.iter().map(String::as_str).collect::<Vec<_>>(), 1);
@@ -101,6 +106,7 @@ verify = "1s"
 keep_warm = "10m"
 canary = {{ weight = 20, window = "5s" }}
 rolling = {{ max_unavailable = 1 }}
+{extra}
 "#,
             dir = dir.path().display()
         );
