@@ -95,8 +95,13 @@ impl HaproxyBalancer {
                 }
                 allow.save(&self.api).await?;
                 let (html, json) = pages(m);
-                map.put(&self.api, &entries, &key("retry"), &m.retry_after_s.to_string())
-                    .await?;
+                map.put(
+                    &self.api,
+                    &entries,
+                    &key("retry"),
+                    &m.retry_after_s.to_string(),
+                )
+                .await?;
                 map.put(&self.api, &entries, &key("json"), &json).await?;
                 map.put(&self.api, &entries, &key("html"), &html).await?;
             }
@@ -122,7 +127,10 @@ impl HaproxyBalancer {
         let entries = MapFile::new(path).entries(&self.api).await?;
         let value = |suffix: &str| {
             let key = format!("{}.{suffix}", self.backend);
-            entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+            entries
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
         };
         if value("html").is_none() {
             return Ok(None);

@@ -83,7 +83,10 @@ impl MapFile {
             text.push_str(&format!("{key} {value}\n"));
         }
         let file_err = |e: std::io::Error| {
-            HaproxyError::Invalid(format!("cannot write map file {}: {e}", self.path.display()))
+            HaproxyError::Invalid(format!(
+                "cannot write map file {}: {e}",
+                self.path.display()
+            ))
         };
         let tmp = self.path.with_extension("nonstop-tmp");
         tokio::fs::write(&tmp, text).await.map_err(file_err)?;

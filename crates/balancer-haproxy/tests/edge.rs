@@ -87,7 +87,7 @@ async fn preview_and_maintenance_through_maps_without_a_reload() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start haproxy");
-    let master = child.id() as i32;
+    let master = child.id();
     let _haproxy = Proc { child };
     let url = format!("http://127.0.0.1:{port}/");
     wait_until("haproxy answers", DEADLINE, || {
@@ -125,9 +125,16 @@ async fn preview_and_maintenance_through_maps_without_a_reload() {
     load.wait_for_more(200).await;
     let report = load.stop().await;
     assert_no_failures("customers while green is previewed", &report);
-    assert_eq!(report.by_node.keys().collect::<Vec<_>>(), ["blue"], "customers stay on blue");
+    assert_eq!(
+        report.by_node.keys().collect::<Vec<_>>(),
+        ["blue"],
+        "customers stay on blue"
+    );
     let saved = std::fs::read_to_string(dir.path().join("preview.map")).unwrap();
-    assert!(saved.contains("app/green 1") && saved.contains("\napp 1"), "{saved}");
+    assert!(
+        saved.contains("app/green 1") && saved.contains("\napp 1"),
+        "{saved}"
+    );
     lb.set_preview(None).await.unwrap();
     let cleared = raw_get("127.0.0.1", port, "X-Nonstop-Canary: always\r\n").await;
     assert_eq!(node_in(&cleared), "blue", "cleared: {cleared}");
@@ -148,33 +155,43 @@ async fn preview_and_maintenance_through_maps_without_a_reload() {
     assert!(page.contains("back at &lt;10:00&gt; &amp; soon"), "{page}");
     let json = raw_get("127.0.0.1", port, "accept: application/json\r\n").await;
     let body = json.split("\r\n\r\n").nth(1).unwrap_or("");
-    let parsed: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let parsed: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {json}"));
     assert_eq!(parsed["message"], maintenance.message);
     let mut insider_ok = 0;
     for _ in 0..20 {
         let answer = raw_get("127.0.0.2", port, "").await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "the allowed address: {answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "the allowed address: {answer}"
+        );
         insider_ok += 1;
     }
     assert_eq!(lb.maintenance().await.unwrap(), Some(maintenance.clone()));
 
     // An HAProxy reload (master-worker, SIGUSR2) reads the map files nonstop wrote.
     let worker = worker_pid(&lb).await;
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(master).unwrap(),
-        rustix::process::Signal::USR2,
-    )
-    .unwrap();
+    nonstop_testkit::process::send_signal(master, "USR2").unwrap();
     wait_until("a new HAProxy worker answers", DEADLINE, || async {
         worker_pid(&lb).await.is_some_and(|pid| Some(pid) != worker)
     })
     .await;
-    wait_until("maintenance is still on after the reload", DEADLINE, || async {
-        raw_get("127.0.0.1", port, "").await.starts_with("HTTP/1.1 503")
-    })
+    wait_until(
+        "maintenance is still on after the reload",
+        DEADLINE,
+        || async {
+            raw_get("127.0.0.1", port, "")
+                .await
+                .starts_with("HTTP/1.1 503")
+        },
+    )
     .await;
     let after_reload = lb.maintenance().await.unwrap();
-    assert_eq!(after_reload, Some(maintenance.clone()), "read back after the reload");
+    assert_eq!(
+        after_reload,
+        Some(maintenance.clone()),
+        "read back after the reload"
+    );
     let outside = outsiders.stop().await;
     let maintenance_503 = outside
         .failures
@@ -193,7 +210,12 @@ async fn preview_and_maintenance_through_maps_without_a_reload() {
         after.sent,
         after.failed
     );
-    assert_eq!(outside.failed, maintenance_503, "only maintenance 503s: {:?}", outside.failures.iter().take(3).collect::<Vec<_>>());
+    assert_eq!(
+        outside.failed,
+        maintenance_503,
+        "only maintenance 503s: {:?}",
+        outside.failures.iter().take(3).collect::<Vec<_>>()
+    );
     assert!(maintenance_503 >= 300, "{maintenance_503}");
     assert_no_failures("after maintenance off", &after);
     assert_eq!(lb.maintenance().await.unwrap(), None);

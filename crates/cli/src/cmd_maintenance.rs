@@ -69,7 +69,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match runtime.block_on(engine.set_maintenance(maintenance.as_ref())) {
         Ok(said) => {
             if common.json {
-                let state = runtime.block_on(engine.balancer.maintenance()).ok().flatten();
+                let state = runtime
+                    .block_on(engine.balancer.maintenance())
+                    .ok()
+                    .flatten();
                 println!(
                     "{}",
                     serde_json::json!({ "service": service, "maintenance": state, "result": said })

@@ -12,9 +12,7 @@ use nonstop_accounts::Action;
 
 use crate::error::ApiError;
 use crate::state::App;
-use crate::{
-    account, admin, agents, artifacts, auth, deploys, logs, maintenance, pages, services,
-};
+use crate::{account, admin, agents, artifacts, auth, deploys, logs, maintenance, pages, services};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {

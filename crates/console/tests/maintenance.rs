@@ -11,12 +11,19 @@ use support::{Setup, TestConsole, start_proxy};
 fn proxy_port(config: &std::path::Path) -> u16 {
     let text = std::fs::read_to_string(config).unwrap();
     let line = text.lines().find(|l| l.starts_with("listen = ")).unwrap();
-    line.trim_end_matches('"').rsplit(':').next().unwrap().parse().unwrap()
+    line.trim_end_matches('"')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 async fn answer_of_proxy(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .await
@@ -37,7 +44,11 @@ async fn a_deployer_switches_maintenance_and_it_is_audited() {
 
     let r = console
         .client
-        .post_json("/api/services/shop/maintenance", &json!({ "on": true }), &viewer.headers())
+        .post_json(
+            "/api/services/shop/maintenance",
+            &json!({ "on": true }),
+            &viewer.headers(),
+        )
         .await;
     assert_eq!(r.status, 403, "{}", r.text());
 
@@ -52,9 +63,16 @@ async fn a_deployer_switches_maintenance_and_it_is_audited() {
     assert_eq!(r.status, 200, "{}", r.text());
     let page = answer_of_proxy(port).await;
     assert!(page.starts_with("HTTP/1.1 503"), "{page}");
-    assert!(page.to_ascii_lowercase().contains("retry-after: 15"), "{page}");
+    assert!(
+        page.to_ascii_lowercase().contains("retry-after: 15"),
+        "{page}"
+    );
     assert!(page.contains("Back at 10:00"), "{page}");
-    let s = console.client.get("/api/services/shop", &viewer.headers()).await.json();
+    let s = console
+        .client
+        .get("/api/services/shop", &viewer.headers())
+        .await
+        .json();
     assert_eq!(s["maintenance"]["allow"], json!(["10.9.0.0/16"]), "{s:#}");
 
     let r = console
@@ -69,10 +87,18 @@ async fn a_deployer_switches_maintenance_and_it_is_audited() {
 
     let r = console
         .client
-        .post_json("/api/services/shop/maintenance", &json!({ "on": false }), &deployer.headers())
+        .post_json(
+            "/api/services/shop/maintenance",
+            &json!({ "on": false }),
+            &deployer.headers(),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let s = console.client.get("/api/services/shop", &viewer.headers()).await.json();
+    let s = console
+        .client
+        .get("/api/services/shop", &viewer.headers())
+        .await
+        .json();
     assert!(s["maintenance"].is_null(), "{s:#}");
     assert!(!answer_of_proxy(port).await.contains("maintenance"));
 
@@ -92,7 +118,13 @@ async fn a_deployer_switches_maintenance_and_it_is_audited() {
                 && r["detail"].as_str().unwrap_or("").contains(detail)
         })
     };
-    assert!(has("dora", "ok", "maintenance on, allowing 10.9.0.0/16"), "{records:#?}");
+    assert!(
+        has("dora", "ok", "maintenance on, allowing 10.9.0.0/16"),
+        "{records:#?}"
+    );
     assert!(has("dora", "ok", "maintenance off"), "{records:#?}");
-    assert!(has("dora", "refused", "400"), "the refused switch is audited: {records:#?}");
+    assert!(
+        has("dora", "refused", "400"),
+        "the refused switch is audited: {records:#?}"
+    );
 }

@@ -17,8 +17,8 @@ use nonstop_config::service::BALANCER_SHARED_KEYS;
 use nonstop_config::{BalancerKind, Config, ConfigError, RuntimeKind, ServiceConfig, Source};
 use nonstop_engine::{DeployError, Engine, Event};
 use nonstop_ports::{
-    Balancer, Instance, InstanceSpec, LbState, Maintenance, Member, NodeName, PortError, PortResult,
-    Preview, Replacement, Runtime,
+    Balancer, Instance, InstanceSpec, LbState, Maintenance, Member, NodeName, PortError,
+    PortResult, Preview, Replacement, Runtime,
 };
 use nonstop_probe_http::HttpProbe;
 use nonstop_runtime_command::{CommandRuntime, CommandRuntimeConfig};
@@ -628,7 +628,10 @@ port = 8081
         assert!(err.contains("cannot route a targeted preview"), "{err}");
         let rolling = SERVICE.replace("releases =", "preview = {}\nreleases =");
         let err = check_text(&rolling).unwrap_err().to_string();
-        assert!(err.contains("strategy = \"rolling\" does not have"), "{err}");
+        assert!(
+            err.contains("strategy = \"rolling\" does not have"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -59,7 +59,10 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            None => format!("{}: maintenance off: requests reach the backends", self.service),
+            None => format!(
+                "{}: maintenance off: requests reach the backends",
+                self.service
+            ),
         })
     }
 }

@@ -12,7 +12,10 @@ async fn preview_is_set_before_the_switch_and_cleared_after_it_or_by_the_undo() 
         let svc = Service::with(strategy, false, "preview = { header = \"X-Try\" }");
         let mut engine = svc.engine(|_, _| {});
         svc.deploy(&mut engine, "1").await.unwrap();
-        assert!(svc.world.lock().previews.is_empty(), "the first deploy has no preview");
+        assert!(
+            svc.world.lock().previews.is_empty(),
+            "the first deploy has no preview"
+        );
 
         let steps = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let seen = steps.clone();
@@ -25,11 +28,24 @@ async fn preview_is_set_before_the_switch_and_cleared_after_it_or_by_the_undo() 
                 .position(|s| s.contains(needle))
                 .unwrap_or_else(|| panic!("{strategy}: no `{needle}` in {steps:#?}"))
         };
-        assert!(at("wait until the balancer") < at("targeted preview: requests"), "{steps:#?}");
-        assert!(at("targeted preview: requests") < at("switch atomically"), "{steps:#?}");
-        assert!(at("switch atomically") < at("clear the targeted preview"), "{steps:#?}");
+        assert!(
+            at("wait until the balancer") < at("targeted preview: requests"),
+            "{steps:#?}"
+        );
+        assert!(
+            at("targeted preview: requests") < at("switch atomically"),
+            "{steps:#?}"
+        );
+        assert!(
+            at("switch atomically") < at("clear the targeted preview"),
+            "{steps:#?}"
+        );
         let w = svc.world.lock();
-        assert_eq!(w.previews, vec![Some(vec![NodeName::from("n2")]), None], "{strategy}");
+        assert_eq!(
+            w.previews,
+            vec![Some(vec![NodeName::from("n2")]), None],
+            "{strategy}"
+        );
         assert_eq!(w.preview, None);
         drop(w);
 
@@ -44,7 +60,11 @@ async fn preview_is_set_before_the_switch_and_cleared_after_it_or_by_the_undo() 
         svc.deploy(&mut engine, "3").await.unwrap_err();
         let w = svc.world.lock();
         assert_eq!(w.preview, None, "{strategy}: {:?}", w.previews);
-        assert_eq!(w.previews.first(), Some(&Some(vec![NodeName::from("n1")])), "{strategy}");
+        assert_eq!(
+            w.previews.first(),
+            Some(&Some(vec![NodeName::from("n1")])),
+            "{strategy}"
+        );
         assert_eq!(w.previews.last(), Some(&None), "{strategy}");
     }
 }

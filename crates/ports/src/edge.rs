@@ -38,9 +38,7 @@ impl Maintenance {
     /// Whether `peer` may pass (it is inside one of the allowed networks).
     pub fn allows(&self, peer: std::net::IpAddr) -> bool {
         let peer = match peer {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(peer, std::net::IpAddr::V4),
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
             v4 => v4,
         };
         self.allow.iter().any(|net| net.contains(&peer))
@@ -55,7 +53,9 @@ pub fn parse_allow(text: &str) -> Result<ipnet::IpNet, String> {
     text.parse::<std::net::IpAddr>()
         .map(ipnet::IpNet::from)
         .map_err(|_| {
-            format!("`{text}` is neither an address nor a CIDR network (e.g. 10.0.0.0/8, 127.0.0.1)")
+            format!(
+                "`{text}` is neither an address nor a CIDR network (e.g. 10.0.0.0/8, 127.0.0.1)"
+            )
         })
 }
 
@@ -67,7 +67,10 @@ mod tests {
     fn allow_matches_networks_addresses_and_mapped_v4() {
         let m = Maintenance {
             message: "x".into(),
-            allow: vec![parse_allow("10.1.0.0/16").unwrap(), parse_allow("127.0.0.2").unwrap()],
+            allow: vec![
+                parse_allow("10.1.0.0/16").unwrap(),
+                parse_allow("127.0.0.2").unwrap(),
+            ],
             retry_after_s: 5,
         };
         assert!(m.allows("10.1.2.3".parse().unwrap()));

@@ -292,11 +292,17 @@ impl Shared {
 
 fn check_preview(p: &Preview) -> Result<(), String> {
     if http::HeaderName::from_bytes(p.header.as_bytes()).is_err() {
-        return Err(format!("preview header `{}` is not a valid header name", p.header));
+        return Err(format!(
+            "preview header `{}` is not a valid header name",
+            p.header
+        ));
     }
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if p.cookie.is_empty() || !p.cookie.chars().all(token) {
-        return Err(format!("preview cookie `{}` is not a valid cookie name", p.cookie));
+        return Err(format!(
+            "preview cookie `{}` is not a valid cookie name",
+            p.cookie
+        ));
     }
     Ok(())
 }

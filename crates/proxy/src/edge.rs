@@ -105,7 +105,10 @@ pub fn maintenance_page(maintenance: &Maintenance, headers: &HeaderMap) -> Respo
     let out = response.headers_mut();
     out.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    out.insert(header::RETRY_AFTER, HeaderValue::from(maintenance.retry_after_s));
+    out.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(maintenance.retry_after_s),
+    );
     response
 }
 
@@ -172,13 +175,28 @@ mod tests {
     #[test]
     fn header_then_cookie_decide_the_wish() {
         let p = preview();
-        assert_eq!(want(&p, &headers(&[("x-nonstop-canary", "always")])), Want::New);
-        assert_eq!(want(&p, &headers(&[("cookie", "a=1; nonstop-canary=never")])), Want::Stable);
         assert_eq!(
-            want(&p, &headers(&[("x-nonstop-canary", "never"), ("cookie", "nonstop-canary=always")])),
+            want(&p, &headers(&[("x-nonstop-canary", "always")])),
+            Want::New
+        );
+        assert_eq!(
+            want(&p, &headers(&[("cookie", "a=1; nonstop-canary=never")])),
             Want::Stable
         );
-        assert_eq!(want(&p, &headers(&[("x-nonstop-canary", "maybe")])), Want::Any);
+        assert_eq!(
+            want(
+                &p,
+                &headers(&[
+                    ("x-nonstop-canary", "never"),
+                    ("cookie", "nonstop-canary=always")
+                ])
+            ),
+            Want::Stable
+        );
+        assert_eq!(
+            want(&p, &headers(&[("x-nonstop-canary", "maybe")])),
+            Want::Any
+        );
         assert_eq!(want(&p, &HeaderMap::new()), Want::Any);
     }
 
@@ -198,11 +216,26 @@ mod tests {
             assert_eq!(pick_name(Want::Stable), "blue");
         }
         m.backends[1].set_healthy(false);
-        assert_eq!(pick_name(Want::New), "blue", "a down preview member falls back");
+        assert_eq!(
+            pick_name(Want::New),
+            "blue",
+            "a down preview member falls back"
+        );
         m.backends[1].set_healthy(true);
         let green_failed = [Arc::as_ptr(&m.backends[1]) as usize];
-        let retried = pick(&m, Balance::RoundRobin, None, &green_failed, Some(&p), Want::New);
-        assert_eq!(retried.unwrap().name, "blue", "a refused preview retries on stable");
+        let retried = pick(
+            &m,
+            Balance::RoundRobin,
+            None,
+            &green_failed,
+            Some(&p),
+            Want::New,
+        );
+        assert_eq!(
+            retried.unwrap().name,
+            "blue",
+            "a refused preview retries on stable"
+        );
     }
 
     #[test]
@@ -216,7 +249,10 @@ mod tests {
         }
         m.backends[0].set_state(AdminState::Disabled);
         let b = pick(&m, Balance::RoundRobin, None, &[], Some(&p), Want::Stable).unwrap();
-        assert_eq!(b.name, "green", "with no stable member left, never is served anyway");
+        assert_eq!(
+            b.name, "green",
+            "with no stable member left, never is served anyway"
+        );
     }
 
     #[test]
@@ -231,7 +267,12 @@ mod tests {
         let html = maintenance_page(&m, &HeaderMap::new());
         assert_eq!(html.status(), 503);
         assert_eq!(html.headers()["retry-after"], "90");
-        assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        assert!(
+            html.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
         let json = maintenance_page(&m, &headers(&[("accept", "application/json")]));
         assert_eq!(json.headers()["content-type"], "application/json");
         let body = |r: Response<ProxyBody>| match r.into_body() {

@@ -36,7 +36,11 @@ async fn who(proxy: &TestProxy, header: Option<(&str, &str)>) -> String {
         request = request.header(name, value);
     }
     let response = client()
-        .request(request.body(Default::default()).unwrap())
+        .request(
+            request
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -59,9 +63,15 @@ async fn preview_reaches_the_disabled_new_member_and_never_stays_stable() {
     assert_eq!(view.preview, Some(preview()));
     for _ in 0..10 {
         assert_eq!(who(&proxy, always).await, "node=green");
-        assert_eq!(who(&proxy, Some(("cookie", "nonstop-canary=always"))).await, "node=green");
+        assert_eq!(
+            who(&proxy, Some(("cookie", "nonstop-canary=always"))).await,
+            "node=green"
+        );
         assert_eq!(who(&proxy, None).await, "node=blue");
-        assert_eq!(who(&proxy, Some(("X-Nonstop-Canary", "never"))).await, "node=blue");
+        assert_eq!(
+            who(&proxy, Some(("X-Nonstop-Canary", "never"))).await,
+            "node=blue"
+        );
     }
     // After the switch, `never` still keeps to the old release while it serves (draining).
     admin
@@ -75,12 +85,18 @@ async fn preview_reaches_the_disabled_new_member_and_never_stays_stable() {
         .await
         .unwrap();
     for _ in 0..5 {
-        assert_eq!(who(&proxy, Some(("X-Nonstop-Canary", "never"))).await, "node=blue");
+        assert_eq!(
+            who(&proxy, Some(("X-Nonstop-Canary", "never"))).await,
+            "node=blue"
+        );
         assert_eq!(who(&proxy, None).await, "node=green");
     }
     let view = admin.set_preview("app", None).await.unwrap();
     assert_eq!(view.preview, None);
-    assert_eq!(who(&proxy, Some(("X-Nonstop-Canary", "never"))).await, "node=green");
+    assert_eq!(
+        who(&proxy, Some(("X-Nonstop-Canary", "never"))).await,
+        "node=green"
+    );
     proxy.stop().await;
 }
 
@@ -102,7 +118,10 @@ async fn a_preview_of_a_dead_or_unknown_member_falls_back_to_stable() {
     let mut unknown = preview();
     unknown.nodes = vec![NodeName::from("purple")];
     admin.set_preview("app", Some(&unknown)).await.unwrap();
-    assert_eq!(who(&proxy, Some(("X-Nonstop-Canary", "always"))).await, "node=blue");
+    assert_eq!(
+        who(&proxy, Some(("X-Nonstop-Canary", "always"))).await,
+        "node=blue"
+    );
 
     admin.set_preview("app", Some(&preview())).await.unwrap();
     drop(green); // its port now refuses connections
@@ -142,21 +161,38 @@ async fn maintenance_turns_away_all_but_the_allowed_address_under_load_and_survi
     insider.wait_for(200).await;
     outsider.wait_for(200).await;
 
-    admin.set_maintenance("app", Some(&maintenance())).await.unwrap();
+    admin
+        .set_maintenance("app", Some(&maintenance()))
+        .await
+        .unwrap();
     outsider.wait_for(500).await;
     insider.wait_for(500).await;
     // One request of each kind by hand, to read the headers.
-    let plain = raw(proxy.addr, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", DEADLINE).await;
+    let plain = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        DEADLINE,
+    )
+    .await;
     assert!(status_line(&plain).starts_with("HTTP/1.1 503"), "{plain}");
-    assert!(plain.to_ascii_lowercase().contains("retry-after: 30"), "{plain}");
-    assert!(plain.contains("text/html") && plain.contains("back at 10:00"), "{plain}");
+    assert!(
+        plain.to_ascii_lowercase().contains("retry-after: 30"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("text/html") && plain.contains("back at 10:00"),
+        "{plain}"
+    );
     let json = raw(
         proxy.addr,
         b"GET / HTTP/1.1\r\nhost: x\r\naccept: application/json\r\nconnection: close\r\n\r\n",
         DEADLINE,
     )
     .await;
-    assert!(json.contains("application/json") && json.contains("\"error\":\"maintenance\""), "{json}");
+    assert!(
+        json.contains("application/json") && json.contains("\"error\":\"maintenance\""),
+        "{json}"
+    );
 
     // A restart keeps it: the state file holds maintenance mode.
     let config_path = proxy.config_path();
@@ -164,13 +200,27 @@ async fn maintenance_turns_away_all_but_the_allowed_address_under_load_and_survi
     let (config, source) = nonstop_config::Config::load(&config_path).unwrap();
     let (insider_ok, insider_failed) = insider.stop().await;
     let (outsider_ok, outsider_failed) = outsider.stop().await;
-    let TestProxy { running, dir: tmp, .. } = proxy;
+    let TestProxy {
+        running, dir: tmp, ..
+    } = proxy;
     running.unwrap().shutdown().await;
     let restarted = nonstop_proxy::start(&config, &source).await.unwrap();
     let addr = restarted.listening[0];
-    let again = raw(addr, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", DEADLINE).await;
-    assert!(status_line(&again).starts_with("HTTP/1.1 503"), "after a restart: {again}");
-    let proxy = TestProxy { running: Some(restarted), addr, dir: tmp };
+    let again = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        DEADLINE,
+    )
+    .await;
+    assert!(
+        status_line(&again).starts_with("HTTP/1.1 503"),
+        "after a restart: {again}"
+    );
+    let proxy = TestProxy {
+        running: Some(restarted),
+        addr,
+        dir: tmp,
+    };
     assert_eq!(proxy.dir.path(), dir);
 
     let admin = proxy.admin();
@@ -178,17 +228,36 @@ async fn maintenance_turns_away_all_but_the_allowed_address_under_load_and_survi
     let after = Load::start(proxy.url("/"), 4);
     after.wait_for(500).await;
     let (after_ok, after_failed) = after.stop().await;
-    let maintenance_503 = outsider_failed.iter().filter(|f| f.starts_with("503") && f.contains("maintenance")).count();
+    let maintenance_503 = outsider_failed
+        .iter()
+        .filter(|f| f.starts_with("503") && f.contains("maintenance"))
+        .count();
     println!(
         "maintenance: allowed client {insider_ok} ok / {} failed; other client {outsider_ok} ok, {maintenance_503} maintenance 503s, {} other failures; after off {after_ok} ok / {} failed",
         insider_failed.len(),
         outsider_failed.len() - maintenance_503,
         after_failed.len()
     );
-    assert!(insider_failed.is_empty(), "the allowed address was turned away: {:?}", &insider_failed[..insider_failed.len().min(3)]);
-    assert_eq!(maintenance_503, outsider_failed.len(), "only maintenance 503s: {:?}", &outsider_failed[..outsider_failed.len().min(3)]);
-    assert!(maintenance_503 >= 300, "the outsider saw {maintenance_503} 503s");
-    assert!(after_failed.is_empty(), "failures after off: {:?}", &after_failed[..after_failed.len().min(3)]);
+    assert!(
+        insider_failed.is_empty(),
+        "the allowed address was turned away: {:?}",
+        &insider_failed[..insider_failed.len().min(3)]
+    );
+    assert_eq!(
+        maintenance_503,
+        outsider_failed.len(),
+        "only maintenance 503s: {:?}",
+        &outsider_failed[..outsider_failed.len().min(3)]
+    );
+    assert!(
+        maintenance_503 >= 300,
+        "the outsider saw {maintenance_503} 503s"
+    );
+    assert!(
+        after_failed.is_empty(),
+        "failures after off: {:?}",
+        &after_failed[..after_failed.len().min(3)]
+    );
     assert!(blue.count() > 0 && green.count() == 0);
     proxy.stop().await;
 }
