@@ -133,6 +133,12 @@ pub struct Pool {
     pub balance: String,
     pub sticky: Option<Value>,
     pub backends: Vec<Backend>,
+    /// The targeted preview in force; absent from an older proxy.
+    #[serde(default)]
+    pub preview: Option<nonstop_ports::Preview>,
+    /// Maintenance mode, when on; absent from an older proxy.
+    #[serde(default)]
+    pub maintenance: Option<nonstop_ports::Maintenance>,
 }
 
 impl Pool {
@@ -253,6 +259,38 @@ impl AdminClient {
             Some(body),
         )
         .await
+    }
+
+    /// Sets the pool's targeted preview (`None` clears it).
+    pub async fn set_preview(
+        &self,
+        pool: &str,
+        preview: Option<&nonstop_ports::Preview>,
+    ) -> Result<Pool, AdminError> {
+        let path = format!("/v1/pools/{pool}/preview");
+        match preview {
+            Some(p) => {
+                let body = serde_json::to_value(p).expect("plain data");
+                self.call(Method::PUT, &path, Some(body)).await
+            }
+            None => self.call(Method::DELETE, &path, None).await,
+        }
+    }
+
+    /// Turns the pool's maintenance mode on (`Some`) or off.
+    pub async fn set_maintenance(
+        &self,
+        pool: &str,
+        maintenance: Option<&nonstop_ports::Maintenance>,
+    ) -> Result<Pool, AdminError> {
+        let path = format!("/v1/pools/{pool}/maintenance");
+        match maintenance {
+            Some(m) => {
+                let body = serde_json::to_value(m).expect("plain data");
+                self.call(Method::PUT, &path, Some(body)).await
+            }
+            None => self.call(Method::DELETE, &path, None).await,
+        }
     }
 
     pub async fn reload(&self) -> Result<ReloadReport, AdminError> {

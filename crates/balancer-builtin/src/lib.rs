@@ -2,7 +2,9 @@
 //! changed through its admin API (docs/admin-api.md). The blue-green switch is one `PUT` of the set.
 
 use nonstop_admin_client::{AdminClient, BackendSpec, BackendState, Pool};
-use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult, Traffic};
+use nonstop_ports::{
+    Balancer, LbState, Maintenance, Member, NodeName, PortError, PortResult, Preview, Traffic,
+};
 
 #[derive(Debug, Clone)]
 pub struct BuiltinBalancer {
@@ -162,6 +164,26 @@ impl Balancer for BuiltinBalancer {
             .await
             .map(drop)
             .map_err(err)
+    }
+
+    async fn set_preview(&self, preview: Option<&Preview>) -> PortResult<()> {
+        self.client
+            .set_preview(&self.pool, preview)
+            .await
+            .map(drop)
+            .map_err(err)
+    }
+
+    async fn set_maintenance(&self, maintenance: Option<&Maintenance>) -> PortResult<()> {
+        self.client
+            .set_maintenance(&self.pool, maintenance)
+            .await
+            .map(drop)
+            .map_err(err)
+    }
+
+    async fn maintenance(&self) -> PortResult<Option<Maintenance>> {
+        Ok(self.pool().await?.maintenance)
     }
 
     /// The proxy's checker probes every backend, disabled ones too: its view is the real one.

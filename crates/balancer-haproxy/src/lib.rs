@@ -1,13 +1,17 @@
 //! The `haproxy` balancer driver: one backend of a running HAProxy, changed and read through
 //! the Runtime API on its stats socket (docs/balancers/haproxy.md); servers must be declared in its config.
 
+mod edge;
+mod maps;
 mod socket;
 mod stats;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use nonstop_ports::{Balancer, LbState, Member, NodeName, PortError, PortResult};
+use nonstop_ports::{
+    Balancer, LbState, Maintenance, Member, NodeName, PortError, PortResult, Preview,
+};
 use serde::Deserialize;
 
 pub use socket::RuntimeApi;
@@ -26,6 +30,15 @@ pub struct HaproxyConfig {
     /// back to what haproxy.cfg says.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// Map the targeted preview's `use-server` lines read (docs/balancers/haproxy.md).
+    #[serde(default)]
+    pub preview_map: Option<PathBuf>,
+    /// Map the maintenance `http-request return` lines read: the pages and `Retry-After`.
+    #[serde(default)]
+    pub maintenance_map: Option<PathBuf>,
+    /// This service's own `map_ip` file of the networks maintenance mode lets through.
+    #[serde(default)]
+    pub allow_map: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +68,9 @@ pub struct HaproxyBalancer {
     api: RuntimeApi,
     backend: String,
     state_file: Option<PathBuf>,
+    preview_map: Option<PathBuf>,
+    maintenance_map: Option<PathBuf>,
+    allow_map: Option<PathBuf>,
 }
 
 impl HaproxyBalancer {
@@ -64,6 +80,9 @@ impl HaproxyBalancer {
             api: RuntimeApi::new(config.socket),
             backend: config.backend,
             state_file: config.state_file,
+            preview_map: config.preview_map,
+            maintenance_map: config.maintenance_map,
+            allow_map: config.allow_map,
         })
     }
 
@@ -200,6 +219,18 @@ impl Balancer for HaproxyBalancer {
 
     async fn switch(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> PortResult<()> {
         self.recorded(self.switch_in_order(changes)).await
+    }
+
+    async fn set_preview(&self, preview: Option<&Preview>) -> PortResult<()> {
+        self.apply_preview(preview).await
+    }
+
+    async fn set_maintenance(&self, maintenance: Option<&Maintenance>) -> PortResult<()> {
+        self.apply_maintenance(maintenance).await
+    }
+
+    async fn maintenance(&self) -> PortResult<Option<Maintenance>> {
+        self.read_maintenance().await
     }
 }
 

@@ -65,6 +65,9 @@ impl Haproxy {
             socket: self.dir.path().join("admin.sock"),
             backend: backend.into(),
             state_file: None,
+            preview_map: None,
+            maintenance_map: None,
+            allow_map: None,
         })
         .unwrap()
     }

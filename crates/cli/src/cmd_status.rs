@@ -46,6 +46,9 @@ pub fn status(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     if let Some(err) = s["balancer_error"].as_str() {
         println!("  balancer: {err}");
     }
+    if let Some(line) = crate::cmd_maintenance::status_line(&s["maintenance"]) {
+        println!("  {line}");
+    }
     println!(
         "  {:<10} {:>5}  {:<14} {:>7}  {:<8} {:<14} {:>6} {:>9}  HEALTH",
         "NODE", "PORT", "VERSION", "PID", "PROCESS", "BALANCER", "WEIGHT", "IN-FLIGHT"

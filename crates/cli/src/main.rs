@@ -9,6 +9,7 @@ mod cmd_demo;
 mod cmd_deploy;
 mod cmd_import;
 mod cmd_lb;
+mod cmd_maintenance;
 mod cmd_pause;
 mod cmd_proxy;
 mod cmd_remote;
@@ -54,6 +55,8 @@ enum Command {
     History(cmd_deploy::HistoryArgs),
     /// Show (and with -f follow) the logs of SERVICE's instances.
     Logs(cmd_deploy::LogsArgs),
+    /// Turn SERVICE's maintenance mode on (503 + Retry-After for all but --allow) or off.
+    Maintenance(cmd_maintenance::Args),
     /// Generate a service config from what a balancer already runs (mod_jk workers.properties).
     Import(cmd_import::Args),
     /// The per-host agent a console drives over mutual TLS; `agent join` enrols it.
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::History(args) => cmd_deploy::history(args),
         Command::Logs(args) => cmd_deploy::logs(args),
         Command::Import(args) => cmd_import::run(args),
+        Command::Maintenance(args) => cmd_maintenance::run(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Agent(args) => cmd_agent::run(args),
         Command::Console(args) => cmd_console::run(args),

@@ -6,6 +6,7 @@ pub mod driver;
 mod error;
 pub mod hosts;
 pub mod lifecycle;
+pub mod preview;
 pub mod proxy;
 pub mod service;
 mod units;

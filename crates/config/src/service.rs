@@ -46,6 +46,9 @@ pub struct ServiceConfig {
     /// The release's database migration, run once per deploy.
     #[serde(default)]
     pub migrate: Option<crate::lifecycle::Migration>,
+    /// A header or cookie that reaches the new release before the switch (docs/strategies/canary.md).
+    #[serde(default)]
+    pub preview: Option<Spanned<crate::preview::PreviewConfig>>,
 }
 
 fn default_strategy() -> Spanned<Strategy> {
@@ -422,6 +425,9 @@ impl ServiceConfig {
         self.hooks.check(name, source)?;
         if let Some(migrate) = &self.migrate {
             migrate.check(name, source)?;
+        }
+        if let Some(preview) = &self.preview {
+            preview.get_ref().check(name, &self.strategy, source)?;
         }
         if self.on_hosts() {
             let per_node = [

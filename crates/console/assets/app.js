@@ -219,6 +219,27 @@ function nodeActions(service, status, node) {
   return out;
 }
 
+// Maintenance mode: a badge for everyone, the switch for those who may drain (deployers).
+function maintenanceControl(service, status) {
+  const m = status.maintenance;
+  const state = m ? badge('maintenance on', 'warn') : badge('off', 'active');
+  if (!status.can.drain) return h('div', { id: 'maintenance' }, h('span', {}, 'maintenance'), state);
+  const button = h('button', { class: m ? 'small' : 'small danger', id: 'maintenance-button', type: 'button', onclick: () => attempt(button, null, async () => {
+    let body = { on: false };
+    if (!m) {
+      const message = prompt(`Maintenance page text for ${service} (everyone but the allowed addresses gets 503):`, '');
+      if (message === null) return;
+      const allow = prompt('Addresses or networks that still reach the backends (comma separated, may be empty):', '');
+      if (allow === null) return;
+      body = { on: true, message, allow: allow.split(',').map((a) => a.trim()).filter(Boolean) };
+    }
+    await api('POST', `/api/services/${enc(service)}/maintenance`, body);
+    refreshService();
+  }) }, m ? 'Turn maintenance off' : 'Turn maintenance on');
+  return h('div', { id: 'maintenance' }, h('span', {}, 'maintenance'), state, ' ', button,
+    m && m.allow.length ? ` (allowed: ${m.allow.join(', ')})` : '');
+}
+
 function servicesPage() {
   const list = h('div', { class: 'services', id: 'services' });
   page('Services', list);
@@ -384,6 +405,7 @@ function servicePage(service) {
         h('div', {}, h('span', {}, 'strategy'), status.strategy),
         status.unfinished && h('div', { class: 'error' }, h('span', {}, 'unfinished'), status.unfinished),
         status.balancer_error && h('div', { class: 'error' }, h('span', {}, 'balancer'), status.balancer_error),
+        maintenanceControl(service, status),
       ].filter(Boolean));
       nodes.replaceChildren(nodesTable(service, status, true));
       if (!actionsBuilt) await buildActions(status);

@@ -10,6 +10,7 @@ mod deploys;
 mod drivers;
 mod error;
 mod logs;
+mod maintenance;
 mod pages;
 mod pauses;
 mod refusals;

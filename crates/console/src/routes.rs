@@ -12,7 +12,9 @@ use nonstop_accounts::Action;
 
 use crate::error::ApiError;
 use crate::state::App;
-use crate::{account, admin, agents, artifacts, auth, deploys, logs, pages, pauses, services};
+use crate::{
+    account, admin, agents, artifacts, auth, deploys, logs, maintenance, pages, pauses, services,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -162,6 +164,7 @@ fn table() -> Vec<Entry> {
         entry(Get, "/api/services/{service}/canary", service(View), Api, "canary", pauses::canary),
         entry(Post, "/api/services/{service}/nodes/{node}/drain", service(Drain), Api, "drain", services::drain),
         entry(Post, "/api/services/{service}/nodes/{node}/enable", service(Drain), Api, "enable", services::enable),
+        entry(Post, "/api/services/{service}/maintenance", service(Drain), Api, "maintenance", maintenance::switch),
         entry(Get, "/api/services/{service}/nodes/{node}/log", service(View), Api, "log", logs::follow),
         entry(Get, "/api/services/{service}/deploys", service(View), Api, "history", services::history),
         entry(Get, "/api/services/{service}/deploys/{deploy}", service(View), Api, "journal", services::journal),

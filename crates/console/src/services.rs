@@ -36,6 +36,8 @@ pub struct ServiceStatus {
     pub running: Option<JobSummary>,
     pub recent: Vec<JobSummary>,
     pub can: Permissions,
+    /// The balancer's maintenance mode, when on.
+    pub maintenance: Option<nonstop_ports::Maintenance>,
 }
 
 /// What the caller may do here: the page shows only those buttons (the API checks again).
@@ -191,6 +193,11 @@ pub async fn status(app: &App, caller: &Caller, service: &str) -> ApiResult<Serv
         running: app.jobs.running(service).map(|j| j.summary()),
         recent: app.jobs.recent(service, 5),
         can,
+        maintenance: tokio::time::timeout(READ_TIMEOUT, parts.balancer.maintenance())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten(),
     })
 }
 

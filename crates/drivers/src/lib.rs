@@ -19,7 +19,8 @@ use nonstop_config::service::BALANCER_SHARED_KEYS;
 use nonstop_config::{BalancerKind, Config, ConfigError, RuntimeKind, ServiceConfig, Source};
 use nonstop_engine::{DeployError, Engine, Event};
 use nonstop_ports::{
-    Balancer, Instance, InstanceSpec, LbState, Member, NodeName, PortResult, Replacement, Runtime,
+    Balancer, Instance, InstanceSpec, LbState, Maintenance, Member, NodeName, PortError,
+    PortResult, Preview, Replacement, Runtime,
 };
 use nonstop_probe_http::HttpProbe;
 use nonstop_runtime_command::{CommandRuntime, CommandRuntimeConfig};
@@ -129,10 +130,27 @@ enum RuntimeSettings {
     Systemd(SystemdConfig),
 }
 
+/// Balancers that route a targeted preview (a header or cookie picks the new release).
+const PREVIEW: [BalancerKind; 2] = [BalancerKind::Builtin, BalancerKind::Haproxy];
+
 /// Checks every service's driver settings, with the file and line of a mistake.
 pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
     for (name, svc) in &config.services {
         analyses::build(name, svc, source)?;
+        let kind = svc.balancer.table.kind;
+        if let Some(preview) = &svc.preview
+            && !PREVIEW.contains(&kind)
+        {
+            let kind_name = <BalancerKind as nonstop_config::driver::DriverKind>::ALL
+                .iter()
+                .find_map(|(name, k)| (*k == kind).then_some(*name))
+                .unwrap_or("this");
+            return Err(source.error_at(
+                preview.span(),
+                format!("service `{name}`: the {kind_name} balancer cannot route a targeted preview"),
+                Some("remove `preview`, or use the builtin or haproxy balancer (docs/strategies/canary.md#targeted-preview)".into()),
+            ));
+        }
         let balancer_error = |e: String| {
             source.error_at(
                 svc.balancer.table.span.clone(),
@@ -508,6 +526,47 @@ impl Balancer for AnyBalancer {
     fn reports_traffic(&self) -> bool {
         each_balancer!(self, b => b.reports_traffic())
     }
+    async fn set_preview(&self, preview: Option<&Preview>) -> PortResult<()> {
+        match self {
+            AnyBalancer::Builtin(b) => b.set_preview(preview).await,
+            AnyBalancer::Haproxy(b) => b.set_preview(preview).await,
+            _ => Err(PortError::new(format!(
+                "{}: no targeted preview here (docs/strategies/canary.md#targeted-preview)",
+                self.kind_name()
+            ))),
+        }
+    }
+    async fn set_maintenance(&self, maintenance: Option<&Maintenance>) -> PortResult<()> {
+        match self {
+            AnyBalancer::Builtin(b) => b.set_maintenance(maintenance).await,
+            AnyBalancer::Haproxy(b) => b.set_maintenance(maintenance).await,
+            _ => Err(PortError::new(format!(
+                "{}: nonstop cannot switch maintenance mode on this balancer; docs/lifecycle.md#maintenance-mode says what to do there",
+                self.kind_name()
+            ))),
+        }
+    }
+    async fn maintenance(&self) -> PortResult<Option<Maintenance>> {
+        match self {
+            AnyBalancer::Builtin(b) => b.maintenance().await,
+            AnyBalancer::Haproxy(b) => b.maintenance().await,
+            _ => Ok(None),
+        }
+    }
+}
+
+impl AnyBalancer {
+    /// The balancer kind, for messages about what it cannot do.
+    fn kind_name(&self) -> &'static str {
+        match self {
+            AnyBalancer::Builtin(_) => "the builtin balancer",
+            AnyBalancer::Nginx(_) => "the nginx balancer",
+            AnyBalancer::Haproxy(_) => "the haproxy balancer",
+            AnyBalancer::Modjk(_) => "the modjk balancer",
+            AnyBalancer::Command(_) => "the command balancer",
+            AnyBalancer::Remote(_) => "a balancer behind an agent",
+        }
+    }
 }
 
 impl Runtime for AnyRuntime {
@@ -555,6 +614,23 @@ releases = { dir = "/tmp/shop" }
 name = "a"
 port = 8081
 "#;
+
+    #[test]
+    fn a_preview_on_a_balancer_that_cannot_route_it_is_refused_at_its_line() {
+        let text = SERVICE.replace(
+            "strategy = \"rolling\"",
+            "strategy = \"blue-green\"\npreview = { header = \"X-Try\" }",
+        );
+        let err = check_text(&text).unwrap_err().to_string();
+        assert!(err.contains("nonstop.toml:4"), "{err}");
+        assert!(err.contains("cannot route a targeted preview"), "{err}");
+        let rolling = SERVICE.replace("releases =", "preview = {}\nreleases =");
+        let err = check_text(&rolling).unwrap_err().to_string();
+        assert!(
+            err.contains("strategy = \"rolling\" does not have"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn hooks_and_driver_fields_are_checked_with_their_line() {

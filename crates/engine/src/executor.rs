@@ -334,6 +334,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             | Step::KeepWarm { .. }
             | Step::MigrateDown { .. }
             | Step::Hook { .. } => Vec::new(),
+            Step::Preview { .. } => vec![Step::Preview { nodes: Vec::new() }],
             // A reversible migration is undone by its down command; another stays applied.
             Step::Migrate { version } => match &self.spec.migrate {
                 Some(m) if m.reversible && m.down.is_some() => vec![Step::MigrateDown {
@@ -394,6 +395,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             Step::Hook { point, node } => self.run_hook(run, *point, node.as_ref()).await,
             Step::Migrate { version } => self.migrate(run, version, false).await,
             Step::MigrateDown { version } => self.migrate(run, version, true).await,
+            Step::Preview { nodes } => self.preview(nodes).await,
             Step::KeepWarm { node, until_ms } => {
                 self.store
                     .set_warm_until(node, *until_ms)

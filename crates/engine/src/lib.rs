@@ -9,6 +9,7 @@
 mod canary_view;
 pub mod deploy;
 mod drain;
+mod edge;
 pub mod error;
 pub mod events;
 mod executor;

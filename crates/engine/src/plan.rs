@@ -140,6 +140,9 @@ pub enum Step {
         point: crate::spec::HookPoint,
         node: Option<NodeName>,
     },
+    /// Requests asking for the new release (the service's `preview` header or cookie) reach
+    /// `nodes` at any weight; empty clears the preview.
+    Preview { nodes: Vec<NodeName> },
     /// The old slot stays running (disabled) until `until_ms` for an instant rollback; `None`
     /// clears the mark (the slot serves again).
     KeepWarm {
@@ -199,6 +202,7 @@ impl Step {
             Step::Hook { .. } => "hook",
             Step::Migrate { .. } => "migrate",
             Step::MigrateDown { .. } => "migrate-down",
+            Step::Preview { .. } => "preview",
         }
     }
 
@@ -316,6 +320,14 @@ impl std::fmt::Display for Step {
                 Some(node) => write!(f, "hook {} for {node}", point.as_str()),
                 None => write!(f, "hook {}", point.as_str()),
             },
+            Step::Preview { nodes } if nodes.is_empty() => {
+                write!(f, "clear the targeted preview")
+            }
+            Step::Preview { nodes } => write!(
+                f,
+                "targeted preview: requests that ask for it reach {} at any weight",
+                names(nodes)
+            ),
             Step::KeepWarm { node, until_ms } => match until_ms {
                 Some(_) => write!(f, "keep {node} running (disabled) for an instant rollback"),
                 None => write!(f, "{node} serves again: no longer kept warm"),

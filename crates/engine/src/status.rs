@@ -42,6 +42,8 @@ pub struct ServiceStatus {
     pub paused: Option<crate::Paused>,
     /// The running deploy's canary steps with their numbers.
     pub canary: Option<crate::CanaryView>,
+    /// Maintenance mode, when the balancer has it on.
+    pub maintenance: Option<nonstop_ports::Maintenance>,
 }
 
 impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
@@ -141,6 +143,8 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 .ok()
                 .flatten()
                 .filter(|c| c.outcome == "running"),
+            // A balancer without maintenance mode reports none; its error is in balancer_error.
+            maintenance: self.balancer.maintenance().await.ok().flatten(),
         }
     }
 }

@@ -2,9 +2,11 @@
 //! process runs where) and a `Probe` (is it healthy). Drivers live in their own crates.
 
 pub mod analysis;
+pub mod edge;
 pub mod template;
 
 pub use analysis::{Analysis, AnalysisWindow, Verdict};
+pub use edge::{Maintenance, Preview};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -199,6 +201,37 @@ pub trait Balancer: Send + Sync {
     /// Whether `Member::traffic` counts each member's requests (a canary can be judged on it).
     fn reports_traffic(&self) -> bool {
         true
+    }
+    /// Routes requests that ask for the new release (`preview.header`/`preview.cookie` =
+    /// `always`) to `preview.nodes` at any weight; `None` clears it.
+    fn set_preview(
+        &self,
+        preview: Option<&Preview>,
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        let _ = preview;
+        async {
+            Err(PortError::new(
+                "this balancer cannot route a targeted preview; remove `preview` from the service \
+                 (docs/strategies/canary.md#targeted-preview lists the balancers that can)",
+            ))
+        }
+    }
+    /// Turns maintenance mode on (503 for all but `allow`) or off (`None`).
+    fn set_maintenance(
+        &self,
+        maintenance: Option<&Maintenance>,
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        let _ = maintenance;
+        async {
+            Err(PortError::new(
+                "this balancer has no maintenance mode nonstop can drive \
+                 (docs/lifecycle.md#maintenance-mode says what to do there)",
+            ))
+        }
+    }
+    /// The maintenance mode in force, if this balancer has one.
+    fn maintenance(&self) -> impl Future<Output = PortResult<Option<Maintenance>>> + Send {
+        async { Ok(None) }
     }
     /// What a plan should say about this balancer (its mode and what a deploy costs there).
     fn plan_notes(&self, strategy: &str, nodes: usize) -> Vec<String> {

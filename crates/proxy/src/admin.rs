@@ -7,7 +7,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -28,6 +28,14 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
         .route(
             "/v1/pools/{pool}/backends/{backend}",
             patch(patch_backend).delete(remove_backend),
+        )
+        .route(
+            "/v1/pools/{pool}/preview",
+            put(set_preview).delete(clear_preview),
+        )
+        .route(
+            "/v1/pools/{pool}/maintenance",
+            put(set_maintenance).delete(clear_maintenance),
         )
         .route("/v1/reload", post(reload))
         .route("/metrics", get(metrics))
@@ -167,6 +175,36 @@ async fn patch_backend(
     Body(change): Body<BackendPatch>,
 ) -> Result<Response, ControlError> {
     Ok(Json(shared.patch_backend(&pool, &backend, &change).await?).into_response())
+}
+
+async fn set_preview(
+    State(shared): State<Arc<Shared>>,
+    Path(pool): Path<String>,
+    Body(preview): Body<nonstop_ports::Preview>,
+) -> Result<Response, ControlError> {
+    Ok(Json(shared.set_preview(&pool, Some(preview)).await?).into_response())
+}
+
+async fn clear_preview(
+    State(shared): State<Arc<Shared>>,
+    Path(pool): Path<String>,
+) -> Result<Response, ControlError> {
+    Ok(Json(shared.set_preview(&pool, None).await?).into_response())
+}
+
+async fn set_maintenance(
+    State(shared): State<Arc<Shared>>,
+    Path(pool): Path<String>,
+    Body(maintenance): Body<nonstop_ports::Maintenance>,
+) -> Result<Response, ControlError> {
+    Ok(Json(shared.set_maintenance(&pool, Some(maintenance)).await?).into_response())
+}
+
+async fn clear_maintenance(
+    State(shared): State<Arc<Shared>>,
+    Path(pool): Path<String>,
+) -> Result<Response, ControlError> {
+    Ok(Json(shared.set_maintenance(&pool, None).await?).into_response())
 }
 
 async fn reload(State(shared): State<Arc<Shared>>) -> Result<Response, ControlError> {

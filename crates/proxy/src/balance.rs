@@ -23,7 +23,7 @@ pub fn session_route<'a>(
     }
 }
 
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -49,7 +49,18 @@ pub fn pick(
     route: Option<&str>,
     skip: &[usize],
 ) -> Option<Arc<Backend>> {
-    let tried = |b: &Arc<Backend>| skip.contains(&(Arc::as_ptr(b) as usize));
+    pick_where(members, balance, route, skip, |_| true)
+}
+
+/// [`pick`] among the backends `allowed` accepts (a preview's `never` keeps off its members).
+pub fn pick_where(
+    members: &Members,
+    balance: Balance,
+    route: Option<&str>,
+    skip: &[usize],
+    allowed: impl Fn(&Backend) -> bool,
+) -> Option<Arc<Backend>> {
+    let tried = |b: &Arc<Backend>| skip.contains(&(Arc::as_ptr(b) as usize)) || !allowed(b);
     if let Some(route) = route
         && let Some(bound) = members
             .backends
@@ -79,7 +90,7 @@ pub fn pick(
         })
 }
 
-fn smooth_weighted(
+pub(crate) fn smooth_weighted(
     members: &Members,
     eligible: impl Fn(&Arc<Backend>) -> bool,
 ) -> Option<Arc<Backend>> {

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nonstop_config::AdminState;
+use nonstop_ports::{Maintenance, Preview};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::Shared;
+use crate::edge::Edge;
 use crate::state::{Backend, BackendSpec, BackendView, Members, Pool, PoolView, check_weight};
 
 /// Why an admin change was refused; maps onto an HTTP status in the admin API.
@@ -194,6 +196,48 @@ impl Shared {
         Ok(pool.view())
     }
 
+    /// Sets (or with `None` clears) the pool's targeted preview.
+    pub async fn set_preview(
+        &self,
+        pool: &str,
+        preview: Option<Preview>,
+    ) -> Result<PoolView, ControlError> {
+        if let Some(p) = &preview {
+            check_preview(p).map_err(ControlError::Invalid)?;
+        }
+        self.change_edge(pool, |edge| edge.preview = preview).await
+    }
+
+    /// Turns the pool's maintenance mode on (`Some`) or off.
+    pub async fn set_maintenance(
+        &self,
+        pool: &str,
+        maintenance: Option<Maintenance>,
+    ) -> Result<PoolView, ControlError> {
+        if let Some(m) = &maintenance {
+            check_maintenance(m).map_err(ControlError::Invalid)?;
+        }
+        let on = maintenance.is_some();
+        let view = self
+            .change_edge(pool, |edge| edge.maintenance = maintenance)
+            .await?;
+        tracing::info!(pool, on, "maintenance mode set");
+        Ok(view)
+    }
+
+    async fn change_edge(
+        &self,
+        pool: &str,
+        change: impl FnOnce(&mut Edge),
+    ) -> Result<PoolView, ControlError> {
+        let (pool, _edit) = self.edit(pool).await?;
+        let mut edge = (**pool.edge.load()).clone();
+        change(&mut edge);
+        pool.edge.store(Arc::new(edge));
+        self.save_state();
+        Ok(pool.view())
+    }
+
     fn new_backend(&self, pool: &Pool, spec: &BackendSpec) -> Result<Arc<Backend>, ControlError> {
         Backend::new(spec, self.metrics.backend(&pool.name, &spec.name))
             .map_err(ControlError::Invalid)
@@ -244,4 +288,34 @@ impl Shared {
             }
         });
     }
+}
+
+fn check_preview(p: &Preview) -> Result<(), String> {
+    if http::HeaderName::from_bytes(p.header.as_bytes()).is_err() {
+        return Err(format!(
+            "preview header `{}` is not a valid header name",
+            p.header
+        ));
+    }
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if p.cookie.is_empty() || !p.cookie.chars().all(token) {
+        return Err(format!(
+            "preview cookie `{}` is not a valid cookie name",
+            p.cookie
+        ));
+    }
+    Ok(())
+}
+
+fn check_maintenance(m: &Maintenance) -> Result<(), String> {
+    if m.message.len() > 2000 || m.message.chars().any(|c| c.is_control() && c != '\n') {
+        return Err("the maintenance message must be at most 2000 characters of text".into());
+    }
+    if !(1..=86_400).contains(&m.retry_after_s) {
+        return Err(format!(
+            "retry_after_s = {} is outside 1..=86400 seconds",
+            m.retry_after_s
+        ));
+    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ use crate::Shared;
 use crate::attempt::Attempt;
 use crate::balance;
 use crate::client_body::{BodyWatch, ClientBody, ClientFault};
+use crate::edge::{self, Want};
 use crate::headers::{X_REQUEST_ID, is_upgrade, prepare_request_headers, strip_hop_by_hop};
 use crate::host::{RequestHost, request_host};
 use crate::metrics::ErrorKind;
@@ -104,6 +105,18 @@ async fn relay(
         ));
     };
 
+    let edge = pool.edge.load_full();
+    if let Some(maintenance) = &edge.maintenance
+        && edge::turned_away(maintenance, peer.ip())
+    {
+        shared.metrics.error(&pool.name, ErrorKind::Maintenance);
+        return Ok(edge::maintenance_page(maintenance, req.headers()));
+    }
+    let want = edge
+        .preview
+        .as_ref()
+        .map_or(Want::Any, |p| edge::want(p, req.headers()));
+
     let max_body = table.settings.max_body;
     let declared_length = content_length(req.headers());
     if declared_length.is_some_and(|len| len > max_body) {
@@ -159,7 +172,16 @@ async fn relay(
         // A fresh member set per attempt: a slow upload must not pick from before a switch.
         let members = pool.members.load_full();
         let picked = (attempts < MAX_ATTEMPTS)
-            .then(|| balance::pick(&members, pool.balance, route.as_deref(), &tried[..attempts]))
+            .then(|| {
+                edge::pick(
+                    &members,
+                    pool.balance,
+                    route.as_deref(),
+                    &tried[..attempts],
+                    edge.preview.as_ref(),
+                    want,
+                )
+            })
             .flatten();
         let Some(backend) = picked else {
             return Err(no_backend(shared, &pool, &members.backends, attempts > 0));

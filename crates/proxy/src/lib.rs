@@ -7,6 +7,7 @@ mod backend;
 mod balance;
 mod client_body;
 mod control;
+mod edge;
 mod forward;
 mod headers;
 mod health;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use backend::ChecksView;
 pub use control::{BackendPatch, ControlError, HealthMark};
+pub use edge::Edge;
 pub use metrics::Metrics;
 pub use reload::{BackendsFrom, ChangeKind, PoolChange, ReloadReport};
 pub use state::{BackendSpec, BackendView, PoolView};

@@ -79,6 +79,8 @@ pub enum ErrorKind {
     ClientBody,
     /// The client paused its body longer than `timeouts.request_body` (408).
     ClientTimeout,
+    /// Turned away by maintenance mode (503): on purpose, not a fault.
+    Maintenance,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

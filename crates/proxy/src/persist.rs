@@ -8,6 +8,7 @@ use std::path::Path;
 use nonstop_config::PoolConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::edge::Edge;
 use crate::state::{BackendSpec, Pool, Table};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -23,6 +24,9 @@ pub struct SavedPool {
     /// The members were set through the admin API; absent in files of older versions.
     #[serde(default)]
     pub managed: Option<bool>,
+    /// Preview and maintenance mode; absent in files of older versions.
+    #[serde(default)]
+    pub edge: Edge,
 }
 
 impl SavedState {
@@ -40,6 +44,16 @@ impl SavedState {
         });
         (managed || saved.section == section(config))
             .then_some((saved.backends.as_slice(), managed))
+    }
+}
+
+impl SavedState {
+    /// The preview and maintenance mode saved for `pool`, whatever became of its section.
+    pub fn edge(&self, pool: &str) -> Edge {
+        self.pools
+            .get(pool)
+            .map(|p| p.edge.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -78,6 +92,7 @@ pub fn save(path: &Path, table: &Table) -> std::io::Result<()> {
                     section: section(&pool.config),
                     backends: pool.specs(),
                     managed: Some(pool.managed()),
+                    edge: (**pool.edge.load()).clone(),
                 };
                 (pool.name.clone(), saved)
             })

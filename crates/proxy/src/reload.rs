@@ -231,7 +231,9 @@ pub(crate) fn build_table(
                         file_backends_ignored: false,
                     });
                 }
-                Pool::new(name, pool_config, backends, managed)
+                let pool = Pool::new(name, pool_config, backends, managed);
+                pool.edge.store(Arc::new(saved.edge(name)));
+                pool
             }
         };
         pools.push(pool);
@@ -325,7 +327,9 @@ fn merge(
         },
         file_backends_ignored: managed && file_changed,
     };
-    Ok((Pool::new(&old.name, config, backends, managed), change))
+    let pool = Pool::new(&old.name, config, backends, managed);
+    pool.edge.store(old.edge.load_full());
+    Ok((pool, change))
 }
 
 /// The running backend is exactly what `spec` says, so it can stay (with its health and counters).

@@ -10,6 +10,7 @@ use nonstop_config::{Balance, EjectConfig, HealthCheck, PoolConfig, Sticky};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::backend::{Backend, BackendSpec, BackendView, InFlight, check_weight};
+use crate::edge::Edge;
 use crate::metrics::Metrics;
 
 /// One immutable member set of a pool plus the round-robin bookkeeping that goes with it.
@@ -38,6 +39,8 @@ pub struct Pool {
     pub health: Option<HealthCheck>,
     pub eject: EjectConfig,
     pub members: ArcSwap<Members>,
+    /// Preview and maintenance rules, swapped whole like the member set.
+    pub edge: ArcSwap<Edge>,
     managed: AtomicBool,
     /// Serialises admin changes to the member set so none is lost; never taken on the request path.
     pub edit: Arc<tokio::sync::Mutex<()>>,
@@ -62,6 +65,7 @@ impl Pool {
             health: config.health.clone(),
             eject: config.eject,
             members: ArcSwap::from_pointee(Members::new(backends)),
+            edge: ArcSwap::from_pointee(Edge::default()),
             managed: AtomicBool::new(managed),
             edit: Arc::new(tokio::sync::Mutex::new(())),
             closed: CancellationToken::new(),
@@ -122,6 +126,7 @@ impl Pool {
                 .iter()
                 .map(|b| b.view(self.health.is_some()))
                 .collect(),
+            edge: (**self.edge.load()).clone(),
         }
     }
 }
@@ -132,6 +137,8 @@ pub struct PoolView {
     pub balance: Balance,
     pub sticky: Option<Sticky>,
     pub backends: Vec<BackendView>,
+    #[serde(flatten)]
+    pub edge: Edge,
 }
 
 /// Settings that may change on reload and are read on the request path.

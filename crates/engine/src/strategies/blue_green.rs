@@ -36,6 +36,12 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         steps.push(Step::Eligible {
             nodes: targets.clone(),
         });
+        let preview = self.config.preview.is_some() && !live.is_empty();
+        if preview {
+            steps.push(Step::Preview {
+                nodes: targets.clone(),
+            });
+        }
         let pause = |why| Step::Pause {
             why,
             limit: self.spec.pause_limit,
@@ -89,6 +95,9 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             purpose: SetPurpose::Switch,
             changes: switch,
         });
+        if preview {
+            steps.push(Step::Preview { nodes: Vec::new() });
+        }
         for node in &targets {
             steps.extend(self.hook_step(HookPoint::AfterTraffic, Some(node)));
         }

@@ -72,13 +72,27 @@ fn scratch() -> tempfile::TempDir {
 
 impl Service {
     pub fn new(strategy: &'static str, pool_health: bool) -> Service {
-        Service::edited(strategy, pool_health, |text| text)
+        Service::build(strategy, pool_health, "", |text| text)
+    }
+
+    /// [`Service::new`] with `extra` lines in `[services.shop]`.
+    pub fn with(strategy: &'static str, pool_health: bool, extra: &str) -> Service {
+        Service::build(strategy, pool_health, extra, |text| text)
     }
 
     /// A service whose config text `edit` changes first.
     pub fn edited(
         strategy: &'static str,
         pool_health: bool,
+        edit: impl FnOnce(String) -> String,
+    ) -> Service {
+        Service::build(strategy, pool_health, "", edit)
+    }
+
+    fn build(
+        strategy: &'static str,
+        pool_health: bool,
+        extra: &str,
         edit: impl FnOnce(String) -> String,
     ) -> Service {
         let count = if strategy == "rolling" { 3 } else { 2 };
@@ -110,6 +124,7 @@ verify = "1s"
 keep_warm = "10m"
 canary = {{ weight = 20, window = "5s" }}
 rolling = {{ max_unavailable = 1 }}
+{extra}
 "#,
             dir = dir.path().display()
         );

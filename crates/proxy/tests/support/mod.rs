@@ -239,7 +239,13 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// A pooled keep-alive client; it never resends a request on its own.
 pub fn client() -> HttpClient {
+    client_from(None)
+}
+
+/// [`client`] with its connections made from `local` (e.g. 127.0.0.2, for address rules).
+pub fn client_from(local: Option<std::net::IpAddr>) -> HttpClient {
     let mut connector = HttpConnector::new();
+    connector.set_local_address(local);
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .retry_canceled_requests(false)
@@ -271,13 +277,18 @@ pub struct Load {
 
 impl Load {
     pub fn start(url: String, concurrency: usize) -> Load {
+        Self::start_from(url, concurrency, None)
+    }
+
+    /// [`Load::start`] from the local address `local`.
+    pub fn start_from(url: String, concurrency: usize, local: Option<std::net::IpAddr>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let tasks = (0..concurrency)
             .map(|_| {
                 let (stop, sent, url) = (stop.clone(), sent.clone(), url.clone());
                 tokio::spawn(async move {
-                    let client = client();
+                    let client = client_from(local);
                     let (mut ok, mut failed) = (0, Vec::new());
                     while !stop.load(Ordering::Relaxed) {
                         sent.fetch_add(1, Ordering::Relaxed);

@@ -131,4 +131,11 @@ impl Balancer for FakeBalancer {
     fn knows_health_of_disabled(&self) -> bool {
         true
     }
+
+    async fn set_preview(&self, preview: Option<&nonstop_ports::Preview>) -> PortResult<()> {
+        let mut w = self.0.lock();
+        w.preview = preview.cloned();
+        w.previews.push(preview.map(|p| p.nodes.clone()));
+        Ok(())
+    }
 }

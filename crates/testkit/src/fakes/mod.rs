@@ -73,6 +73,9 @@ pub struct WorldState {
     pub service_nodes: Vec<NodeName>,
     pub next_pid: i32,
     pub reloads: usize,
+    /// The targeted preview the balancer holds, and every one it was given (`None`: cleared).
+    pub preview: Option<nonstop_ports::Preview>,
+    pub previews: Vec<Option<Vec<NodeName>>>,
 }
 
 #[derive(Clone, Default)]
