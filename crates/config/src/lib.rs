@@ -2,6 +2,7 @@
 //! Loading never half-succeeds: every error names the file, the line and what to change.
 
 pub mod driver;
+pub mod env_file;
 mod error;
 pub mod hosts;
 pub mod lifecycle;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use driver::{BalancerKind, DriverTable, RuntimeKind, RuntimeShared};
+pub use env_file::{EnvFileError, read_env_files};
 pub use error::ConfigError;
 pub use hosts::HostConfig;
 pub use proxy::{

@@ -2,9 +2,11 @@
 //! process runs where) and a `Probe` (is it healthy). Drivers live in their own crates.
 
 pub mod analysis;
+pub mod hook;
 pub mod template;
 
 pub use analysis::{Analysis, AnalysisWindow, Verdict};
+pub use hook::{HookOutput, HookRun};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -276,6 +278,16 @@ pub trait Runtime: Send + Sync {
     fn port_free(&self, ip: &str, port: u16) -> impl Future<Output = bool> + Send {
         let free = std::net::TcpListener::bind((ip, port)).is_ok();
         async move { free }
+    }
+    /// Runs a per-node lifecycle hook on the host of `node`. `None` (the default): the node
+    /// runs on this machine, and the engine spawns the hook here itself.
+    fn run_hook(
+        &self,
+        node: &NodeName,
+        run: &HookRun,
+    ) -> impl Future<Output = Option<PortResult<HookOutput>>> + Send {
+        let _ = (node, run);
+        async { None }
     }
 }
 
