@@ -7,7 +7,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use nonstop_testkit::netns::NetnsVeth;
 use support::fleet::{Host, deploy_with, enrol, service_toml_with};
@@ -185,7 +184,6 @@ async fn hooks_and_release_environment_on_remote_hosts() {
 
     // Each node's three hooks ran on its own host (namespace), in order, with its values.
     let seen = hook_lines(&hook_log);
-    let mut order = Vec::new();
     for (node, host) in [("a1", &hosts[0]), ("b1", &hosts[1])] {
         let runs: Vec<&BTreeMap<String, String>> =
             seen.iter().filter(|s| s["node"] == node).collect();
@@ -209,7 +207,6 @@ async fn hooks_and_release_environment_on_remote_hosts() {
                 "the host's own release dir: {release_dir}"
             );
         }
-        order.push(points);
     }
     // Rolling, one node at a time: a1's three hooks come before b1's.
     assert_eq!(seen[0]["node"], "a1", "{seen:#?}");
