@@ -221,13 +221,23 @@ impl AgentClient {
         path: &str,
         body: &B,
     ) -> Result<T, AgentError> {
+        self.post_within(path, body, CALL_TIMEOUT).await
+    }
+
+    /// [`AgentClient::post`] for a call that may take longer (a hook runs to its own timeout).
+    pub async fn post_within<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, AgentError> {
         let json = serde_json::to_vec(body).expect("plain data");
         self.call(
             Method::POST,
             path,
             &[("content-type", "application/json".into())],
             full(json),
-            CALL_TIMEOUT,
+            timeout,
         )
         .await
     }

@@ -1,6 +1,8 @@
 //! The agent protocol's messages and routes, shared by the client here and the agent's server.
 //! Only typed operations on configured services: no command, path or pid is taken from the wire.
 
+use std::collections::BTreeMap;
+
 use nonstop_ports::{Instance, LbState, Member, NodeName, Version};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +19,7 @@ pub mod routes {
     pub const STOP: &str = "/v1/services/{service}/nodes/{node}/stop";
     pub const STATUS: &str = "/v1/services/{service}/nodes/{node}/status";
     pub const LOGS: &str = "/v1/services/{service}/nodes/{node}/logs";
+    pub const HOOK: &str = "/v1/services/{service}/nodes/{node}/hooks/{hook}";
     pub const MEMBERS: &str = "/v1/services/{service}/balancer/members";
     pub const REGISTER: &str = "/v1/services/{service}/balancer/register";
     pub const STATE: &str = "/v1/services/{service}/balancer/state";
@@ -31,6 +34,7 @@ pub mod routes {
         ("POST", STOP),
         ("POST", STATUS),
         ("GET", LOGS),
+        ("POST", HOOK),
         ("GET", MEMBERS),
         ("POST", REGISTER),
         ("POST", STATE),
@@ -42,6 +46,22 @@ pub mod routes {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StartRequest {
     pub version: Version,
+    /// The release's own environment (`--env`), on top of the service's `env` and `env_files`
+    /// the agent reads from its own config and host.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Runs the node's hook `{hook}` as the agent's own config defines it (argv, timeout): the
+/// caller sends only the deploy's values; the service, node, port and release paths are the
+/// agent's own. The answer is a [`nonstop_ports::HookOutput`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookRequest {
+    pub version: Version,
+    #[serde(default)]
+    pub old_version: Option<Version>,
+    pub deploy: i64,
+    pub strategy: String,
 }
 
 /// Names the instance the caller means; the agent acts only if its own record matches.

@@ -2,12 +2,13 @@
 //! agent of the node's (or the balancer's) host; a lost agent is a failed step, which rolls back.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use nonstop_ports::{
-    Balancer, Instance, InstanceSpec, LbState, Member, NodeName, PortError, PortResult,
-    Replacement, Runtime,
+    Balancer, HookOutput, HookRun, Instance, InstanceSpec, LbState, Member, NodeName, PortError,
+    PortResult, Replacement, Runtime, Version,
 };
 
 use crate::protocol::{self, routes};
@@ -17,15 +18,23 @@ use crate::{AgentClient, path};
 pub struct RemoteRuntime {
     service: String,
     agents: BTreeMap<NodeName, AgentClient>,
+    replacement: Replacement,
     /// (agent, version) pairs already uploaded by this process.
     uploaded: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl RemoteRuntime {
-    pub fn new(service: &str, agents: BTreeMap<NodeName, AgentClient>) -> RemoteRuntime {
+    /// `replacement` is the hosts' runtime's, read from the same config (`Beside` for Tomcat
+    /// parallel deployment, else `StopFirst`).
+    pub fn new(
+        service: &str,
+        agents: BTreeMap<NodeName, AgentClient>,
+        replacement: Replacement,
+    ) -> RemoteRuntime {
         RemoteRuntime {
             service: service.to_string(),
             agents,
+            replacement,
             uploaded: Mutex::new(BTreeSet::new()),
         }
     }
@@ -43,6 +52,51 @@ impl RemoteRuntime {
         )
     }
 
+    async fn remote_hook(&self, node: &NodeName, run: &HookRun) -> PortResult<HookOutput> {
+        let agent = self.agent(node)?;
+        let value = |name: &str| run.values.get(name).cloned().unwrap_or_default();
+        // `after_install` means installed on the node's host: ship the release there first.
+        let artifact = value("artifact");
+        if !artifact.is_empty() {
+            self.ensure_uploaded(agent, &value("version"), Path::new(&artifact))
+                .await?;
+        }
+        let old_version = value("old_version");
+        let request = protocol::HookRequest {
+            version: Version(value("version")),
+            old_version: (!old_version.is_empty()).then_some(Version(old_version)),
+            deploy: value("deploy").parse().unwrap_or_default(),
+            strategy: value("strategy"),
+        };
+        let route = path(
+            routes::HOOK,
+            &[
+                ("service", &self.service),
+                ("node", node.as_str()),
+                ("hook", &run.point),
+            ],
+        );
+        // The agent stops the hook at its own timeout; the margin covers the round trip.
+        let timeout = run.timeout + Duration::from_secs(15);
+        Ok(agent.post_within(&route, &request, timeout).await?)
+    }
+
+    /// Uploads release `version` to `agent`'s host unless this deploy did already.
+    async fn ensure_uploaded(
+        &self,
+        agent: &AgentClient,
+        version: &str,
+        artifact: &Path,
+    ) -> PortResult<()> {
+        let key = (agent.name().to_string(), version.to_string());
+        if self.uploaded.lock().expect("not poisoned").contains(&key) {
+            return Ok(());
+        }
+        agent.upload(&self.service, version, artifact).await?;
+        self.uploaded.lock().expect("not poisoned").insert(key);
+        Ok(())
+    }
+
     fn reference(instance: &Instance) -> protocol::InstanceRef {
         protocol::InstanceRef {
             version: instance.version.clone(),
@@ -53,32 +107,21 @@ impl RemoteRuntime {
 }
 
 impl Runtime for RemoteRuntime {
-    /// Always `StopFirst`: the agent's start refuses a node that still runs an instance, so the
-    /// engine must stop the old one first (the agent itself skips its port check for a runtime
-    /// that keeps its server's port, so an in-place Tomcat manager works on a host; `Beside`
-    /// would need the agent protocol to carry it).
+    /// `Beside` for Tomcat parallel deployment (the agent then starts the new release next to
+    /// the old one in the same server and answers for either version of that server's record);
+    /// otherwise `StopFirst`: the agent's start refuses a node that still runs an instance, and
+    /// it skips its port check itself for a server that keeps its port (in-place manager).
     fn replacement(&self) -> Replacement {
-        Replacement::StopFirst
+        self.replacement
     }
 
     async fn start(&self, spec: &InstanceSpec) -> PortResult<Instance> {
         let agent = self.agent(&spec.node)?;
-        if !spec.env.is_empty() {
-            return Err(PortError::new(format!(
-                "a release's own environment (--env) is not sent to agents; set `env` in the runtime table of the config on {}",
-                agent.name()
-            )));
-        }
-        let key = (agent.name().to_string(), spec.version.to_string());
-        let known = self.uploaded.lock().expect("not poisoned").contains(&key);
-        if !known {
-            agent
-                .upload(&self.service, spec.version.as_str(), &spec.artifact)
-                .await?;
-            self.uploaded.lock().expect("not poisoned").insert(key);
-        }
+        self.ensure_uploaded(agent, spec.version.as_str(), &spec.artifact)
+            .await?;
         let request = protocol::StartRequest {
             version: spec.version.clone(),
+            env: spec.env.clone(),
         };
         Ok(agent
             .post(&self.node_path(routes::START, &spec.node), &request)
@@ -95,6 +138,11 @@ impl Runtime for RemoteRuntime {
             .post(&self.node_path(routes::STOP, &instance.node), &request)
             .await?;
         Ok(())
+    }
+
+    /// Every per-node hook runs on the node's host, through its agent (never here).
+    async fn run_hook(&self, node: &NodeName, run: &HookRun) -> Option<PortResult<HookOutput>> {
+        Some(self.remote_hook(node, run).await)
     }
 
     /// An agent that cannot be asked counts as "not running": the engine then rolls back

@@ -1,9 +1,11 @@
 //! `nonstop agent`: one per host. It runs the host-local steps of a remote deploy (receive a
-//! release, start, stop, status, logs, the balancer on this host) for the console only.
+//! release, start, stop, status, logs, the node's lifecycle hooks, the balancer on this host) for
+//! the console only.
 //!
 //! Every connection is mutual TLS against the console's CA, and only the peer named
 //! [`nonstop_pki::CONSOLE_NAME`] may call; another agent's certificate gets 403 for everything.
 
+mod hooks;
 mod host;
 mod identity;
 mod join;

@@ -69,6 +69,7 @@ pub fn router(state: Shared) -> axum::Router {
         .route(routes::STOP, post(stop))
         .route(routes::STATUS, post(status))
         .route(routes::LOGS, get(crate::logs::logs))
+        .route(routes::HOOK, post(crate::hooks::run_hook))
         .route(routes::MEMBERS, get(members))
         .route(routes::REGISTER, post(register))
         .route(routes::STATE, post(set_state))
@@ -296,6 +297,7 @@ async fn start(
     Json(request): Json<protocol::StartRequest>,
 ) -> Result<Json<Instance>> {
     check_plain("version", request.version.as_str())?;
+    check_env(&request.env)?;
     let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
     let config = svc
         .node_here(&state.host.name, &node_name)
@@ -307,7 +309,9 @@ async fn start(
         )
     })?;
     let store = svc.store.lock().await;
-    if let Ok(Some(record)) = store.instance(&node)
+    // Tomcat parallel deployment starts the new release next to the running one, on purpose.
+    if runtime.replacement() != Replacement::Beside
+        && let Ok(Some(record)) = store.instance(&node)
         && runtime.is_running(&record.instance).await
     {
         return Err(ApiError::new(
@@ -332,13 +336,17 @@ async fn start(
             ),
         ));
     }
+    // This host's secrets, read now and only here, under the release's own `--env`.
+    let mut env = nonstop_config::read_env_files(&svc.config.runtime.shared.env_files)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{node} not started: {e}")))?;
+    env.extend(request.env);
     let spec = InstanceSpec {
         node: node.clone(),
         port,
         version: release.version.clone(),
         release_dir: release.dir.clone(),
         artifact: release.artifact(),
-        env: Default::default(),
+        env,
         log: release.log(node.as_str()),
     };
     let instance = runtime.start(&spec).await.map_err(port_error)?;
@@ -349,11 +357,33 @@ async fn start(
     Ok(Json(instance))
 }
 
-/// Whether our record for the node is the instance the caller names.
-fn matches(record: &Instance, wanted: &protocol::InstanceRef) -> bool {
-    record.pid == wanted.pid
-        && record.start_ticks == wanted.start_ticks
-        && record.version == wanted.version
+/// A release's `--env`: names without `=` or NUL, values without NUL (a process cannot take
+/// them); the value is never quoted back.
+fn check_env(env: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    for (name, value) in env {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            let shown: String = name.chars().take(80).collect();
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "environment variable `{}` cannot be set: a name needs no `=` or NUL, a value no NUL",
+                    shown.escape_debug()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The instance the caller names, if our record for the node is it: the same process, and the
+/// same version — or, for a runtime that runs several releases in one server (`Beside`), the
+/// other release of that same server (the record names the newest).
+fn named(record: &Instance, wanted: &protocol::InstanceRef, beside: bool) -> Option<Instance> {
+    let same_process = record.pid == wanted.pid && record.start_ticks == wanted.start_ticks;
+    (same_process && (record.version == wanted.version || beside)).then(|| Instance {
+        version: wanted.version.clone(),
+        ..record.clone()
+    })
 }
 
 async fn stop(
@@ -370,7 +400,8 @@ async fn stop(
     let Some(record) = record else {
         return Ok(Json(serde_json::json!({ "stopped": false })));
     };
-    if !matches(&record.instance, &request.instance) {
+    let beside = runtime.replacement() == Replacement::Beside;
+    let Some(instance) = named(&record.instance, &request.instance, beside) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -378,15 +409,15 @@ async fn stop(
                 record.instance.version, record.instance.pid
             ),
         ));
-    }
+    };
     let grace = Duration::from_millis(request.grace_ms.min(600_000));
-    runtime
-        .stop(&record.instance, grace)
-        .await
-        .map_err(port_error)?;
-    store
-        .remove_instance(&node)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    runtime.stop(&instance, grace).await.map_err(port_error)?;
+    // Stopping the older release beside the newest leaves the record (the newest's) in place.
+    if instance.version == record.instance.version {
+        store
+            .remove_instance(&node)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
     tracing::info!(service = %service_name, node = %node, "stopped");
     Ok(Json(serde_json::json!({ "stopped": true })))
 }
@@ -398,6 +429,7 @@ async fn status(
 ) -> Result<Json<protocol::Status>> {
     check_plain("version", wanted.version.as_str())?;
     let (svc, runtime, node) = node(&state, &service_name, &node_name)?;
+    let beside = runtime.replacement() == Replacement::Beside;
     let record = svc
         .store
         .lock()
@@ -405,8 +437,11 @@ async fn status(
         .instance(&node)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let running = match record {
-        Some(r) if matches(&r.instance, &wanted) => runtime.is_running(&r.instance).await,
-        _ => false,
+        Some(r) => match named(&r.instance, &wanted, beside) {
+            Some(instance) => runtime.is_running(&instance).await,
+            None => false,
+        },
+        None => false,
     };
     Ok(Json(protocol::Status { running }))
 }

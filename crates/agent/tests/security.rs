@@ -61,6 +61,7 @@ strategy = "rolling"
 balancer = {{ kind = "command", enable = ["true"], drain = ["true"], disable = ["true"], status = ["true"] }}
 runtime = {{ kind = "process", start = ["sleep", "60"] }}
 releases = {{ dir = "{}" }}
+hooks = {{ after_install = {{ run = ["/bin/echo", "installed {{node}} {{version}} after {{old_version}}"] }}, before_deploy = {{ run = ["/bin/true"] }} }}
 
 [[services.shop.nodes]]
 name = "a1"
@@ -117,7 +118,12 @@ port = {port}
 fn route_path(route: &str) -> String {
     nonstop_agent_client::path(
         route,
-        &[("service", "shop"), ("node", "a1"), ("version", "v1")],
+        &[
+            ("service", "shop"),
+            ("node", "a1"),
+            ("version", "v1"),
+            ("hook", "after_install"),
+        ],
     )
 }
 
@@ -155,7 +161,7 @@ async fn every_route_refuses_callers_without_the_console_identity() {
     let console = setup.console();
     assert_eq!(
         routes::ALL.len(),
-        11,
+        12,
         "a new route must be added to this test's reasoning"
     );
     for (method, route) in routes::ALL {
@@ -354,7 +360,12 @@ async fn bad_uploads_and_requests_get_clear_errors_and_change_nothing() {
 fn route_path_with(route: &str, value: &str) -> String {
     nonstop_agent_client::path(
         route,
-        &[("service", value), ("node", value), ("version", value)],
+        &[
+            ("service", value),
+            ("node", value),
+            ("version", value),
+            ("hook", value),
+        ],
     )
 }
 
@@ -415,6 +426,18 @@ async fn every_route_checks_names_versions_and_body_size_before_acting() {
             serde_json::json!({"instance": {"version": "../v1", "pid": 1, "start_ticks": 0}, "grace_ms": 10}),
         ),
         (routes::REGISTER, serde_json::json!({"node": "../a1"})),
+        (
+            routes::HOOK,
+            serde_json::json!({"version": "../v1", "deploy": 1, "strategy": "rolling"}),
+        ),
+        (
+            routes::HOOK,
+            serde_json::json!({"version": "v1", "old_version": "v0/..", "deploy": 1, "strategy": "rolling"}),
+        ),
+        (
+            routes::START,
+            serde_json::json!({"version": "v1", "env": {"A=B": "x"}}),
+        ),
         (
             routes::STATE,
             serde_json::json!({"node": "a1/../..", "state": "active"}),
@@ -553,4 +576,35 @@ async fn the_state_directory_and_identity_are_private() {
     assert_eq!(mode("agent"), 0o700);
     assert_eq!(mode("agent/identity"), 0o700);
     assert_eq!(mode("agent/identity/agent.key"), 0o600);
+}
+
+/// A hook runs only as this agent's config writes it, and only at a per-node point.
+#[tokio::test]
+async fn the_hook_route_runs_only_the_configured_per_node_hook() {
+    let setup = Setup::start(1 << 20).await;
+    let console = setup.console();
+    let hook = |point: &str| {
+        nonstop_agent_client::path(
+            routes::HOOK,
+            &[("service", "shop"), ("node", "a1"), ("hook", point)],
+        )
+    };
+    let body = serde_json::json!({"version": "v2", "old_version": "v1", "deploy": 7, "strategy": "rolling"});
+    let output: nonstop_ports::HookOutput =
+        console.post(&hook("after_install"), &body).await.unwrap();
+    assert!(output.success, "{output:?}");
+    assert_eq!(output.lines, ["installed a1 v2 after v1"]);
+    // Configured, but service-wide: it runs where the deploy runs, never through an agent.
+    let err = console
+        .post::<_, serde_json::Value>(&hook("before_deploy"), &body)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, Some(StatusCode::BAD_REQUEST), "{err}");
+    // Per-node, but not in this agent's config: nothing to run.
+    let err = console
+        .post::<_, serde_json::Value>(&hook("before_traffic"), &body)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, Some(StatusCode::NOT_FOUND), "{err}");
+    assert!(err.message.contains("no `before_traffic` hook"), "{err}");
 }

@@ -4,111 +4,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nonstop_agent::Credentials;
 use nonstop_testkit::netns::NetnsVeth;
-use support::{KillUnder, Load, Proc, Proxy, hello_bin, nonstop_bin, wait_until};
+use support::fleet::{Host, deploy, enrol, service_toml};
+use support::{KillUnder, Load, Proc, Proxy, nonstop_bin, wait_until};
 use tokio::io::AsyncBufReadExt;
 
 const HOSTS: [&str; 3] = ["web1", "web2", "web3"];
-const AGENT_PORT: u16 = 7443;
-
-/// The console side's fleet credentials and one enrolled identity per host, as
-/// `nonstop agent join` leaves them (the join itself over HTTPS is tested with the console).
-fn enrol(console_state: &Path, agent_state: &Path, name: &str) {
-    nonstop_drivers::Fleet::open(console_state).unwrap();
-    let pki = console_state.join("pki");
-    let authority = nonstop_pki::Authority::open(&pki, "nonstop console").unwrap();
-    let request = nonstop_pki::AgentRequest::new(name).unwrap();
-    Credentials {
-        name: name.to_string(),
-        identity: nonstop_pki::Identity {
-            cert_pem: authority.sign_agent(&request.csr_pem, name).unwrap(),
-            key_pem: request.key_pem,
-        },
-        ca_pem: authority.cert_pem.clone(),
-    }
-    .save(agent_state)
-    .unwrap();
-}
-
-struct Host {
-    ns: NetnsVeth,
-    state: PathBuf,
-    agent: Option<Proc>,
-}
-
-impl Host {
-    fn agent_addr(&self) -> String {
-        format!("{}:{AGENT_PORT}", self.ns.ns_addr)
-    }
-
-    async fn start_agent(&mut self, config: &Path) {
-        let child = nonstop_testkit::peer::command("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .arg(nonstop_bin())
-            .args(["agent", "run", "--config"])
-            .arg(config)
-            .arg("--state")
-            .arg(&self.state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.agent = Some(Proc { child });
-        let addr = self.agent_addr();
-        wait_until(&format!("agent on {addr}"), Duration::from_secs(15), || {
-            let addr = addr.clone();
-            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
-        })
-        .await;
-    }
-}
-
-fn service_toml(name: &str, balancer: &str, base: &Path, nodes: &[(&str, &str, u16)]) -> String {
-    let mut text = format!(
-        r#"
-[services.{name}]
-strategy = "rolling"
-{balancer}
-runtime = {{ kind = "process", start = ["{hello}", "--listen", "0.0.0.0:{{port}}", "--version", "{{version}}", "--node", "{{node}}"], stop_grace = "5s" }}
-releases = {{ dir = "{base}" }}
-health = {{ path = "/health", expect_body = "UP", interval = "50ms", deadline = "10s", successes = 2 }}
-drain = {{ timeout = "5s" }}
-verify = "200ms"
-"#,
-        hello = hello_bin().display(),
-        base = base.display()
-    );
-    for (node, host, port) in nodes {
-        text.push_str(&format!(
-            "\n[[services.{name}.nodes]]\nname = \"{node}\"\nhost = \"{host}\"\nport = {port}\n"
-        ));
-    }
-    text
-}
-
-async fn deploy(
-    config: &Path,
-    fleet: &Path,
-    service: &str,
-    version: &str,
-    artifact: &Path,
-) -> std::process::Output {
-    tokio::process::Command::new(nonstop_bin())
-        .args(["deploy", service])
-        .arg(artifact)
-        .args(["--version", version, "--config"])
-        .arg(config)
-        .arg("--fleet")
-        .arg(fleet)
-        .output()
-        .await
-        .unwrap()
-}
 
 /// Deploys `version` while a request stream runs through `url`; the deploy must succeed and no
 /// request may fail.

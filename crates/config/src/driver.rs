@@ -174,7 +174,7 @@ impl DriverKind for RuntimeKind {
 }
 
 /// Keys every runtime table may hold besides its driver's own settings.
-pub const RUNTIME_SHARED_KEYS: &[&str] = &["stop_grace", "env"];
+pub const RUNTIME_SHARED_KEYS: &[&str] = &["stop_grace", "env", "env_files"];
 
 /// The settings every runtime shares, read from the same table as the driver's.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -185,6 +185,10 @@ pub struct RuntimeShared {
     /// Extra environment for every instance.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// Secrets: absolute paths of `KEY=VALUE` files read on the host where each instance starts
+    /// (see [`crate::env_file`]); never read where the instance does not run.
+    #[serde(default)]
+    pub env_files: Vec<std::path::PathBuf>,
 }
 
 impl Default for RuntimeShared {
@@ -192,6 +196,7 @@ impl Default for RuntimeShared {
         RuntimeShared {
             stop_grace: default_stop_grace(),
             env: Default::default(),
+            env_files: Vec::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod driver;
+pub mod env_file;
 mod error;
 pub mod hosts;
 pub mod lifecycle;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use driver::{BalancerKind, DriverTable, RuntimeKind, RuntimeShared};
+pub use env_file::{EnvFileError, read_env_files};
 pub use error::ConfigError;
 pub use hosts::HostConfig;
 pub use proxy::{

@@ -160,6 +160,19 @@ mod tests {
     }
 
     #[test]
+    fn per_node_hooks_are_allowed_for_nodes_on_hosts() {
+        let text = "[hosts.web1]\nagent = \"10.0.0.1:7443\"\n[services.shop]\nstrategy = \"rolling\"\nbalancer = { kind = \"command\", enable = [\"x\"], drain = [\"x\"], disable = [\"x\"] }\nruntime = { kind = \"process\", start = [\"app\"] }\nreleases = { dir = \"/tmp/shop\" }\nhooks = { after_install = { run = [\"/bin/true\", \"{node}\"] }, before_traffic = { run = [\"/bin/true\"] } }\n[[services.shop.nodes]]\nname = \"a\"\nhost = \"web1\"\nport = 1\n";
+        let config = Config::parse(&Source {
+            path: "nonstop.toml".into(),
+            text: text.into(),
+        })
+        .unwrap();
+        let shop = &config.services["shop"];
+        assert!(shop.on_hosts());
+        assert!(shop.hooks.after_install.is_some());
+    }
+
+    #[test]
     fn hooks_are_checked_with_their_line() {
         let config =
             parse("hooks = { before_deploy = { run = [\"/bin/true\", \"{version}\"] } }").unwrap();

@@ -429,27 +429,30 @@ impl ServiceConfig {
         if let Some(preview) = &self.preview {
             preview.get_ref().check(name, &self.strategy, source)?;
         }
-        if self.on_hosts() {
-            let per_node = [
-                ("after_install", &self.hooks.after_install),
-                ("before_traffic", &self.hooks.before_traffic),
-                ("after_traffic", &self.hooks.after_traffic),
-            ];
-            if let Some((point, Some(hook))) = per_node.into_iter().find(|(_, h)| h.is_some()) {
-                return Err(source.error_at(
-                    hook.run.span(),
-                    format!(
-                        "service `{name}`: the per-node hook `{point}` would run on this machine, but the nodes run on [hosts] through agents"
-                    ),
-                    Some("per-node hooks through agents are not supported yet; use before_deploy / after_deploy, which run where `nonstop deploy` runs".into()),
-                ));
-            }
-        }
         let path = ["services", name, "runtime"];
         self.runtime.shared = self
             .runtime
             .table
             .settings(source, &path, |k| RUNTIME_SHARED_KEYS.contains(&k))?;
+        if let Some(relative) = self
+            .runtime
+            .shared
+            .env_files
+            .iter()
+            .find(|p| !p.is_absolute())
+        {
+            return Err(source.error_at(
+                self.runtime.table.span.clone(),
+                format!(
+                    "service `{name}`: env file `{}` is not an absolute path",
+                    relative.display()
+                ),
+                Some(
+                    "give the full path on the host where the instances run, e.g. env_files = [\"/etc/nonstop/shop.env\"]"
+                        .into(),
+                ),
+            ));
+        }
         let driver_only = |k: &str| !RUNTIME_SHARED_KEYS.contains(&k);
         if self.runtime.kind() == RuntimeKind::Process {
             self.runtime.process = Some(self.runtime.table.settings(source, &path, driver_only)?);

@@ -19,8 +19,8 @@ use nonstop_config::service::BALANCER_SHARED_KEYS;
 use nonstop_config::{BalancerKind, Config, ConfigError, RuntimeKind, ServiceConfig, Source};
 use nonstop_engine::{DeployError, Engine, Event};
 use nonstop_ports::{
-    Balancer, Instance, InstanceSpec, LbState, Maintenance, Member, NodeName, PortError,
-    PortResult, Preview, Replacement, Runtime,
+    Balancer, HookOutput, HookRun, Instance, InstanceSpec, LbState, Maintenance, Member, NodeName,
+    PortError, PortResult, Preview, Replacement, Runtime,
 };
 use nonstop_probe_http::HttpProbe;
 use nonstop_runtime_command::{CommandRuntime, CommandRuntimeConfig};
@@ -294,7 +294,11 @@ pub fn build_for(
                 )
             })
             .collect();
-        AnyRuntime::Remote(RemoteRuntime::new(name, agents))
+        AnyRuntime::Remote(RemoteRuntime::new(
+            name,
+            agents,
+            remote_replacement(name, svc, source)?,
+        ))
     } else {
         local_runtime(name, svc, source)?
     };
@@ -343,6 +347,26 @@ fn local_balancer(
         }
     };
     Ok(balancer)
+}
+
+/// How the hosts' runtime replaces a release, as the engine here must sequence it: Tomcat
+/// parallel deployment starts beside the old release; everything else stops it first (the
+/// agent itself knows not to check the port of a server that keeps it).
+fn remote_replacement(
+    name: &str,
+    svc: &ServiceConfig,
+    source: &Source,
+) -> Result<Replacement, String> {
+    Ok(
+        match runtime_settings(name, svc, source).map_err(|e| e.to_string())? {
+            RuntimeSettings::Tomcat(c)
+                if c.deploy == nonstop_runtime_tomcat::DeployMode::Manager && c.parallel =>
+            {
+                Replacement::Beside
+            }
+            _ => Replacement::StopFirst,
+        },
+    )
 }
 
 fn local_runtime(name: &str, svc: &ServiceConfig, source: &Source) -> Result<AnyRuntime, String> {
@@ -587,6 +611,9 @@ impl Runtime for AnyRuntime {
     }
     async fn port_free(&self, ip: &str, port: u16) -> bool {
         each_runtime!(self, r => r.port_free(ip, port).await)
+    }
+    async fn run_hook(&self, node: &NodeName, run: &HookRun) -> Option<PortResult<HookOutput>> {
+        each_runtime!(self, r => r.run_hook(node, run).await)
     }
 }
 

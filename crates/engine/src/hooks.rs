@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
-use nonstop_ports::{Balancer, NodeName, Probe, Runtime};
+use nonstop_ports::{Balancer, HookOutput, HookRun, NodeName, PortResult, Probe, Runtime};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
@@ -75,16 +75,34 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
             .map(|a| nonstop_ports::template::fill(a, &values))
             .collect();
         let started = Instant::now();
-        let outcome = self
-            .spawn_logged(
-                &argv,
-                &values,
-                &Default::default(),
-                None,
-                hook.timeout,
-                node,
-            )
-            .await;
+        let on_host = match node {
+            Some(node) => {
+                let request = HookRun {
+                    point: point.as_str().to_string(),
+                    values: values
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
+                    timeout: hook.timeout,
+                };
+                self.runtime.run_hook(node, &request).await
+            }
+            None => None,
+        };
+        let outcome = match on_host {
+            Some(answer) => self.host_outcome(answer, node),
+            None => {
+                self.spawn_logged(
+                    &argv,
+                    &values,
+                    &Default::default(),
+                    None,
+                    hook.timeout,
+                    node,
+                )
+                .await
+            }
+        };
         let took = crate::executor::took(started.elapsed());
         match outcome {
             Ok(tail) => Ok(format!("hook {} passed in {took}{tail}", point.as_str())),
@@ -100,6 +118,34 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 self.event(EventKind::Warn, node, message.clone());
                 Ok(message)
             }
+        }
+    }
+
+    /// A hook run on the node's host (through its agent), told as a local one is: its output as
+    /// progress, `Ok` with the last lines it printed.
+    fn host_outcome(
+        &self,
+        answer: PortResult<HookOutput>,
+        node: Option<&NodeName>,
+    ) -> Result<String, String> {
+        let output = answer.map_err(|e| format!("on the node's host: {e}"))?;
+        if output.dropped > 0 {
+            let dropped = format!("│ ({} earlier lines not kept)", output.dropped);
+            self.event(EventKind::Progress, node, dropped);
+        }
+        for line in &output.lines {
+            self.event(EventKind::Progress, node, format!("│ {line}"));
+        }
+        let last = &output.lines[output.lines.len().saturating_sub(3)..];
+        let tail = if last.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", last.join(" | "))
+        };
+        if output.success {
+            Ok(tail)
+        } else {
+            Err(format!("{}{tail}", output.status))
         }
     }
 

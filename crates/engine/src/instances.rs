@@ -37,6 +37,19 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         }
     }
 
+    /// The spec of a start: on this machine the service's `env_files` are read now, under the
+    /// release's own `--env` (they never reach the journal or the store); an agent reads its own.
+    fn start_spec(&self, release: &Release, node: &NodeName) -> Result<InstanceSpec, StepError> {
+        let mut spec = self.instance_spec(release, node);
+        if !self.spec.on_hosts && !self.spec.env_files.is_empty() {
+            let mut env = nonstop_config::read_env_files(&self.spec.env_files)
+                .map_err(|e| StepError::Failed(format!("{node} did not start: {e}")))?;
+            env.append(&mut spec.env);
+            spec.env = env;
+        }
+        Ok(spec)
+    }
+
     /// The live instance of `version` on `node`: the store's record, this deploy's own, or one
     /// started but never recorded (found by the runtime).
     pub(crate) async fn instance_of(
@@ -100,7 +113,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let spec = self.instance_spec(&release, node);
+        let spec = self.start_spec(&release, node)?;
         let instance = self
             .runtime
             .start(&spec)
@@ -190,7 +203,7 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         let release = self.release_of(run, version)?;
         let instance = self
             .runtime
-            .start(&self.instance_spec(&release, node))
+            .start(&self.start_spec(&release, node)?)
             .await
             .map_err(|e| StepError::Failed(format!("{node} did not start: {e}")))?;
         self.store

@@ -127,6 +127,8 @@ pub struct ServiceSpec {
     pub keep_releases: usize,
     /// Nodes run on other hosts (through agents): local port checks do not apply.
     pub on_hosts: bool,
+    /// Secret `KEY=VALUE` files, read at each start on the host where the instance runs.
+    pub env_files: Vec<std::path::PathBuf>,
     pub hooks: BTreeMap<HookPoint, HookSpec>,
     pub migrate: Option<MigrationSpec>,
     /// How long a pause waits for a decision before the deploy aborts itself.
@@ -193,6 +195,7 @@ impl ServiceSpec {
             stop_grace: config.runtime.shared.stop_grace.0,
             keep_releases: *config.releases.keep.get_ref(),
             on_hosts: config.on_hosts(),
+            env_files: config.runtime.shared.env_files.clone(),
             hooks: config
                 .hooks
                 .all()

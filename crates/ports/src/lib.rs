@@ -3,10 +3,12 @@
 
 pub mod analysis;
 pub mod edge;
+pub mod hook;
 pub mod template;
 
 pub use analysis::{Analysis, AnalysisWindow, Verdict};
 pub use edge::{Maintenance, Preview};
+pub use hook::{HookOutput, HookRun};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -309,6 +311,16 @@ pub trait Runtime: Send + Sync {
     fn port_free(&self, ip: &str, port: u16) -> impl Future<Output = bool> + Send {
         let free = std::net::TcpListener::bind((ip, port)).is_ok();
         async move { free }
+    }
+    /// Runs a per-node lifecycle hook on the host of `node`. `None` (the default): the node
+    /// runs on this machine, and the engine spawns the hook here itself.
+    fn run_hook(
+        &self,
+        node: &NodeName,
+        run: &HookRun,
+    ) -> impl Future<Output = Option<PortResult<HookOutput>>> + Send {
+        let _ = (node, run);
+        async { None }
     }
 }
 

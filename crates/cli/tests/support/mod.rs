@@ -24,6 +24,7 @@ pub use nonstop_testkit::hello::{Hello, hello_bin};
 pub use nonstop_testkit::process::{KillUnder, Proc, read_line_matching};
 pub use nonstop_testkit::wait_until;
 
+pub mod fleet;
 pub mod shop;
 
 #[allow(unused_imports)]
