@@ -1,9 +1,12 @@
 //! The composition root for drivers: turns a service's `balancer` and `runtime` tables into the
 //! concrete driver, so the engine stays generic over the `Balancer` and `Runtime` traits.
 
+mod environment;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use environment::{Finding, Outcome, check_environment};
 use nonstop_admin_client::{AdminClient, Endpoint};
 pub use nonstop_agent_client::Fleet;
 use nonstop_agent_client::{RemoteBalancer, RemoteRuntime};
@@ -18,6 +21,7 @@ use nonstop_config::{BalancerKind, Config, ConfigError, RuntimeKind, ServiceConf
 use nonstop_engine::{DeployError, Engine, Event};
 use nonstop_ports::{
     Balancer, Instance, InstanceSpec, LbState, Member, NodeName, PortResult, Replacement, Runtime,
+    Sessions,
 };
 use nonstop_probe_http::HttpProbe;
 use nonstop_runtime_command::{CommandRuntime, CommandRuntimeConfig};
@@ -157,6 +161,10 @@ pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
             BalancerSettings::Nginx(c) => {
                 c.check().map_err(|e| balancer_error(e.to_string()))?;
                 check_nginx_variable(name, svc, source)?;
+            }
+            // A jkstatus URL off loopback or without auth, a JkMountFile mode without probe_url.
+            BalancerSettings::Modjk(c) => {
+                ModjkBalancer::new(c).map_err(|e| balancer_error(e.to_string()))?;
             }
             _ => {}
         }
@@ -535,6 +543,9 @@ impl Runtime for AnyRuntime {
     }
     async fn port_free(&self, ip: &str, port: u16) -> bool {
         each_runtime!(self, r => r.port_free(ip, port).await)
+    }
+    async fn sessions(&self, node: &NodeName, port: u16) -> Option<Sessions> {
+        each_runtime!(self, r => r.sessions(node, port).await)
     }
 }
 

@@ -73,6 +73,9 @@ pub struct WorldState {
     pub service_nodes: Vec<NodeName>,
     pub next_pid: i32,
     pub reloads: usize,
+    /// `Some`: the runtime counts sessions (`Runtime::sessions`), one open on a port until its
+    /// instant; `None`: it cannot count them.
+    pub sessions: Option<BTreeMap<u16, Instant>>,
 }
 
 #[derive(Clone, Default)]
