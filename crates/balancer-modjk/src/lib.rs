@@ -156,10 +156,13 @@ impl ModjkBalancer {
             }
         };
         let members = match status {
-            Some(client) => format!(
-                "; jkstatus answers with {} member(s)",
-                client.list(&self.lb).await?.len()
-            ),
+            Some(client) => {
+                let listed = client.list(&self.lb).await?;
+                if let Some(m) = listed.iter().find(|m| !m.also_in.is_empty()) {
+                    return Err(shared_member(&m.name, &self.lb, &m.also_in[0]));
+                }
+                format!("; jkstatus answers with {} member(s)", listed.len())
+            }
             None => String::new(),
         };
         Ok(format!("mod_jk lb worker `{}` found{members}", self.lb))
@@ -218,10 +221,19 @@ impl ModjkBalancer {
                 let mut ordered: Vec<_> = changes.iter().collect();
                 ordered.sort_by_key(|(_, state, _)| *state != LbState::Active);
                 let known = client.list(&self.lb).await?;
-                for (node, state, weight) in ordered {
-                    if !known.iter().any(|m| m.name == node.0) {
-                        return Err(not_a_member(node, &self.lb));
+                // Every change is checked before the first is made.
+                for (node, state, _) in &ordered {
+                    let m = known
+                        .iter()
+                        .find(|m| m.name == node.0)
+                        .ok_or_else(|| not_a_member(node, &self.lb))?;
+                    if m.activation != activation(*state)
+                        && let Some(shared) = m.also_in.first()
+                    {
+                        return Err(shared_member(&m.name, &self.lb, shared));
                     }
+                }
+                for (node, state, weight) in ordered {
                     if let Some(w) = weight {
                         client.set_lbfactor(&self.lb, node.as_str(), *w).await?;
                     }
@@ -489,9 +501,17 @@ fn shared_member(member: &str, lb: &str, shared: &SharedWith) -> ModjkError {
     } else {
         ""
     };
+    let seen = if shared.line == 0 {
+        format!(
+            "jkstatus lists it in `worker.{}.balance_workers`",
+            shared.lb
+        )
+    } else {
+        format!("workers.properties line {}", shared.line)
+    };
     ModjkError::Config(format!(
-        "`{member}` is also a member of lb worker `{}` (workers.properties line {}{only}): taking it out of `{lb}` would leave requests mounted on `{}` going to it while its Tomcat restarts. Nothing was changed; give `{}` its own member workers (or remove `{member}` from it), then deploy again",
-        shared.lb, shared.line, shared.lb, shared.lb
+        "`{member}` is also a member of lb worker `{}` ({seen}{only}): taking it out of `{lb}` would leave requests mounted on `{}` going to it while its Tomcat restarts. Nothing was changed; give `{}` its own member workers (or remove `{member}` from it), then deploy again",
+        shared.lb, shared.lb, shared.lb
     ))
 }
 

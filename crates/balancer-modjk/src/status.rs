@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ModjkError;
-use crate::workers::Activation;
+use crate::workers::{Activation, SharedWith};
 use nonstop_http_client::{self as http, Url};
 
 /// One member of the lb worker as jkstatus reports it.
@@ -23,6 +23,8 @@ pub struct StatusMember {
     pub lbfactor: u32,
     pub elected: u64,
     pub errors: u64,
+    /// The other lb workers jkstatus lists this member in (`line` 0: jkstatus has no lines).
+    pub also_in: Vec<SharedWith>,
 }
 
 /// A password file others can read is refused: it holds the key to stopping the site.
@@ -221,6 +223,16 @@ fn members(props: &BTreeMap<String, String>, lb: &str) -> Result<Vec<StatusMembe
         .ok_or_else(|| {
             ModjkError::Status(format!("jkstatus knows no load-balancer worker `{lb}`"))
         })?;
+    let others: Vec<(&str, Vec<&str>)> = props
+        .iter()
+        .filter_map(|(key, value)| {
+            let other = key
+                .strip_prefix("worker.")?
+                .strip_suffix(".balance_workers")?;
+            let names = value.split(',').map(str::trim).filter(|n| !n.is_empty());
+            (other != lb).then(|| (other, names.collect()))
+        })
+        .collect();
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let get = |key: &str| props.get(&format!("worker.{name}.{key}")).cloned();
@@ -246,6 +258,15 @@ fn members(props: &BTreeMap<String, String>, lb: &str) -> Result<Vec<StatusMembe
             lbfactor: number("lbfactor").try_into().unwrap_or(1),
             elected: number("elected").try_into().unwrap_or(0),
             errors: number("errors").try_into().unwrap_or(0),
+            also_in: others
+                .iter()
+                .filter(|(_, names)| names.contains(&name))
+                .map(|(other, names)| SharedWith {
+                    lb: other.to_string(),
+                    line: 0,
+                    members: names.len(),
+                })
+                .collect(),
         });
     }
     Ok(out)
@@ -310,6 +331,18 @@ mod tests {
         let m = members(&parse_props(body), "balancer").unwrap();
         let names: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["tomcat1", "tomcat2"]);
+        assert!(m.iter().all(|m| m.also_in.is_empty()));
+        // is-deploy's balancer_ex1: another lb worker over tomcat2 alone.
+        let shared = format!("{body}worker.balancer_ex1.balance_workers=tomcat2\n");
+        let m = members(&parse_props(&shared), "balancer").unwrap();
+        assert_eq!(
+            m[1].also_in,
+            [SharedWith {
+                lb: "balancer_ex1".into(),
+                line: 0,
+                members: 1
+            }]
+        );
         assert_eq!((m[0].busy, m[1].activation), (1, Activation::Disabled));
     }
 

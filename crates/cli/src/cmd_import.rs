@@ -190,7 +190,10 @@ fn render(args: &ModjkArgs, lb: &ImportedLb, ports: &BTreeMap<String, u16>) -> S
     );
     let _ = writeln!(
         out,
-        "# Sticky sessions stay on a draining node until they end or this passes."
+        "# Sticky sessions stay on a draining node until they end or this passes. Give `runtime`\n\
+         # manager_user and manager_password_file (the manager webapp in each base) and a drain\n\
+         # ends when Tomcat counts 0 sessions; with session replication (<Cluster> in server.xml)\n\
+         # sessions = false ends it at in-flight = 0 (docs/runtimes/tomcat.md)."
     );
     let _ = writeln!(out, "drain = {{ timeout = \"60s\", sessions = true }}");
     for m in &lb.members {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nonstop_testkit::apache::{Apache, ApacheOptions, JkMember};
 use nonstop_testkit::client::{LoadOptions, LoadReport, StickyLoad};
 use nonstop_testkit::tomcat::{TomcatBase, Variant, build_war, java_opts};
-use support::{KillUnder, assert_all_on, nonstop_bin, text, write};
+use support::{KillUnder, assert_all_on, client, nonstop_bin, send, status_json, text, write};
 
 const SECRET: &str = "ajp-secret-for-tests";
 
@@ -25,6 +25,11 @@ struct Site {
 
 impl Site {
     async fn start() -> Site {
+        Site::start_with(Vec::new()).await
+    }
+
+    /// With more lb workers over some members (`ApacheOptions::extra_lbs`).
+    async fn start_with(extra_lbs: Vec<(String, Vec<String>)>) -> Site {
         let work = tempfile::tempdir().unwrap();
         let mut wars = BTreeMap::new();
         for (name, variant) in [
@@ -54,7 +59,9 @@ impl Site {
                 secret: SECRET.into(),
             })
             .collect();
-        let apache = Apache::start(&work.path().join("apache"), ApacheOptions::new(members))
+        let mut options = ApacheOptions::new(members);
+        options.extra_lbs = extra_lbs;
+        let apache = Apache::start(&work.path().join("apache"), options)
             .await
             .unwrap();
         Site {
@@ -67,6 +74,11 @@ impl Site {
 
     /// The service config; `mode` is the mod_jk driver's mode table.
     fn config(&self, mode: &str) -> PathBuf {
+        self.config_with(mode, "", "{ timeout = \"2s\", sessions = true }")
+    }
+
+    /// The service config with more runtime keys (`, key = value` each) and a drain table.
+    fn config_with(&self, mode: &str, runtime_extra: &str, drain: &str) -> PathBuf {
         let bases: Vec<String> = self
             .bases
             .iter()
@@ -77,10 +89,10 @@ impl Site {
             r#"[services.shop]
 strategy = "rolling"
 balancer = {{ kind = "modjk", lb_worker = "balancer", probe_url = "{probe}", mode = {mode} }}
-runtime = {{ kind = "tomcat", catalina_home = "/usr/share/tomcat10", context = "app", health_path = "/app/health", bases = {{ {bases} }}, java_opts = [{opts}], startup_timeout = "90s", stop_grace = "20s" }}
+runtime = {{ kind = "tomcat", catalina_home = "/usr/share/tomcat10", context = "app", health_path = "/app/health", bases = {{ {bases} }}, java_opts = [{opts}], startup_timeout = "90s", stop_grace = "20s"{runtime_extra} }}
 releases = {{ dir = "{releases}", keep = 3 }}
 health = {{ path = "/app/health", interval = "100ms", deadline = "60s", successes = 2 }}
-drain = {{ timeout = "2s", sessions = true }}
+drain = {drain}
 verify = "500ms"
 "#,
             probe = self.apache.url("/app/count"),
@@ -250,5 +262,182 @@ async fn wars_roll_through_mod_jk_with_sticky_sessions_and_a_failing_war_rolls_b
         restored,
         std::fs::read(&site.wars["v4"]).unwrap(),
         "v4's WAR is back"
+    );
+}
+
+/// A session drain (`sessions = true`, 60 s) over Tomcats whose manager counts sessions: the
+/// drain of a node ends when its last session ends (here a logout), an empty node's at once,
+/// and the journal says so; before, each drain waited the full 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_drain_ends_when_tomcat_counts_no_session() {
+    let site = Site::start().await;
+    let _instances = KillUnder(site.work.path().to_path_buf());
+    // Every base gets the manager (a lazy `map(..).next_back()` would install only the last).
+    let passwords: Vec<_> = site
+        .bases
+        .iter()
+        .map(|b| b.install_manager("nonstop", "drain-counter-pw").unwrap())
+        .collect();
+    let password = passwords.last().unwrap();
+    let manager = format!(
+        ", manager_user = \"nonstop\", manager_password_file = \"{}\"",
+        password.display()
+    );
+    let config = site.config_with(
+        &site.jkstatus(),
+        &manager,
+        "{ timeout = \"60s\", sessions = true }",
+    );
+    let out = site.deploy(&config, "v1");
+    assert!(out.status.success(), "first deploy: {}", text(&out));
+
+    // One user with a session on tomcat1 (straight to its HTTP port, not through mod_jk).
+    let http = client();
+    let tomcat1 = format!("http://127.0.0.1:{}/app", site.bases[0].http_port);
+    let login = send(&http, "GET", &format!("{tomcat1}/count"), &[], "")
+        .await
+        .unwrap();
+    let cookie = login.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("JSESSIONID="), "{cookie}");
+
+    let started = std::time::Instant::now();
+    let deploy = Command::new(nonstop_bin())
+        .args(["deploy", "shop"])
+        .arg(&site.wars["v2"])
+        .args(["--version", "v2", "--json", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = |node: &str| {
+        status_json(&config)["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .map(|n| n["balancer"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while state("tomcat1") != "draining" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tomcat1 never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // While the session is open the drain holds: tomcat1 stays draining on v1 for 3 s.
+    let held = std::time::Instant::now();
+    while held.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            state("tomcat1"),
+            "draining",
+            "the drain ended with a session open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logout = send(
+        &http,
+        "GET",
+        &format!("{tomcat1}/logout"),
+        &[("cookie", cookie.as_str())],
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(logout.body.contains("logged-out"), "{}", logout.body);
+    let out = deploy.wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "deploy v2: {}", text(&out));
+    assert_all_on(&config, "v2");
+    let drains: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| Some(e["message"].as_str()?.to_string()))
+        .filter(|m| m.starts_with("drain ended"))
+        .collect();
+    eprintln!("deploy v2 took {took:?}; drains: {drains:#?}");
+    let waited: Vec<u64> = drains
+        .iter()
+        .filter_map(|m| {
+            m.strip_prefix(
+                "drain ended on sessions = 0 (Tomcat manager, context /app) and in-flight = 0 after ",
+            )?
+            // The step's duration follows: `3200ms (3.2s)`.
+            .split_once("ms")?
+            .0
+            .parse()
+            .ok()
+        })
+        .collect();
+    assert_eq!(
+        waited.len(),
+        2,
+        "each drain ended on the session count: {drains:?}"
+    );
+    assert!(
+        (3_000..60_000).contains(&waited[0]),
+        "tomcat1's drain waited for its session, not for the timeout: {waited:?}"
+    );
+    assert!(waited[1] < 5_000, "tomcat2 had no session: {waited:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}
+
+/// is-deploy's workers.properties: `balancer_ex2` mounts `/balancer_ex2/*` on tomcat1 alone.
+/// Taking tomcat1 out of `balancer` would leave that mount on a restarting Tomcat, so `config
+/// check` refuses (naming the line, or what jkstatus lists) and so does a deploy, before any
+/// change. Before, config check passed and the jkstatus mode took the member out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_another_lb_worker_needs_is_refused_before_anything_changes() {
+    let site = Site::start_with(vec![("balancer_ex2".into(), vec!["tomcat1".into()])]).await;
+    let _instances = KillUnder(site.work.path().to_path_buf());
+    let check = |config: &Path| {
+        Command::new(nonstop_bin())
+            .args(["config", "check"])
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let jkstatus = site.config(&site.jkstatus());
+    let out = check(&jkstatus);
+    let said = text(&out);
+    eprintln!("config check, jkstatus mode:\n{said}");
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("`tomcat1` is also a member of lb worker `balancer_ex2` (jkstatus lists it in `worker.balancer_ex2.balance_workers`, as its only member)"),
+        "{said}"
+    );
+    let out = check(&site.config(&site.uriworkermap()));
+    let said = text(&out);
+    eprintln!("config check, JkMountFile mode:\n{said}");
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("(workers.properties line ") && said.contains("as its only member"),
+        "{said}"
+    );
+
+    let mounts = std::fs::read_to_string(&site.apache.mount_file).unwrap();
+    let out = site.deploy(&jkstatus, "v1");
+    let said = text(&out);
+    eprintln!("deploy, jkstatus mode:\n{said}");
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("Nothing was changed"), "{said}");
+    for node in status_json(&jkstatus)["nodes"].as_array().unwrap() {
+        assert_eq!(
+            node["balancer"], "active",
+            "no member was taken out: {node}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&site.apache.mount_file).unwrap(),
+        mounts
     );
 }

@@ -2,10 +2,12 @@
 //! concrete driver, so the engine stays generic over the `Balancer` and `Runtime` traits.
 
 pub mod analyses;
+mod environment;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use environment::{Finding, Outcome, check_environment};
 use nonstop_admin_client::{AdminClient, Endpoint};
 pub use nonstop_agent_client::Fleet;
 use nonstop_agent_client::{RemoteBalancer, RemoteRuntime};
@@ -20,7 +22,7 @@ use nonstop_config::{BalancerKind, Config, ConfigError, RuntimeKind, ServiceConf
 use nonstop_engine::{DeployError, Engine, Event};
 use nonstop_ports::{
     Balancer, HookOutput, HookRun, Instance, InstanceSpec, LbState, Maintenance, Member, NodeName,
-    PortError, PortResult, Preview, Replacement, Runtime,
+    PortError, PortResult, Preview, Replacement, Runtime, Sessions,
 };
 use nonstop_probe_http::HttpProbe;
 use nonstop_runtime_command::{CommandRuntime, CommandRuntimeConfig};
@@ -168,6 +170,10 @@ pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
             BalancerSettings::Nginx(c) => {
                 c.check().map_err(|e| balancer_error(e.to_string()))?;
                 check_nginx_variable(name, svc, source)?;
+            }
+            // A jkstatus URL off loopback or without auth, a JkMountFile mode without probe_url.
+            BalancerSettings::Modjk(c) => {
+                ModjkBalancer::new(c).map_err(|e| balancer_error(e.to_string()))?;
             }
             _ => {}
         }
@@ -615,6 +621,9 @@ impl Runtime for AnyRuntime {
     async fn run_hook(&self, node: &NodeName, run: &HookRun) -> Option<PortResult<HookOutput>> {
         each_runtime!(self, r => r.run_hook(node, run).await)
     }
+    async fn sessions(&self, node: &NodeName, port: u16) -> Option<Sessions> {
+        each_runtime!(self, r => r.sessions(node, port).await)
+    }
 }
 
 #[cfg(test)]
@@ -647,7 +656,7 @@ port = 8081
         let text = SERVICE.replace(
             "strategy = \"rolling\"",
             "strategy = \"blue-green\"\npreview = { header = \"X-Try\" }",
-        );
+        ) + "\n[[services.shop.nodes]]\nname = \"b\"\nport = 8082\n";
         let err = check_text(&text).unwrap_err().to_string();
         assert!(err.contains("nonstop.toml:4"), "{err}");
         assert!(err.contains("cannot route a targeted preview"), "{err}");

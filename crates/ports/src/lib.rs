@@ -287,6 +287,15 @@ pub enum Replacement {
     Beside,
 }
 
+/// The sessions a node's server still holds, as its runtime counts them (a session drain ends
+/// when they reach 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sessions {
+    pub open: u64,
+    /// Who counted them, for the journal: `Tomcat manager /app`.
+    pub source: String,
+}
+
 /// Where releases run.
 pub trait Runtime: Send + Sync {
     /// How this runtime replaces the release a node runs.
@@ -305,6 +314,16 @@ pub trait Runtime: Send + Sync {
     /// between the spawn and the store), so recovery can stop it.
     fn find(&self, spec: &InstanceSpec) -> impl Future<Output = Option<Instance>> + Send {
         let _ = spec;
+        async { None }
+    }
+    /// The sessions the server of `node` (on `port`) still holds, if this runtime can count
+    /// them; `None` when it cannot (then a session drain waits for its timeout).
+    fn sessions(
+        &self,
+        node: &NodeName,
+        port: u16,
+    ) -> impl Future<Output = Option<Sessions>> + Send {
+        let _ = (node, port);
         async { None }
     }
     /// Whether `ip:port` is free for a new instance (nothing else listens there).

@@ -8,8 +8,11 @@
 //!   (`parallel = true`: `CONTEXT##VERSION`, new sessions go to the newest version, existing
 //!   sessions stay on theirs until the old version is undeployed).
 
+mod environment;
 mod managed;
 pub mod manager;
+
+pub use environment::{BasesChecked, check_bases};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use nonstop_http_client as http;
 use nonstop_ports::{
-    Instance, InstanceSpec, NodeName, PortError, PortResult, Replacement, Runtime,
+    Instance, InstanceSpec, NodeName, PortError, PortResult, Replacement, Runtime, Sessions,
 };
 use serde::Deserialize;
 
@@ -54,6 +57,9 @@ pub struct TomcatConfig {
     /// Extra JVM options, passed as CATALINA_OPTS.
     #[serde(default)]
     pub java_opts: Vec<String>,
+    /// Node name → JVM options for that node only, after `java_opts` (say `-DjvmRoute=tomcat1`).
+    #[serde(default)]
+    pub node_java_opts: BTreeMap<String, Vec<String>>,
     #[serde(default = "default_startup_timeout")]
     pub startup_timeout: String,
     /// `restart` (WAR into webapps/, restart Tomcat) or `manager` (the Manager text API).
@@ -84,6 +90,7 @@ impl Default for TomcatConfig {
             context: String::new(),
             health_path: None,
             java_opts: Vec::new(),
+            node_java_opts: BTreeMap::new(),
             startup_timeout: default_startup_timeout(),
             deploy: DeployMode::default(),
             manager_url: None,
@@ -127,53 +134,63 @@ pub const DEFAULT_MANAGER_URL: &str = "http://127.0.0.1:{port}/manager/text";
 
 impl TomcatConfig {
     /// With `deploy = "manager"`, the manager's settings, checked for completeness; `None` in
-    /// restart mode, where a manager key is a mistake.
+    /// restart mode (where the manager keys only count sessions: [`Self::session_manager`]).
     pub fn manager_config(&self) -> Result<Option<ManagerConfig>, TomcatError> {
         match self.deploy {
             DeployMode::Restart => {
-                let stray = [
-                    ("manager_url", self.manager_url.is_some()),
-                    ("manager_urls", !self.manager_urls.is_empty()),
-                    ("manager_user", self.manager_user.is_some()),
-                    (
-                        "manager_password_file",
-                        self.manager_password_file.is_some(),
-                    ),
-                    ("parallel", self.parallel),
-                ];
-                if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
-                    return Err(TomcatError::Config(format!(
-                        "`{key}` is only used with deploy = \"manager\" (this runtime restarts Tomcat)"
-                    )));
+                if self.parallel {
+                    return Err(TomcatError::Config(
+                        "`parallel` is only used with deploy = \"manager\" (this runtime restarts Tomcat)"
+                            .into(),
+                    ));
                 }
-                Ok(None)
+                self.session_manager().map(|_| None)
             }
-            DeployMode::Manager => {
-                let user = self.manager_user.clone().ok_or_else(|| {
-                    TomcatError::Config(
-                        "deploy = \"manager\" needs manager_user (a user with the role manager-script)"
-                            .into(),
-                    )
-                })?;
-                let password_file = self.manager_password_file.clone().ok_or_else(|| {
-                    TomcatError::Config(
-                        "deploy = \"manager\" needs manager_password_file (a file holding the password; \
-                         never the password itself in the config)"
-                            .into(),
-                    )
-                })?;
-                Ok(Some(ManagerConfig {
-                    url: self
-                        .manager_url
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_MANAGER_URL.to_string()),
-                    urls: self.manager_urls.clone(),
-                    user,
-                    password_file,
-                    parallel: self.parallel,
-                }))
+            DeployMode::Manager => self.manager_keys("deploy = \"manager\"").map(Some),
+        }
+    }
+
+    /// The manager that counts a node's open sessions, so a session drain ends when they reach
+    /// 0: manager mode's own, or in restart mode the one the manager keys name (none without).
+    pub fn session_manager(&self) -> Result<Option<ManagerConfig>, TomcatError> {
+        match self.deploy {
+            DeployMode::Manager => self.manager_config(),
+            DeployMode::Restart => {
+                let any = self.manager_url.is_some()
+                    || !self.manager_urls.is_empty()
+                    || self.manager_user.is_some()
+                    || self.manager_password_file.is_some();
+                if !any {
+                    return Ok(None);
+                }
+                self.manager_keys("counting sessions in restart mode (manager_*)")
+                    .map(Some)
             }
         }
+    }
+
+    fn manager_keys(&self, purpose: &str) -> Result<ManagerConfig, TomcatError> {
+        let user = self.manager_user.clone().ok_or_else(|| {
+            TomcatError::Config(format!(
+                "{purpose} needs manager_user (a user with the role manager-script)"
+            ))
+        })?;
+        let password_file = self.manager_password_file.clone().ok_or_else(|| {
+            TomcatError::Config(format!(
+                "{purpose} needs manager_password_file (a file holding the password; never the \
+                 password itself in the config)"
+            ))
+        })?;
+        Ok(ManagerConfig {
+            url: self
+                .manager_url
+                .clone()
+                .unwrap_or_else(|| DEFAULT_MANAGER_URL.to_string()),
+            urls: self.manager_urls.clone(),
+            user,
+            password_file,
+            parallel: self.parallel,
+        })
     }
 }
 
@@ -215,6 +232,8 @@ pub struct TomcatRuntime {
     config: TomcatConfig,
     startup_timeout: Duration,
     manager: Option<ManagerConfig>,
+    /// Restart mode: the manager that counts open sessions for a session drain.
+    counter: Option<ManagerConfig>,
     /// Recent `list` answers by manager URL: `is_running` is polled every few milliseconds
     /// during the engine's verify window.
     lists: ListCache,
@@ -225,6 +244,8 @@ type ListCache = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (Instant, Vec<
 
 /// How long a `list` answer is reused by `is_running`.
 const LIST_CACHE: Duration = Duration::from_millis(250);
+/// Timeout of the manager call that counts sessions: a drain polls it and has its own timeout.
+const SESSIONS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout of one manager call other than deploy.
 const MANAGER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -233,7 +254,15 @@ impl TomcatRuntime {
     pub fn new(config: TomcatConfig) -> Result<TomcatRuntime, TomcatError> {
         match config.manager_config()? {
             Some(manager) => TomcatRuntime::with_manager(config, manager),
-            None => TomcatRuntime::restarting(config),
+            None => {
+                let counter = config.session_manager()?;
+                let mut runtime = TomcatRuntime::restarting(config)?;
+                if let Some(m) = counter {
+                    runtime.check_manager(&m)?;
+                    runtime.counter = Some(m);
+                }
+                Ok(runtime)
+            }
         }
     }
 
@@ -250,16 +279,24 @@ impl TomcatRuntime {
                 runtime.config.context
             )));
         }
-        if manager.user.is_empty() || manager.user.contains([':', '\r', '\n']) {
+        runtime.check_manager(&manager)?;
+        runtime.manager = Some(manager);
+        Ok(runtime)
+    }
+
+    /// A manager's settings that a config check cannot judge alone: its user, loopback URLs and
+    /// a private password file.
+    fn check_manager(&self, m: &ManagerConfig) -> Result<(), TomcatError> {
+        if m.user.is_empty() || m.user.contains([':', '\r', '\n']) {
             return Err(TomcatError::Config(format!(
                 "manager_user `{}` must be a non-empty name without `:`",
-                manager.user
+                m.user
             )));
         }
-        for (node, url) in std::iter::once(("*", &manager.url))
-            .chain(manager.urls.iter().map(|(node, url)| (node.as_str(), url)))
+        for (node, url) in std::iter::once(("*", &m.url))
+            .chain(m.urls.iter().map(|(node, url)| (node.as_str(), url)))
         {
-            if node != "*" && !runtime.config.bases.contains_key(node) {
+            if node != "*" && !self.config.bases.contains_key(node) {
                 return Err(TomcatError::Config(format!(
                     "manager_urls names node `{node}`, which has no CATALINA_BASE in `bases`"
                 )));
@@ -275,9 +312,8 @@ impl TomcatRuntime {
                 )));
             }
         }
-        check_password_file(&manager.password_file)?;
-        runtime.manager = Some(manager);
-        Ok(runtime)
+        check_password_file(&m.password_file)?;
+        Ok(())
     }
 
     /// Restart mode, whatever `config.deploy` says.
@@ -299,6 +335,15 @@ impl TomcatRuntime {
                 config.context
             )));
         }
+        if let Some(node) = config
+            .node_java_opts
+            .keys()
+            .find(|n| !config.bases.contains_key(*n))
+        {
+            return Err(TomcatError::Config(format!(
+                "node_java_opts names node `{node}`, which has no CATALINA_BASE in `bases`"
+            )));
+        }
         let catalina = config.catalina_home.join("bin/catalina.sh");
         if !catalina.is_file() {
             return Err(TomcatError::Config(format!(
@@ -310,6 +355,7 @@ impl TomcatRuntime {
             config,
             startup_timeout,
             manager: None,
+            counter: None,
             lists: Default::default(),
         })
     }
@@ -379,6 +425,17 @@ impl TomcatRuntime {
         Ok(())
     }
 
+    /// `java_opts`, then the node's own `node_java_opts`, then the port and version nonstop passes.
+    fn catalina_opts(&self, spec: &InstanceSpec) -> Vec<String> {
+        let mut opts = self.config.java_opts.clone();
+        if let Some(own) = self.config.node_java_opts.get(spec.node.as_str()) {
+            opts.extend(own.iter().cloned());
+        }
+        opts.push(format!("-Dnonstop.http.port={}", spec.port));
+        opts.push(format!("-Dnonstop.version={}", spec.version));
+        opts
+    }
+
     fn launch(&self, spec: &InstanceSpec, base: &Path) -> Result<(Instance, u64), TomcatError> {
         for dir in ["logs", "temp", "work", "webapps"] {
             let path = base.join(dir);
@@ -387,9 +444,7 @@ impl TomcatRuntime {
                 message: format!("cannot create: {e}"),
             })?;
         }
-        let mut opts = self.config.java_opts.clone();
-        opts.push(format!("-Dnonstop.http.port={}", spec.port));
-        opts.push(format!("-Dnonstop.version={}", spec.version));
+        let opts = self.catalina_opts(spec);
         let mut command = Command::new(self.config.catalina_home.join("bin/catalina.sh"));
         command
             .arg("run")
@@ -563,6 +618,21 @@ impl Runtime for TomcatRuntime {
             None => nonstop_runtime_process::is_running(instance),
         }
     }
+
+    /// The active sessions of the context, from the node's manager (`list`); `None` without a
+    /// manager or when it does not answer (a drain then waits for its timeout).
+    async fn sessions(&self, node: &NodeName, port: u16) -> Option<Sessions> {
+        let m = self.manager.as_ref().or(self.counter.as_ref())?;
+        let manager = self.manager_of(m, node.as_str(), port);
+        let listed = manager.list(SESSIONS_TIMEOUT).await.ok()?;
+        Some(Sessions {
+            open: self.ours(&listed).map(|l| l.sessions).sum(),
+            source: format!(
+                "Tomcat manager, context {}",
+                manager::context_path(&self.config.context)
+            ),
+        })
+    }
 }
 
 /// The ports of the `<Connector>`s in `base/conf/server.xml` that can be known here: literal
@@ -642,8 +712,45 @@ mod tests {
             },
             startup_timeout: Duration::from_secs(60),
             manager: None,
+            counter: None,
             lists: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_nodes_own_java_opts_follow_the_shared_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tomcat = runtime(dir.path());
+        tomcat.config.java_opts = vec!["-Xmx256m".into()];
+        tomcat.config.node_java_opts =
+            [("t1".to_string(), vec!["-DjvmRoute=t1".to_string()])].into();
+        let spec = |node: &str| InstanceSpec {
+            node: NodeName::from(node),
+            port: 8080,
+            version: nonstop_ports::Version::from("7"),
+            release_dir: dir.path().into(),
+            artifact: dir.path().join("app.war"),
+            env: Default::default(),
+            log: dir.path().join("log"),
+        };
+        assert_eq!(
+            tomcat.catalina_opts(&spec("t1")),
+            [
+                "-Xmx256m",
+                "-DjvmRoute=t1",
+                "-Dnonstop.http.port=8080",
+                "-Dnonstop.version=7"
+            ]
+        );
+        assert_eq!(
+            tomcat.catalina_opts(&spec("t2")).len(),
+            3,
+            "t2 has none of its own"
+        );
+        let mut config = tomcat.config.clone();
+        config.node_java_opts = [("t9".to_string(), vec![])].into();
+        let e = TomcatRuntime::new(config).unwrap_err().to_string();
+        assert!(e.contains("node_java_opts names node `t9`"), "{e}");
     }
 
     #[tokio::test]

@@ -139,7 +139,7 @@ impl TomcatRuntime {
     }
 
     /// The manager of `node`'s Tomcat, listening on `port`.
-    fn manager_of(&self, m: &ManagerConfig, node: &str, port: u16) -> Manager {
+    pub(crate) fn manager_of(&self, m: &ManagerConfig, node: &str, port: u16) -> Manager {
         let template = m.urls.get(node).unwrap_or(&m.url);
         Manager {
             url: template
@@ -160,7 +160,7 @@ impl TomcatRuntime {
         }
     }
 
-    fn ours<'a>(&self, listed: &'a [Listed]) -> impl Iterator<Item = &'a Listed> + 'a {
+    pub(crate) fn ours<'a>(&self, listed: &'a [Listed]) -> impl Iterator<Item = &'a Listed> + 'a {
         let path = context_path(&self.config.context);
         listed.iter().filter(move |l| l.path == path)
     }

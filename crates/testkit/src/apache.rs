@@ -43,6 +43,9 @@ pub struct ApacheOptions {
     pub lb_settings: Vec<(String, String)>,
     /// `JkMountFileReload` seconds.
     pub mount_reload_secs: u64,
+    /// More lb workers over some of the members, each mounted at `/NAME/*` (is-deploy's
+    /// `balancer_ex1`/`balancer_ex2`, each over one member of the main lb worker).
+    pub extra_lbs: Vec<(String, Vec<String>)>,
 }
 
 impl ApacheOptions {
@@ -55,6 +58,7 @@ impl ApacheOptions {
             member_settings: Vec::new(),
             lb_settings: Vec::new(),
             mount_reload_secs: 1,
+            extra_lbs: Vec::new(),
         }
     }
 }
@@ -84,12 +88,23 @@ pub struct Apache {
 
 fn workers_properties(options: &ApacheOptions) -> String {
     let names: Vec<&str> = options.members.iter().map(|m| m.name.as_str()).collect();
+    let extra: String = options
+        .extra_lbs
+        .iter()
+        .map(|(lb, _)| format!(",{lb}"))
+        .collect();
     let mut out = format!(
-        "# written by nonstop-testkit\nworker.list={LB_WORKER},{STATUS_WORKER}\n\
+        "# written by nonstop-testkit\nworker.list={LB_WORKER},{STATUS_WORKER}{extra}\n\
          worker.{LB_WORKER}.type=lb\nworker.{LB_WORKER}.balance_workers={}\n\
          worker.{LB_WORKER}.sticky_session=true\n",
         names.join(",")
     );
+    for (lb, members) in &options.extra_lbs {
+        out.push_str(&format!(
+            "worker.{lb}.type=lb\nworker.{lb}.balance_workers={}\n",
+            members.join(",")
+        ));
+    }
     for (key, value) in &options.lb_settings {
         out.push_str(&format!("worker.{LB_WORKER}.{key}={value}\n"));
     }
@@ -224,7 +239,11 @@ impl Apache {
         let workers_file = dir.join("workers.properties");
         write(&workers_file, &workers_properties(options), 0o644)?;
         let mount_file = dir.join("uriworkermap.properties");
-        write(&mount_file, &Self::initial_mounts(), 0o644)?;
+        let mut mounts = Self::initial_mounts();
+        for (lb, _) in &options.extra_lbs {
+            mounts.push_str(&format!("/{lb}/*={lb}\n"));
+        }
+        write(&mount_file, &mounts, 0o644)?;
         let htpasswd_file = dir.join("htpasswd");
         write(
             &htpasswd_file,

@@ -76,6 +76,9 @@ pub struct WorldState {
     /// The targeted preview the balancer holds, and every one it was given (`None`: cleared).
     pub preview: Option<nonstop_ports::Preview>,
     pub previews: Vec<Option<Vec<NodeName>>>,
+    /// `Some`: the runtime counts sessions (`Runtime::sessions`), one open on a port until its
+    /// instant; `None`: it cannot count them.
+    pub sessions: Option<BTreeMap<u16, Instant>>,
 }
 
 #[derive(Clone, Default)]

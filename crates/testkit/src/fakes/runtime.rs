@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use nonstop_ports::{Instance, InstanceSpec, PortError, PortResult, Probe, Runtime};
+use nonstop_ports::{
+    Instance, InstanceSpec, NodeName, PortError, PortResult, Probe, Runtime, Sessions,
+};
 
 use super::{FakeInstance, World};
 
@@ -77,6 +79,16 @@ impl Runtime for FakeRuntime {
                 start_ticks: i.pid as u64,
                 log: spec.log.clone(),
             })
+    }
+
+    async fn sessions(&self, _node: &NodeName, port: u16) -> Option<Sessions> {
+        let w = self.0.lock();
+        let until = w.sessions.as_ref()?.get(&port);
+        let open = until.is_some_and(|t| *t > tokio::time::Instant::now());
+        Some(Sessions {
+            open: open.into(),
+            source: "fake runtime".into(),
+        })
     }
 
     async fn port_free(&self, _ip: &str, port: u16) -> bool {
