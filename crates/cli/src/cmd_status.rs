@@ -96,6 +96,10 @@ pub fn status(args: ServiceArgs) -> anyhow::Result<ExitCode> {
                 ""
             }
         );
+        println!(
+            "    decide: `nonstop promote {0}` or `nonstop abort {0}` here, or a deployer of {0} in the console",
+            args.service
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
