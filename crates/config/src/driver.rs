@@ -174,7 +174,7 @@ impl DriverKind for RuntimeKind {
 }
 
 /// Keys every runtime table may hold besides its driver's own settings.
-pub const RUNTIME_SHARED_KEYS: &[&str] = &["stop_grace", "env"];
+pub const RUNTIME_SHARED_KEYS: &[&str] = &["stop_grace", "env", "inherit_env"];
 
 /// The settings every runtime shares, read from the same table as the driver's.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -185,6 +185,9 @@ pub struct RuntimeShared {
     /// Extra environment for every instance.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// Which of nonstop's own environment instances and hooks inherit (docs/lifecycle.md).
+    #[serde(default)]
+    pub inherit_env: nonstop_ports::InheritEnv,
 }
 
 impl Default for RuntimeShared {
@@ -192,6 +195,7 @@ impl Default for RuntimeShared {
         RuntimeShared {
             stop_grace: default_stop_grace(),
             env: Default::default(),
+            inherit_env: Default::default(),
         }
     }
 }

@@ -169,7 +169,7 @@ pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
         };
         match runtime_settings(name, svc, source)? {
             RuntimeSettings::Command(c) => {
-                CommandRuntime::new(c, []).map_err(runtime_error)?;
+                CommandRuntime::new(c, Default::default()).map_err(runtime_error)?;
             }
             RuntimeSettings::Systemd(c) => {
                 systemd_runtime(c, svc).map_err(runtime_error)?;
@@ -336,19 +336,28 @@ fn local_balancer(
 
 fn local_runtime(name: &str, svc: &ServiceConfig, source: &Source) -> Result<AnyRuntime, String> {
     let runtime = match runtime_settings(name, svc, source).map_err(|e| e.to_string())? {
-        RuntimeSettings::Process => AnyRuntime::Process(ProcessRuntime::new(
-            svc.runtime.argv(),
-            svc.runtime.shared.env.clone(),
-        )),
-        RuntimeSettings::Tomcat(c) => {
-            AnyRuntime::Tomcat(Box::new(TomcatRuntime::new(c).map_err(|e| e.to_string())?))
+        RuntimeSettings::Process => {
+            AnyRuntime::Process(ProcessRuntime::new(svc.runtime.argv(), service_env(svc)))
         }
+        RuntimeSettings::Tomcat(c) => AnyRuntime::Tomcat(Box::new(
+            TomcatRuntime::new(c)
+                .map_err(|e| e.to_string())?
+                .with_env(service_env(svc)),
+        )),
         RuntimeSettings::Command(c) => {
-            AnyRuntime::Command(CommandRuntime::new(c, svc.runtime.shared.env.clone())?)
+            AnyRuntime::Command(CommandRuntime::new(c, service_env(svc))?)
         }
         RuntimeSettings::Systemd(c) => AnyRuntime::Systemd(systemd_runtime(c, svc)?),
     };
     Ok(runtime)
+}
+
+/// The service's part of every instance's environment (`env`, `inherit_env`).
+pub fn service_env(svc: &ServiceConfig) -> nonstop_runtime_process::ServiceEnv {
+    nonstop_runtime_process::ServiceEnv::new(
+        svc.runtime.shared.env.clone(),
+        svc.runtime.shared.inherit_env.clone(),
+    )
 }
 
 /// The systemd runtime of `svc`: its unit template checked against the service's nodes.

@@ -2,9 +2,11 @@
 //! process runs where) and a `Probe` (is it healthy). Drivers live in their own crates.
 
 pub mod analysis;
+pub mod env;
 pub mod template;
 
 pub use analysis::{Analysis, AnalysisWindow, Verdict};
+pub use env::InheritEnv;
 
 use std::collections::BTreeMap;
 use std::future::Future;

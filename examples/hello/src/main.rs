@@ -1,5 +1,5 @@
-//! `nonstop-hello`: the sample app of nonstop's tests and quickstart. It reports its version and
-//! node, keeps Tomcat-style sessions, echoes WebSockets, and can start slowly, fail health or crash.
+//! `nonstop-hello`: the sample app of nonstop's tests and quickstart. It reports its version, node
+//! and environment, keeps Tomcat-style sessions, echoes WebSockets, can start slowly, fail or crash.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -174,6 +174,12 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
                 headers.insert(name.to_string(), values.join(", ").into());
             }
             text(serde_json::Value::Object(headers).to_string())
+        }
+        // What the runtime gave this process (a sample app: a real one should not say this).
+        (&Method::GET, "/env") => {
+            let env: serde_json::Map<String, serde_json::Value> =
+                std::env::vars().map(|(k, v)| (k, v.into())).collect();
+            text(serde_json::Value::Object(env).to_string())
         }
         (&Method::POST, "/echo") => match req.into_body().collect().await {
             Ok(body) => Response::new(Full::new(body.to_bytes())),
