@@ -483,7 +483,7 @@ mod tests {
     #[tokio::test]
     async fn missing_program_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = ProcessRuntime::new(vec!["/nonexistent/app".into()], []);
+        let runtime = ProcessRuntime::new(vec!["/nonexistent/app".into()], ServiceEnv::default());
         let err = runtime.start(&spec(dir.path())).await.unwrap_err();
         assert!(err.message.contains("/nonexistent/app"), "{err}");
     }
