@@ -5,6 +5,7 @@ pub mod driver;
 mod error;
 pub mod hosts;
 pub mod lifecycle;
+pub mod notify;
 pub mod proxy;
 pub mod service;
 mod units;

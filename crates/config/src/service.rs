@@ -43,6 +43,9 @@ pub struct ServiceConfig {
     /// The release's database migration, run once per deploy.
     #[serde(default)]
     pub migrate: Option<crate::lifecycle::Migration>,
+    /// Webhooks told when a deploy starts, ends or pauses.
+    #[serde(default)]
+    pub notify: Vec<Spanned<crate::notify::NotifyConfig>>,
 }
 
 fn default_strategy() -> Spanned<Strategy> {
@@ -389,6 +392,9 @@ impl ServiceConfig {
         self.hooks.check(name, source)?;
         if let Some(migrate) = &self.migrate {
             migrate.check(name, source)?;
+        }
+        for hook in &self.notify {
+            hook.get_ref().check(name, hook.span(), source)?;
         }
         if self.on_hosts() {
             let per_node = [
