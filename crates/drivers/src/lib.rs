@@ -75,6 +75,14 @@ pub fn open_fleet_engine(
         timeout: svc.health.timeout.0,
     };
     let base = nonstop_engine::service_base(svc, config_path);
+    let config_dir = config_path.parent().unwrap_or(Path::new("."));
+    let store = nonstop_engine::store_path(&base);
+    let emit = match nonstop_notify::Notifier::for_service(service, svc, config_dir, store)
+        .map_err(|e| DeployError::Refused(e.to_string()))?
+    {
+        Some(notifier) => notifier.wrap(emit),
+        None => emit,
+    };
     Engine::new(service, svc.clone(), base, balancer, runtime, probe, emit)
 }
 
