@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         Command::Console(args) => cmd_console::run(args),
     };
     // Webhooks of a deploy that just ended get a bounded wait, never an unbounded one.
-    if let Some(line) = nonstop_notify::finish(nonstop_notify::FINISH_BOUND) {
+    for line in nonstop_notify::finish(nonstop_notify::FINISH_BOUND) {
         eprintln!("{line}");
     }
     match result {

@@ -133,6 +133,7 @@ async fn every_event_of_deploys_and_a_rollback_is_signed_and_secrets_stay_secret
                 "{body}"
             );
             assert_eq!(body["from_version"], "2");
+            println!("a rolled-back body: {}", String::from_utf8_lossy(&got.body));
         }
     }
     println!(
@@ -175,8 +176,9 @@ async fn every_event_of_deploys_and_a_rollback_is_signed_and_secrets_stay_secret
 async fn a_down_or_slow_receiver_delays_the_end_by_at_most_the_bound() {
     let slow = Receiver::start(200, Duration::from_secs(30)).await;
     let down = free_port();
+    // A third webhook whose file is missing is skipped with a warning, never a refusal.
     let extra = format!(
-        "{SERVICE}[[services.shop.notify]]\nurl = \"{}\"\n\n[[services.shop.notify]]\nurl = \"http://127.0.0.1:{down}/hook\"\nformat = \"slack\"\n",
+        "{SERVICE}[[services.shop.notify]]\nurl = \"{}\"\n\n[[services.shop.notify]]\nurl = \"http://127.0.0.1:{down}/hook\"\nformat = \"slack\"\n\n[[services.shop.notify]]\nurl_file = \"missing.url\"\n",
         slow.url("/slow"),
     );
     let shop = Shop::start("blue-green", &["blue", "green"], &extra);
@@ -189,18 +191,35 @@ async fn a_down_or_slow_receiver_delays_the_end_by_at_most_the_bound() {
     let total = started.elapsed();
     assert_exit(&out, 0);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let done_ms = stdout
+    let events: Vec<serde_json::Value> = stdout
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|e| e["kind"] == "done")
-        .and_then(|e| e["at_ms"].as_i64())
-        .unwrap_or_else(|| panic!("a done event: {stdout}"));
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let at = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .and_then(|e| e["at_ms"].as_i64())
+            .unwrap_or_else(|| panic!("a {kind} event: {stdout}"))
+    };
+    let (begin_ms, done_ms) = (at("begin"), at("done"));
     let after_done = Duration::from_millis((exited_ms - done_ms).max(0) as u64);
     println!(
-        "deploy with a slow (30 s) and a down receiver: {:.2}s in all, {:.2}s between its end and the command's exit (bound {}s)",
+        "deploy with a slow (30 s) and a down receiver: {:.2}s in all, {:.2}s from begin to done, {:.2}s between its end and the command's exit (bound {}s)",
         total.as_secs_f64(),
+        (done_ms - begin_ms) as f64 / 1000.0,
         after_done.as_secs_f64(),
         nonstop_notify::FINISH_BOUND.as_secs()
+    );
+    let missing = shop.proxy.dir.path().join("missing.url");
+    assert!(
+        events.iter().any(|e| {
+            e["kind"] == "warn"
+                && e["message"].as_str().is_some_and(|m| {
+                    m.contains(&*missing.to_string_lossy()) && m.contains("not sent")
+                })
+        }),
+        "the missing url_file is named in a warning: {stdout}"
     );
     assert!(
         after_done <= nonstop_notify::FINISH_BOUND + Duration::from_millis(1500),
@@ -213,4 +232,6 @@ async fn a_down_or_slow_receiver_delays_the_end_by_at_most_the_bound() {
         "one line says the rest was given up: {stderr}"
     );
     assert!(!slow.received().is_empty(), "the slow receiver was reached");
+    // Reading the service never needs its webhooks' files.
+    assert_exit(&shop.run(&["status", "shop"]), 0);
 }

@@ -77,9 +77,7 @@ pub fn open_fleet_engine(
     let base = nonstop_engine::service_base(svc, config_path);
     let config_dir = config_path.parent().unwrap_or(Path::new("."));
     let store = nonstop_engine::store_path(&base);
-    let emit = match nonstop_notify::Notifier::for_service(service, svc, config_dir, store)
-        .map_err(|e| DeployError::Refused(e.to_string()))?
-    {
+    let emit = match nonstop_notify::Notifier::for_service(service, svc, config_dir, store) {
         Some(notifier) => notifier.wrap(emit),
         None => emit,
     };

@@ -1,8 +1,5 @@
-//! Deploy webhooks: a `Notifier` watches the engine's events and, when a deploy starts, ends or
-//! pauses, queues the deploy's summary for each of the service's `[[services.NAME.notify]]`.
-//!
-//! The engine is never slowed by a receiver: the notifier only reads the finished record from
-//! the store and queues; the process's outbox thread sends, signs and retries (see `outbox`).
+//! Deploy webhooks: a `Notifier` watches the engine's events and queues the deploy's summary when
+//! it starts, pauses or ends; the outbox's own thread signs, sends and retries, never the engine.
 
 mod outbox;
 pub mod sign;
@@ -29,17 +26,42 @@ pub struct Notifier {
     warnings: Vec<String>,
 }
 
+/// An engine event that a webhook may be told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    Start,
+    Pause,
+    End,
+}
+
+impl Moment {
+    fn of(kind: EventKind) -> Option<Moment> {
+        match kind {
+            EventKind::Begin => Some(Moment::Start),
+            EventKind::Done => Some(Moment::End),
+            // By its wire name, so the engine's `Paused` (newer than this crate's engine)
+            // is told without an edit here.
+            other => Moment::named(&serde_json::to_value(other).unwrap_or_default()),
+        }
+    }
+
+    fn named(name: &serde_json::Value) -> Option<Moment> {
+        (name == "paused").then_some(Moment::Pause)
+    }
+}
+
 impl Notifier {
-    /// The notifier of `service`, or `None` when it has no webhooks; its files are read now
-    /// (relative ones from `config_dir`), so a missing one refuses the deploy before it starts.
+    /// The notifier of `service`, or `None` when it has no webhooks. Its files are read now
+    /// (relative ones from `config_dir`); one that cannot be read skips its webhook with a
+    /// warning at the deploy's first event: a webhook never refuses a deploy (or `status`).
     pub fn for_service(
         service: &str,
         config: &ServiceConfig,
         config_dir: &Path,
         store: PathBuf,
-    ) -> Result<Option<Notifier>, WebhookError> {
+    ) -> Option<Notifier> {
         if config.notify.is_empty() {
-            return Ok(None);
+            return None;
         }
         let mut hooks = Vec::new();
         let mut warnings = Vec::new();
@@ -56,16 +78,20 @@ impl Notifier {
                 (None, None) => "url".into(),
             };
             let label = format!("webhook {} of {service} ({source})", i + 1);
-            let (hook, more) = Webhook::load(entry, label, config_dir)?;
-            hooks.push(Arc::new(hook));
-            warnings.extend(more);
+            match Webhook::load(entry, label, config_dir) {
+                Ok((hook, more)) => {
+                    hooks.push(Arc::new(hook));
+                    warnings.extend(more);
+                }
+                Err(e) => warnings.push(format!("{e}; this webhook is not sent")),
+            }
         }
-        Ok(Some(Notifier {
+        Some(Notifier {
             service: service.to_string(),
             hooks,
             store,
             warnings,
-        }))
+        })
     }
 
     /// `inner` with this notifier listening: every event still reaches `inner` first.
@@ -91,11 +117,12 @@ impl Notifier {
     /// Queues what `event` means for the webhooks, if anything.
     fn observe(&self, event: &Event) {
         let Some(id) = event.deploy else { return };
-        let ending = match event.kind {
-            EventKind::Begin => false,
-            EventKind::Done => true,
-            _ => return,
+        let Some(moment) = Moment::of(event.kind) else {
+            return;
         };
+        if self.hooks.is_empty() {
+            return;
+        }
         let record = Store::open(&self.store, &self.service)
             .ok()
             .and_then(|store| store.deployment(id).ok().flatten());
@@ -106,15 +133,19 @@ impl Notifier {
             );
             return;
         };
-        let what = match (ending, record.outcome) {
-            (false, _) => NotifyEvent::Started,
-            (true, Outcome::Succeeded) => NotifyEvent::Succeeded,
-            (true, Outcome::RolledBack) => NotifyEvent::RolledBack,
+        let what = match (moment, record.outcome) {
+            (Moment::Start, _) => NotifyEvent::Started,
+            (Moment::Pause, _) => NotifyEvent::Paused,
+            (Moment::End, Outcome::Succeeded) => NotifyEvent::Succeeded,
+            (Moment::End, Outcome::RolledBack) => NotifyEvent::RolledBack,
             // `Running` at the end: the deploy stopped before it could record how (journal).
-            (true, Outcome::Failed | Outcome::Running) => NotifyEvent::Failed,
+            (Moment::End, Outcome::Failed | Outcome::Running) => NotifyEvent::Failed,
         };
         let mut summary = Summary::of(what, &record);
-        if ending && summary.reason.is_none() && what == NotifyEvent::Failed {
+        // A pause says why it waits (and how to go on); a failure that could not be
+        // recorded says it only in its event.
+        if what == NotifyEvent::Paused || (what == NotifyEvent::Failed && summary.reason.is_none())
+        {
             summary.reason = Some(event.message.clone());
         }
         self.send(&summary);
@@ -122,12 +153,38 @@ impl Notifier {
 
     /// Queues `summary` for every webhook that wants its event.
     pub fn send(&self, summary: &Summary) {
+        let Some(outbox) = outbox::global() else {
+            tracing::warn!("notify: no delivery thread could be started; webhook not sent");
+            return;
+        };
         for hook in self.hooks.iter().filter(|h| h.wants(summary.event)) {
-            outbox::enqueue(outbox::Delivery {
+            outbox.enqueue(outbox::Delivery {
                 hook: hook.clone(),
                 event: summary.event,
                 body: summary.body(hook.format),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_done_and_paused_are_the_moments_told() {
+        assert_eq!(Moment::of(EventKind::Begin), Some(Moment::Start));
+        assert_eq!(Moment::of(EventKind::Done), Some(Moment::End));
+        for quiet in [
+            EventKind::Step,
+            EventKind::Progress,
+            EventKind::Switched,
+            EventKind::RollingBack,
+            EventKind::Warn,
+        ] {
+            assert_eq!(Moment::of(quiet), None, "{quiet:?}");
+        }
+        // What the engine's `EventKind::Paused` serializes as (its --json events).
+        assert_eq!(Moment::named(&"paused".into()), Some(Moment::Pause));
     }
 }

@@ -1,6 +1,7 @@
-//! The process's one outbox: a bounded queue drained by its own thread, so a webhook never
-//! blocks or fails a deploy; each delivery is retried with back-off, and `finish` bounds the wait.
+//! The process's outbox: deliveries run on a thread of their own, at most `QUEUE` waiting or
+//! under way, each retried with back-off; `finish` bounds how long a command waits at its end.
 
+use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,7 +11,7 @@ use nonstop_http_client::{self as http, HttpError};
 use crate::sign;
 use crate::webhook::Webhook;
 
-/// Deliveries waiting to be sent; one more is dropped with a warning.
+/// Deliveries waiting or under way at once; one more is dropped with a warning.
 pub const QUEUE: usize = 64;
 /// How long one attempt may take, connect to answer.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,6 +23,8 @@ pub const BACKOFF: [Duration; 3] = [
 ];
 /// How long a `nonstop` command waits at its end for deliveries still under way.
 pub const FINISH_BOUND: Duration = Duration::from_secs(5);
+/// Failure lines kept for `finish` to print (a console runs long; the rest are counted).
+const KEPT_FAILURES: usize = 16;
 
 /// One body for one webhook.
 pub struct Delivery {
@@ -30,102 +33,146 @@ pub struct Delivery {
     pub body: Vec<u8>,
 }
 
-struct Outbox {
-    queue: tokio::sync::mpsc::Sender<Delivery>,
-    pending: Arc<Pending>,
+/// A queue and the thread that drains it.
+pub struct Outbox {
+    queue: tokio::sync::mpsc::UnboundedSender<Delivery>,
+    tally: Arc<Tally>,
 }
 
+/// What is still under way and what went wrong, shared with the delivery thread.
 #[derive(Default)]
-struct Pending {
-    count: Mutex<usize>,
+struct Tally {
+    state: Mutex<State>,
     changed: Condvar,
 }
 
-impl Pending {
-    fn add(&self, n: isize) {
-        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
-        *count = count.saturating_add_signed(n);
+#[derive(Default)]
+struct State {
+    pending: usize,
+    failures: Vec<String>,
+    more_failures: usize,
+}
+
+impl Tally {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failed(&self, line: String) {
+        tracing::warn!("{line}");
+        let mut state = self.lock();
+        if state.failures.len() < KEPT_FAILURES {
+            state.failures.push(line);
+        } else {
+            state.more_failures += 1;
+        }
+    }
+
+    fn ended(&self) {
+        let mut state = self.lock();
+        state.pending = state.pending.saturating_sub(1);
         self.changed.notify_all();
     }
 }
 
-static OUTBOX: OnceLock<Option<Outbox>> = OnceLock::new();
+static GLOBAL: OnceLock<Option<Outbox>> = OnceLock::new();
 
-fn outbox() -> Option<&'static Outbox> {
-    OUTBOX
-        .get_or_init(|| {
-            let (queue, mut incoming) = tokio::sync::mpsc::channel::<Delivery>(QUEUE);
-            let pending = Arc::new(Pending::default());
-            let done = pending.clone();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            std::thread::Builder::new()
-                .name("nonstop-notify".into())
-                .spawn(move || {
-                    runtime.block_on(async move {
-                        while let Some(delivery) = incoming.recv().await {
-                            let done = done.clone();
-                            tokio::spawn(async move {
-                                deliver(&delivery).await;
-                                done.add(-1);
-                            });
-                        }
-                    })
-                })
-                .ok()?;
-            Some(Outbox { queue, pending })
-        })
-        .as_ref()
+/// The process's outbox, started on first use; `None` if its thread could not be started.
+pub fn global() -> Option<&'static Outbox> {
+    GLOBAL.get_or_init(Outbox::start).as_ref()
 }
 
-/// Queues `delivery` without waiting; `false` (and a warning) when the queue is full.
-pub fn enqueue(delivery: Delivery) -> bool {
-    let Some(outbox) = outbox() else {
-        tracing::warn!("notify: no delivery thread could be started; webhook not sent");
-        return false;
-    };
-    outbox.pending.add(1);
-    let (label, event) = (delivery.hook.label.clone(), delivery.event);
-    match outbox.queue.try_send(delivery) {
-        Ok(()) => true,
-        Err(_) => {
-            outbox.pending.add(-1);
-            tracing::warn!(
-                "notify: {label}: {} not sent, {QUEUE} deliveries are already waiting",
-                event.as_str()
-            );
-            false
-        }
+/// [`Outbox::finish`] of the process's outbox; nothing to say if none was ever used.
+pub fn finish(bound: Duration) -> Vec<String> {
+    match GLOBAL.get() {
+        Some(Some(outbox)) => outbox.finish(bound),
+        _ => Vec::new(),
     }
 }
 
-/// Waits up to `bound` for every queued delivery to end (sent or given up); the one line to
-/// print when some were still under way.
-pub fn finish(bound: Duration) -> Option<String> {
-    let outbox = OUTBOX.get()?.as_ref()?;
-    let count = outbox
-        .pending
-        .count
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let (count, _) = outbox
-        .pending
-        .changed
-        .wait_timeout_while(count, bound, |n| *n > 0)
-        .unwrap_or_else(|e| e.into_inner());
-    (*count > 0).then(|| {
-        format!(
-            "notify: gave up after {}s on {} webhook deliveries still under way (receiver down or slow)",
-            bound.as_secs(),
-            *count
-        )
-    })
+impl Outbox {
+    /// An outbox with its own delivery thread (and single-threaded runtime).
+    pub fn start() -> Option<Outbox> {
+        let (queue, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+        let tally = Arc::new(Tally::default());
+        let shared = tally.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        std::thread::Builder::new()
+            .name("nonstop-notify".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    while let Some(delivery) = incoming.recv().await {
+                        let tally = shared.clone();
+                        tokio::spawn(async move {
+                            if let Err(line) = deliver(&delivery, || attempt(&delivery)).await {
+                                tally.failed(line);
+                            }
+                            tally.ended();
+                        });
+                    }
+                })
+            })
+            .ok()?;
+        Some(Outbox { queue, tally })
+    }
+
+    /// Queues `delivery` without waiting; `false` (and a failure line) when `QUEUE` are
+    /// already waiting or under way.
+    pub fn enqueue(&self, delivery: Delivery) -> bool {
+        let (label, event) = (delivery.hook.label.clone(), delivery.event.as_str());
+        {
+            let mut state = self.tally.lock();
+            if state.pending >= QUEUE {
+                drop(state);
+                self.tally.failed(format!(
+                    "notify: {label}: {event} not sent, {QUEUE} deliveries are already waiting or under way"
+                ));
+                return false;
+            }
+            state.pending += 1;
+        }
+        if self.queue.send(delivery).is_err() {
+            self.tally.ended();
+            self.tally.failed(format!(
+                "notify: {label}: {event} not sent, the delivery thread is gone"
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// Waits up to `bound` for every queued delivery to end (sent or given up); then the
+    /// lines to print: deliveries that failed, and one line if some were still under way.
+    pub fn finish(&self, bound: Duration) -> Vec<String> {
+        let state = self.tally.lock();
+        let (mut state, _) = self
+            .tally
+            .changed
+            .wait_timeout_while(state, bound, |s| s.pending > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        let mut lines = std::mem::take(&mut state.failures);
+        if state.more_failures > 0 {
+            lines.push(format!(
+                "notify: {} more deliveries failed",
+                std::mem::take(&mut state.more_failures)
+            ));
+        }
+        if state.pending > 0 {
+            lines.push(format!(
+                "notify: gave up after {bound:?} on {} webhook deliveries still under way (receiver down or slow)",
+                state.pending
+            ));
+        }
+        lines
+    }
 }
 
 /// How an attempt went, in words that never hold the URL.
-enum Attempt {
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Attempt {
     Delivered,
     /// Worth another try (no answer, 5xx, 408, 429).
     Retry(String),
@@ -157,31 +204,155 @@ async fn attempt(delivery: &Delivery) -> Attempt {
         }
         Ok(answer) => Attempt::Refused(answer.status),
         Err(HttpError::Timeout { timeout, .. }) => {
-            Attempt::Retry(format!("no answer within {}s", timeout.as_secs()))
+            Attempt::Retry(format!("no answer within {timeout:?}"))
         }
         Err(_) => Attempt::Retry("unreachable".into()),
     }
 }
 
-async fn deliver(delivery: &Delivery) {
+/// Tries `delivery` by `attempt` at once, then after each wait of `BACKOFF`; the line to
+/// report when it was refused or every try failed.
+async fn deliver<F, Fut>(delivery: &Delivery, mut attempt: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt>,
+{
     let (label, event) = (&delivery.hook.label, delivery.event.as_str());
     let mut last = String::new();
     for wait in std::iter::once(Duration::ZERO).chain(BACKOFF) {
         tokio::time::sleep(wait).await;
-        match attempt(delivery).await {
+        match attempt().await {
             Attempt::Delivered => {
                 tracing::debug!("notify: {label}: {event} delivered");
-                return;
+                return Ok(());
             }
             Attempt::Refused(status) => {
-                tracing::warn!("notify: {label}: {event} refused with {status}; not retried");
-                return;
+                return Err(format!(
+                    "notify: {label}: {event} refused with {status}; not retried"
+                ));
             }
             Attempt::Retry(why) => last = why,
         }
     }
-    tracing::warn!(
+    Err(format!(
         "notify: {label}: {event} not delivered after {} tries ({last})",
         BACKOFF.len() + 1
-    );
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nonstop_config::notify::NotifyFormat;
+    use nonstop_testkit::receiver::Receiver;
+    use std::cell::RefCell;
+    use tokio::time::Instant;
+
+    fn delivery(url: &str, key: Option<&[u8]>) -> Delivery {
+        Delivery {
+            hook: Arc::new(Webhook {
+                label: "webhook 1 of shop (url_file hook.url)".into(),
+                url: http::Url::parse(url).unwrap(),
+                key: key.map(<[u8]>::to_vec),
+                events: NotifyEvent::all(),
+                format: NotifyFormat::Json,
+            }),
+            event: NotifyEvent::Succeeded,
+            body: br#"{"event":"succeeded"}"#.to_vec(),
+        }
+    }
+
+    /// Runs `deliver` with attempts answering `answers` in turn; when each attempt was made,
+    /// from the start, and what `deliver` said.
+    async fn schedule(answers: &[Attempt]) -> (Vec<Duration>, Result<(), String>) {
+        let start = Instant::now();
+        let calls = RefCell::new(Vec::new());
+        let d = delivery("http://127.0.0.1:9/hooks/tok-secret", None);
+        let result = deliver(&d, || {
+            let mut calls = calls.borrow_mut();
+            calls.push(start.elapsed());
+            let answer = answers[calls.len() - 1].clone();
+            async move { answer }
+        })
+        .await;
+        (calls.into_inner(), result)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_after_1_2_and_4_seconds_then_gives_up_without_the_url() {
+        let (at, result) = schedule(&vec![Attempt::Retry("answered 503".into()); 4]).await;
+        let secs: Vec<u64> = at.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [0, 1, 3, 7]);
+        let line = result.unwrap_err();
+        assert_eq!(
+            line,
+            "notify: webhook 1 of shop (url_file hook.url): succeeded not delivered after 4 tries (answered 503)"
+        );
+        assert!(!line.contains("tok-secret"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_at_the_first_success_and_never_retries_a_refusal() {
+        let (at, result) =
+            schedule(&[Attempt::Retry("unreachable".into()), Attempt::Delivered]).await;
+        assert_eq!(at, [Duration::ZERO, Duration::from_secs(1)]);
+        assert_eq!(result, Ok(()));
+        let (at, result) = schedule(&[Attempt::Refused(404)]).await;
+        assert_eq!(at, [Duration::ZERO]);
+        assert!(
+            result
+                .unwrap_err()
+                .ends_with("succeeded refused with 404; not retried")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_delivery_is_signed_and_finish_returns_once_it_is_sent() {
+        let receiver = Receiver::start(200, Duration::ZERO).await;
+        let outbox = Outbox::start().unwrap();
+        assert!(outbox.enqueue(delivery(&receiver.url("/hook"), Some(b"k3y"))));
+        let started = std::time::Instant::now();
+        let lines = tokio::task::spawn_blocking(move || outbox.finish(FINISH_BOUND))
+            .await
+            .unwrap();
+        assert_eq!(lines, Vec::<String>::new());
+        assert!(started.elapsed() < FINISH_BOUND, "{:?}", started.elapsed());
+        let got = receiver.received();
+        assert_eq!(got.len(), 1);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = got[0].header(sign::HEADER).unwrap();
+        assert_eq!(sign::verify(b"k3y", header, &got[0].body, now, 60), Ok(()));
+        assert_eq!(got[0].header("x-nonstop-event"), Some("succeeded"));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_finish_gives_up_at_its_bound() {
+        // Accepts connections into its backlog but never answers: every attempt hangs.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", silent.local_addr().unwrap());
+        let outbox = Outbox::start().unwrap();
+        for _ in 0..QUEUE {
+            assert!(outbox.enqueue(delivery(&url, None)));
+        }
+        assert!(!outbox.enqueue(delivery(&url, None)), "one more is dropped");
+        let started = std::time::Instant::now();
+        let lines = outbox.finish(Duration::from_millis(300));
+        let waited = started.elapsed();
+        println!("finish(300ms) with {QUEUE} hanging deliveries returned after {waited:?}");
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(2));
+        assert_eq!(
+            lines,
+            [
+                format!(
+                    "notify: webhook 1 of shop (url_file hook.url): succeeded not sent, {QUEUE} deliveries are already waiting or under way"
+                ),
+                format!(
+                    "notify: gave up after 300ms on {QUEUE} webhook deliveries still under way (receiver down or slow)"
+                ),
+            ]
+        );
+    }
 }

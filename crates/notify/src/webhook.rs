@@ -120,3 +120,81 @@ impl Webhook {
         self.events.contains(&event)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(toml_text: &str) -> NotifyConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    fn file(dir: &Path, name: &str, text: &str, mode: u32) {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn reads_the_url_and_key_from_files_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        file(
+            dir.path(),
+            "hook.url",
+            "http://127.0.0.1:9000/h/tok-1\n# note\n",
+            0o600,
+        );
+        file(dir.path(), "hook.key", "s3cret\n", 0o644);
+        let config = entry(
+            "url_file = \"hook.url\"\nsecret_file = \"hook.key\"\nevents = [\"failed\"]\nformat = \"slack\"\n",
+        );
+        let (hook, warnings) =
+            Webhook::load(&config, "webhook 1 of shop".into(), dir.path()).unwrap();
+        assert_eq!(hook.url.path, "/h/tok-1");
+        assert_eq!(hook.key.as_deref(), Some(&b"s3cret"[..]));
+        assert!(hook.wants(NotifyEvent::Failed) && !hook.wants(NotifyEvent::Started));
+        assert_eq!(hook.format, NotifyFormat::Slack);
+        let key = dir.path().join("hook.key");
+        assert_eq!(
+            warnings,
+            [format!(
+                "webhook 1 of shop: {} can be read by others (mode 644); run `chmod 600 {}`",
+                key.display(),
+                key.display()
+            )]
+        );
+        let shown = format!("{hook:?}");
+        assert!(
+            !shown.contains("tok-1") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_never_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        file(
+            dir.path(),
+            "bad.url",
+            "https://hooks.example/tok-2\n",
+            0o600,
+        );
+        file(dir.path(), "empty.key", "\n", 0o600);
+        let load = |text: &str| {
+            Webhook::load(&entry(text), "webhook 1 of shop".into(), dir.path())
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        let bad = load("url_file = \"bad.url\"");
+        assert!(bad.contains("bad.url") && !bad.contains("tok-2"), "{bad}");
+        let missing = load("url_file = \"missing.url\"");
+        assert!(
+            missing.starts_with("webhook 1 of shop: cannot read "),
+            "{missing}"
+        );
+        assert!(missing.contains("missing.url"), "{missing}");
+        let empty = load("url = \"http://127.0.0.1:1/\"\nsecret_file = \"empty.key\"");
+        assert!(empty.contains("the file is empty"), "{empty}");
+    }
+}
