@@ -98,13 +98,14 @@ async fn console_deploys_and_rollbacks_are_told_signed_and_secrets_stay_out_of_i
         .await,
     );
 
+    let (ci_who, admin_who) = ("token:admin/ci via console", "admin via console");
     let expected = [
-        ("deploy", "v1", "started"),
-        ("deploy", "v1", "succeeded"),
-        ("deploy", "v2", "started"),
-        ("deploy", "v2", "succeeded"),
-        ("rollback", "v1", "started"),
-        ("rollback", "v1", "succeeded"),
+        ("deploy", "v1", "started", ci_who),
+        ("deploy", "v1", "succeeded", ci_who),
+        ("deploy", "v2", "started", ci_who),
+        ("deploy", "v2", "succeeded", ci_who),
+        ("rollback", "v1", "started", admin_who),
+        ("rollback", "v1", "succeeded", admin_who),
     ];
     // The console runs on: its deliveries end in the background, nothing waits at a job's end.
     wait_until("every delivery arrived", DEADLINE, || async {
@@ -117,15 +118,20 @@ async fn console_deploys_and_rollbacks_are_told_signed_and_secrets_stay_out_of_i
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    for (got, (kind, version, event)) in received.iter().zip(expected) {
+    for (got, (kind, version, event, who)) in received.iter().zip(expected) {
         assert_eq!(got.path, format!("/hooks/{TOKEN}"));
         let header = got.header(sign::HEADER).expect("signed");
         sign::verify(KEY.as_bytes(), header, &got.body, now, 300)
             .unwrap_or_else(|e| panic!("{kind} {version} {event}: {e}"));
         let body: Value = serde_json::from_slice(&got.body).unwrap();
         assert_eq!(
-            (&body["kind"], &body["version"], &body["event"]),
-            (&json!(kind), &json!(version), &json!(event)),
+            (
+                &body["kind"],
+                &body["version"],
+                &body["event"],
+                &body["who"]
+            ),
+            (&json!(kind), &json!(version), &json!(event), &json!(who)),
             "{body}"
         );
     }
