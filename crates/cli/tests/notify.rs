@@ -235,3 +235,41 @@ async fn a_down_or_slow_receiver_delays_the_end_by_at_most_the_bound() {
     // Reading the service never needs its webhooks' files.
     assert_exit(&shop.run(&["status", "shop"]), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_receiver_is_verified_against_the_webhooks_ca_file() {
+    let tls = nonstop_testkit::receiver::TestTls::new();
+    let receiver = Receiver::start_tls(200, Duration::ZERO, &tls).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let url_file = secret_file(
+        secrets.path(),
+        "hook.url",
+        &receiver.url(&format!("/hooks/{TOKEN}")),
+    );
+    let key_file = secret_file(secrets.path(), "hook.key", KEY);
+    let ca_file = secret_file(secrets.path(), "ca.pem", &tls.ca_pem);
+    let extra = format!(
+        "{SERVICE}[[services.shop.notify]]\nurl_file = \"{}\"\nsecret_file = \"{}\"\nca_file = \"{}\"\nformat = \"slack\"\n",
+        url_file.display(),
+        key_file.display(),
+        ca_file.display()
+    );
+    let shop = Shop::start("blue-green", &["blue", "green"], &extra);
+    let out = shop.deploy("1", &[]);
+    assert_exit(&out, 0);
+    assert!(!text(&out).contains("notify:"), "{}", text(&out));
+    let received = receiver.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    for (got, event) in received.iter().zip(["started", "succeeded"]) {
+        let header = got.header(sign::HEADER).expect("signed");
+        sign::verify(KEY.as_bytes(), header, &got.body, now(), 300).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+        let line = body["text"].as_str().unwrap_or_default();
+        assert!(line.contains(&format!("(blue-green) {event}")), "{body}");
+    }
+    println!(
+        "https: {} Slack-format deliveries verified over TLS: {}",
+        received.len(),
+        String::from_utf8_lossy(&received[1].body)
+    );
+}

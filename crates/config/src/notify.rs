@@ -21,6 +21,9 @@ pub struct NotifyConfig {
     /// A file holding the HMAC-SHA256 key; without one, deliveries are not signed.
     #[serde(default)]
     pub secret_file: Option<Spanned<PathBuf>>,
+    /// PEM certificates trusted for an `https://` URL besides the system's roots (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
     /// Which events are sent (default: all of them).
     #[serde(default = "NotifyEvent::all")]
     pub events: Vec<NotifyEvent>,
@@ -74,7 +77,8 @@ pub enum NotifyFormat {
 }
 
 impl NotifyConfig {
-    /// Exactly one of `url` / `url_file`; an inline URL is `http://`; some event is chosen.
+    /// Exactly one of `url` / `url_file`; an inline URL is `http://` or `https://`; some event
+    /// is chosen.
     pub(crate) fn check(
         &self,
         service: &str,
@@ -95,14 +99,19 @@ impl NotifyConfig {
                 format!("service `{service}`: a notify entry has no `url` or `url_file`"),
                 "add url_file = \"/etc/nonstop/hook.url\" (or url = \"http://…\")",
             ),
-            (Some(url), None) if !url.get_ref().starts_with("http://") => at(
-                url.span(),
-                format!(
-                    "service `{service}`: notify url `{}` is not http://",
-                    url.get_ref()
-                ),
-                "webhooks are sent over plain http:// only (https is not supported yet); put a TLS-terminating relay on loopback",
-            ),
+            (Some(url), None)
+                if !(url.get_ref().starts_with("http://")
+                    || url.get_ref().starts_with("https://")) =>
+            {
+                at(
+                    url.span(),
+                    format!(
+                        "service `{service}`: notify url `{}` is not http:// or https://",
+                        url.get_ref()
+                    ),
+                    "write the URL as https://HOST[:PORT]/PATH (or http:// for a receiver on a trusted network)",
+                )
+            }
             _ if self.events.is_empty() => at(
                 span,
                 format!("service `{service}`: a notify entry with `events = []` sends nothing"),

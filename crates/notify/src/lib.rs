@@ -4,6 +4,7 @@
 mod outbox;
 pub mod sign;
 mod summary;
+mod tls;
 mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -71,9 +72,13 @@ impl Notifier {
                 (Some(file), _) => format!("url_file {}", file.get_ref().display()),
                 // An inline URL holds no secret by the config's own rule, but its path is
                 // still left out: only where it goes.
-                (None, Some(url)) => match nonstop_http_client::Url::parse(url.get_ref()) {
-                    Ok(url) => format!("url http://{}", url.authority()),
-                    Err(_) => "url".into(),
+                (None, Some(url)) => match webhook::parse(url.get_ref()) {
+                    Some((url, https)) => format!(
+                        "url {}://{}",
+                        if https { "https" } else { "http" },
+                        url.authority()
+                    ),
+                    None => "url".into(),
                 },
                 (None, None) => "url".into(),
             };

@@ -197,16 +197,25 @@ async fn attempt(delivery: &Delivery) -> Attempt {
         headers,
         body: &delivery.body,
     };
-    match http::send(&hook.url, &request, ATTEMPT_TIMEOUT).await {
+    let late = || format!("no answer within {ATTEMPT_TIMEOUT:?}");
+    let answer = match &hook.tls {
+        None => http::send(&hook.url, &request, ATTEMPT_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                HttpError::Timeout { .. } => late(),
+                _ => "unreachable".into(),
+            }),
+        Some(tls) => tokio::time::timeout(ATTEMPT_TIMEOUT, tls.send(&hook.url, &request))
+            .await
+            .unwrap_or_else(|_| Err(late())),
+    };
+    match answer {
         Ok(answer) if (200..300).contains(&answer.status) => Attempt::Delivered,
         Ok(answer) if matches!(answer.status, 408 | 429) || answer.status >= 500 => {
             Attempt::Retry(format!("answered {}", answer.status))
         }
         Ok(answer) => Attempt::Refused(answer.status),
-        Err(HttpError::Timeout { timeout, .. }) => {
-            Attempt::Retry(format!("no answer within {timeout:?}"))
-        }
-        Err(_) => Attempt::Retry("unreachable".into()),
+        Err(why) => Attempt::Retry(why),
     }
 }
 
@@ -244,7 +253,7 @@ where
 mod tests {
     use super::*;
     use nonstop_config::notify::NotifyFormat;
-    use nonstop_testkit::receiver::Receiver;
+    use nonstop_testkit::receiver::{Receiver, TestTls};
     use std::cell::RefCell;
     use tokio::time::Instant;
 
@@ -253,6 +262,7 @@ mod tests {
             hook: Arc::new(Webhook {
                 label: "webhook 1 of shop (url_file hook.url)".into(),
                 url: http::Url::parse(url).unwrap(),
+                tls: None,
                 key: key.map(<[u8]>::to_vec),
                 events: NotifyEvent::all(),
                 format: NotifyFormat::Json,
@@ -326,6 +336,40 @@ mod tests {
         let header = got[0].header(sign::HEADER).unwrap();
         assert_eq!(sign::verify(b"k3y", header, &got[0].body, now, 60), Ok(()));
         assert_eq!(got[0].header("x-nonstop-event"), Some("succeeded"));
+    }
+
+    #[tokio::test]
+    async fn https_is_verified_against_the_webhooks_ca_file() {
+        let tls = TestTls::new();
+        let receiver = Receiver::start_tls(200, Duration::ZERO, &tls).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &tls.ca_pem).unwrap();
+        let over = |extra: &str| {
+            let text = format!("url = \"{}\"\n{extra}", receiver.url("/hook"));
+            let config: nonstop_config::notify::NotifyConfig = toml::from_str(&text).unwrap();
+            let (hook, _) = Webhook::load(&config, "webhook 1 of shop".into(), dir.path())
+                .unwrap_or_else(|e| panic!("{e}"));
+            Delivery {
+                hook: Arc::new(hook),
+                event: NotifyEvent::Started,
+                body: b"{}".to_vec(),
+            }
+        };
+        assert_eq!(
+            attempt(&over("ca_file = \"ca.pem\"")).await,
+            Attempt::Delivered
+        );
+        let got = receiver.received();
+        assert_eq!((got.len(), got[0].path.as_str()), (1, "/hook"));
+        // The system's roots alone do not know the test's CA.
+        match attempt(&over("")).await {
+            Attempt::Retry(why) => assert!(
+                why.starts_with("TLS handshake failed: invalid peer certificate"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(receiver.received().len(), 1);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use nonstop_config::notify::{NotifyConfig, NotifyEvent, NotifyFormat};
 use nonstop_http_client::Url;
 
+use crate::tls::Tls;
+
 /// A webhook that cannot be used, named by its label and file, never by its URL.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -16,10 +18,10 @@ pub enum WebhookError {
         path: PathBuf,
         message: String,
     },
-    #[error(
-        "{label}: the URL in {path} is not http://HOST[:PORT]/PATH (https is not supported yet)"
-    )]
+    #[error("{label}: the URL in {path} is not http(s)://HOST[:PORT]/PATH")]
     BadUrl { label: String, path: String },
+    #[error("{label}: https: {message}")]
+    Tls { label: String, message: String },
 }
 
 /// A webhook ready to send to.
@@ -28,6 +30,8 @@ pub struct Webhook {
     /// How output names it: `webhook 1 of shop (url_file /etc/nonstop/shop-hook.url)`.
     pub label: String,
     pub(crate) url: Url,
+    /// Set for an `https://` URL.
+    pub(crate) tls: Option<Tls>,
     pub(crate) key: Option<Vec<u8>>,
     pub events: Vec<NotifyEvent>,
     pub format: NotifyFormat,
@@ -38,6 +42,7 @@ impl std::fmt::Debug for Webhook {
         f.debug_struct("Webhook")
             .field("label", &self.label)
             .field("signed", &self.key.is_some())
+            .field("https", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -72,10 +77,28 @@ impl Webhook {
             // The config check refuses an entry with neither.
             (None, None) => (String::new(), "url".to_string()),
         };
-        let url = Url::parse(&url).map_err(|_| WebhookError::BadUrl {
+        let (url, https) = parse(&url).ok_or_else(|| WebhookError::BadUrl {
             label: label.clone(),
             path: shown,
         })?;
+        let tls = match https {
+            false => None,
+            true => {
+                let extra = match &config.ca_file {
+                    Some(file) => Some(read(file.get_ref().as_path())?),
+                    None => None,
+                };
+                let tls = Tls::new(&url.host, extra.as_ref().map(|(_, pem)| pem.as_slice()))
+                    .map_err(|message| WebhookError::Tls {
+                        label: label.clone(),
+                        message: match &extra {
+                            Some((path, _)) => format!("{}: {message}", path.display()),
+                            None => message,
+                        },
+                    })?;
+                Some(tls)
+            }
+        };
         let key = match &config.secret_file {
             Some(file) => {
                 let (path, bytes) = read(file.get_ref().as_path())?;
@@ -108,6 +131,7 @@ impl Webhook {
             Webhook {
                 label,
                 url,
+                tls,
                 key,
                 events: config.events.clone(),
                 format: config.format,
@@ -119,6 +143,22 @@ impl Webhook {
     pub fn wants(&self, event: NotifyEvent) -> bool {
         self.events.contains(&event)
     }
+}
+
+/// `http://…` or `https://…` (port 443 unless given), and whether it is https.
+pub(crate) fn parse(text: &str) -> Option<(Url, bool)> {
+    let Some(rest) = text.strip_prefix("https://") else {
+        return Url::parse(text).ok().map(|url| (url, false));
+    };
+    let mut url = Url::parse(&format!("http://{rest}")).ok()?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let explicit = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    if !explicit {
+        url.port = 443;
+    }
+    Some((url, true))
 }
 
 #[cfg(test)]
@@ -173,12 +213,14 @@ mod tests {
     #[test]
     fn errors_name_the_file_never_the_url() {
         let dir = tempfile::tempdir().unwrap();
+        file(dir.path(), "bad.url", "ftp://hooks.example/tok-2\n", 0o600);
         file(
             dir.path(),
-            "bad.url",
-            "https://hooks.example/tok-2\n",
+            "https.url",
+            "https://hooks.example/tok-3\n",
             0o600,
         );
+        file(dir.path(), "junk.pem", "not a certificate\n", 0o600);
         file(dir.path(), "empty.key", "\n", 0o600);
         let load = |text: &str| {
             Webhook::load(&entry(text), "webhook 1 of shop".into(), dir.path())
@@ -196,5 +238,25 @@ mod tests {
         assert!(missing.contains("missing.url"), "{missing}");
         let empty = load("url = \"http://127.0.0.1:1/\"\nsecret_file = \"empty.key\"");
         assert!(empty.contains("the file is empty"), "{empty}");
+        let junk = load("url_file = \"https.url\"\nca_file = \"junk.pem\"");
+        assert!(
+            junk.contains("junk.pem: it holds no PEM certificate") && !junk.contains("tok-3"),
+            "{junk}"
+        );
+    }
+
+    #[test]
+    fn https_urls_default_to_port_443() {
+        let (url, https) = parse("https://hooks.example/services/T0/B1?x=1").unwrap();
+        assert!(https);
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("hooks.example", 443, "/services/T0/B1?x=1")
+        );
+        let (url, https) = parse("https://127.0.0.1:8443/h").unwrap();
+        assert_eq!((https, url.port), (true, 8443));
+        let (url, https) = parse("http://127.0.0.1/h").unwrap();
+        assert_eq!((https, url.port), (false, 80));
+        assert!(parse("ftp://x/").is_none());
     }
 }
