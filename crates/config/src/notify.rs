@@ -121,3 +121,48 @@ impl NotifyConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    fn parse(entries: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[services.shop]\nbalancer = {{ kind = \"command\", enable = [\"x\"], drain = [\"x\"], disable = [\"x\"] }}\nruntime = {{ kind = \"process\", start = [\"app\"] }}\nreleases = {{ dir = \"/tmp/shop\" }}\n[[services.shop.nodes]]\nname = \"a\"\nport = 1\n[[services.shop.nodes]]\nname = \"b\"\nport = 2\n{entries}"
+        );
+        Config::parse(&Source {
+            path: "nonstop.toml".into(),
+            text,
+        })
+    }
+
+    #[test]
+    fn entries_are_checked_with_their_line() {
+        let config = parse(
+            "[[services.shop.notify]]\nurl = \"https://hooks.example/x\"\nformat = \"slack\"\n[[services.shop.notify]]\nurl_file = \"hook.url\"\nca_file = \"ca.pem\"\nevents = [\"failed\", \"paused\"]\n",
+        )
+        .unwrap();
+        let notify = &config.services["shop"].notify;
+        assert_eq!(notify[0].get_ref().events, NotifyEvent::all());
+        assert_eq!(notify[0].get_ref().format, NotifyFormat::Slack);
+        assert_eq!(
+            notify[1].get_ref().events,
+            [NotifyEvent::Failed, NotifyEvent::Paused]
+        );
+        let err = parse("[[services.shop.notify]]\nurl = \"ftp://hooks.example/x\"\n").unwrap_err();
+        assert_eq!(err.line, 12, "{err}");
+        assert!(err.message.contains("not http:// or https://"), "{err}");
+        let err =
+            parse("[[services.shop.notify]]\nurl = \"http://a/\"\nurl_file = \"b\"\n").unwrap_err();
+        assert_eq!(err.line, 13, "{err}");
+        let err = parse("[[services.shop.notify]]\nevents = [\"started\"]\n").unwrap_err();
+        assert!(err.message.contains("no `url` or `url_file`"), "{err}");
+        let err =
+            parse("[[services.shop.notify]]\nurl = \"http://a/\"\nevents = []\n").unwrap_err();
+        assert!(err.message.contains("sends nothing"), "{err}");
+        let err = parse("[[services.shop.notify]]\nurl = \"http://a/\"\nevents = [\"deployed\"]\n")
+            .unwrap_err();
+        assert!(err.message.contains("deployed"), "{err}");
+    }
+}
