@@ -147,6 +147,9 @@ impl Notifier {
             (Moment::End, Outcome::Failed | Outcome::Running) => NotifyEvent::Failed,
         };
         let mut summary = Summary::of(what, &record);
+        if what == NotifyEvent::Failed {
+            summary.outcome = NotifyEvent::Failed.as_str().into();
+        }
         // A pause says why it waits (and how to go on); a failure that could not be
         // recorded says it only in its event.
         if what == NotifyEvent::Paused || (what == NotifyEvent::Failed && summary.reason.is_none())
@@ -191,5 +194,108 @@ mod tests {
         }
         // What the engine's `EventKind::Paused` serializes as (its --json events).
         assert_eq!(Moment::named(&"paused".into()), Some(Moment::Pause));
+    }
+
+    fn event(kind: EventKind, deploy: i64, message: &str) -> Event {
+        Event {
+            at_ms: 0,
+            deploy: Some(deploy),
+            kind,
+            node: None,
+            message: message.into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_stores_record_becomes_the_event_and_each_webhook_gets_what_it_wants() {
+        use nonstop_ports::Version;
+        let receiver =
+            nonstop_testkit::receiver::Receiver::start(200, std::time::Duration::ZERO).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store_path = dir.path().join("nonstop.db");
+        let store = Store::open(&store_path, "shop").unwrap();
+        let hook = |path: &str, events: Vec<NotifyEvent>| {
+            let (url, _) = webhook::parse(&receiver.url(path)).unwrap();
+            Arc::new(Webhook {
+                label: format!("webhook {path}"),
+                url,
+                tls: None,
+                key: None,
+                events,
+                format: nonstop_config::notify::NotifyFormat::Json,
+            })
+        };
+        let notifier = Notifier {
+            service: "shop".into(),
+            hooks: vec![
+                hook("/all", NotifyEvent::all()),
+                hook("/failed", vec![NotifyEvent::Failed]),
+            ],
+            store: store_path.clone(),
+            warnings: Vec::new(),
+        };
+        let holder = nonstop_store::Holder::current();
+        let (v1, v2) = (Version("1".into()), Version("2".into()));
+        let first = store
+            .begin("deploy", &v1, None, "rolling", &holder, "{}")
+            .unwrap();
+        notifier.observe(&event(EventKind::Begin, first, "deploy #1"));
+        notifier.observe(&event(EventKind::Step, first, "a step is not told"));
+        store.finish(first, Outcome::Succeeded, None).unwrap();
+        notifier.observe(&event(EventKind::Done, first, "shop now runs 1"));
+        // Ended without a recorded outcome (an unwritable journal): failed, with the event's words.
+        let second = store
+            .begin("deploy", &v2, Some(&v1), "rolling", &holder, "{}")
+            .unwrap();
+        notifier.observe(&event(
+            EventKind::Done,
+            second,
+            "deploy #2 of 2 stopped: journal: disk full",
+        ));
+        let lines = tokio::task::spawn_blocking(|| crate::finish(FINISH_BOUND))
+            .await
+            .unwrap();
+        assert_eq!(lines, Vec::<String>::new());
+        let got: Vec<(String, serde_json::Value)> = receiver
+            .received()
+            .into_iter()
+            .map(|r| (r.path, serde_json::from_slice(&r.body).unwrap()))
+            .collect();
+        // Deliveries run side by side: in any order.
+        let mut seen: Vec<(&str, &str, &str)> = got
+            .iter()
+            .map(|(path, b)| {
+                (
+                    path.as_str(),
+                    b["event"].as_str().unwrap(),
+                    b["version"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("/all", "failed", "2"),
+                ("/all", "started", "1"),
+                ("/all", "succeeded", "1"),
+                ("/failed", "failed", "2")
+            ],
+            "{got:#?}"
+        );
+        let failed = &got.iter().find(|(path, _)| path == "/failed").unwrap().1;
+        assert_eq!(failed["outcome"], "failed");
+        assert_eq!(
+            failed["reason"],
+            "deploy #2 of 2 stopped: journal: disk full"
+        );
+        assert_eq!(failed["from_version"], "1");
+        let succeeded = &got
+            .iter()
+            .find(|(_, b)| b["event"] == "succeeded")
+            .unwrap()
+            .1;
+        assert_eq!(succeeded["outcome"], "succeeded");
+        assert!(succeeded["duration_ms"].is_u64(), "{got:#?}");
     }
 }
