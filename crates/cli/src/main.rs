@@ -86,6 +86,10 @@ fn main() -> ExitCode {
         Command::Agent(args) => cmd_agent::run(args),
         Command::Console(args) => cmd_console::run(args),
     };
+    // Webhooks of a deploy that just ended get a bounded wait, never an unbounded one.
+    for line in nonstop_notify::finish(nonstop_notify::FINISH_BOUND) {
+        eprintln!("{line}");
+    }
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -174,7 +174,7 @@ impl DriverKind for RuntimeKind {
 }
 
 /// Keys every runtime table may hold besides its driver's own settings.
-pub const RUNTIME_SHARED_KEYS: &[&str] = &["stop_grace", "env", "env_files"];
+pub const RUNTIME_SHARED_KEYS: &[&str] = &["stop_grace", "env", "env_files", "inherit_env"];
 
 /// The settings every runtime shares, read from the same table as the driver's.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -189,6 +189,9 @@ pub struct RuntimeShared {
     /// (see [`crate::env_file`]); never read where the instance does not run.
     #[serde(default)]
     pub env_files: Vec<std::path::PathBuf>,
+    /// Which of nonstop's own environment instances and hooks inherit (docs/lifecycle.md).
+    #[serde(default)]
+    pub inherit_env: nonstop_ports::InheritEnv,
 }
 
 impl Default for RuntimeShared {
@@ -197,6 +200,7 @@ impl Default for RuntimeShared {
             stop_grace: default_stop_grace(),
             env: Default::default(),
             env_files: Vec::new(),
+            inherit_env: Default::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod env_file;
 mod error;
 pub mod hosts;
 pub mod lifecycle;
+pub mod notify;
 pub mod preview;
 pub mod proxy;
 pub mod service;

@@ -49,6 +49,9 @@ pub struct ServiceConfig {
     /// A header or cookie that reaches the new release before the switch (docs/strategies/canary.md).
     #[serde(default)]
     pub preview: Option<Spanned<crate::preview::PreviewConfig>>,
+    /// Webhooks told when a deploy starts, ends or pauses.
+    #[serde(default)]
+    pub notify: Vec<Spanned<crate::notify::NotifyConfig>>,
 }
 
 fn default_strategy() -> Spanned<Strategy> {
@@ -428,6 +431,9 @@ impl ServiceConfig {
         }
         if let Some(preview) = &self.preview {
             preview.get_ref().check(name, &self.strategy, source)?;
+        }
+        for hook in &self.notify {
+            hook.get_ref().check(name, hook.span(), source)?;
         }
         let path = ["services", name, "runtime"];
         self.runtime.shared = self
@@ -889,5 +895,27 @@ port = 8082
         );
         assert_eq!(runtime.shared.env["JAVA_OPTS"], "-Xmx1g");
         assert_eq!(runtime.argv()[0], "java");
+        assert_eq!(
+            runtime.shared.inherit_env,
+            nonstop_ports::InheritEnv::default()
+        );
+    }
+
+    #[test]
+    fn inherit_env_is_all_or_a_list_and_a_bad_word_names_its_line() {
+        let config =
+            parse(&GOOD.replace("env = {", "inherit_env = [\"JAVA_HOME\"], env = {")).unwrap();
+        assert_eq!(
+            config.services["shop"].runtime.shared.inherit_env,
+            nonstop_ports::InheritEnv::Names(vec!["JAVA_HOME".into()])
+        );
+        let config = parse(&GOOD.replace("env = {", "inherit_env = \"all\", env = {")).unwrap();
+        assert_eq!(
+            config.services["shop"].runtime.shared.inherit_env,
+            nonstop_ports::InheritEnv::All
+        );
+        let err = parse(&GOOD.replace("env = {", "inherit_env = \"most\", env = {")).unwrap_err();
+        assert_eq!(err.line, 11, "{err}");
+        assert!(err.message.contains("expected \"all\""), "{err}");
     }
 }

@@ -84,6 +84,12 @@ pub fn open_fleet_engine(
         timeout: svc.health.timeout.0,
     };
     let base = nonstop_engine::service_base(svc, config_path);
+    let config_dir = config_path.parent().unwrap_or(Path::new("."));
+    let store = nonstop_engine::store_path(&base);
+    let emit = match nonstop_notify::Notifier::for_service(service, svc, config_dir, store) {
+        Some(notifier) => notifier.wrap(emit),
+        None => emit,
+    };
     let analyses =
         analyses::build(service, svc, &source).map_err(|e| DeployError::Refused(e.to_string()))?;
     let mut engine = Engine::new(service, svc.clone(), base, balancer, runtime, probe, emit)?;
@@ -186,7 +192,7 @@ pub fn check(config: &Config, source: &Source) -> Result<(), ConfigError> {
         };
         match runtime_settings(name, svc, source)? {
             RuntimeSettings::Command(c) => {
-                CommandRuntime::new(c, []).map_err(runtime_error)?;
+                CommandRuntime::new(c, Default::default()).map_err(runtime_error)?;
             }
             RuntimeSettings::Systemd(c) => {
                 systemd_runtime(c, svc).map_err(runtime_error)?;
@@ -377,19 +383,28 @@ fn remote_replacement(
 
 fn local_runtime(name: &str, svc: &ServiceConfig, source: &Source) -> Result<AnyRuntime, String> {
     let runtime = match runtime_settings(name, svc, source).map_err(|e| e.to_string())? {
-        RuntimeSettings::Process => AnyRuntime::Process(ProcessRuntime::new(
-            svc.runtime.argv(),
-            svc.runtime.shared.env.clone(),
-        )),
-        RuntimeSettings::Tomcat(c) => {
-            AnyRuntime::Tomcat(Box::new(TomcatRuntime::new(c).map_err(|e| e.to_string())?))
+        RuntimeSettings::Process => {
+            AnyRuntime::Process(ProcessRuntime::new(svc.runtime.argv(), service_env(svc)))
         }
+        RuntimeSettings::Tomcat(c) => AnyRuntime::Tomcat(Box::new(
+            TomcatRuntime::new(c)
+                .map_err(|e| e.to_string())?
+                .with_env(service_env(svc)),
+        )),
         RuntimeSettings::Command(c) => {
-            AnyRuntime::Command(CommandRuntime::new(c, svc.runtime.shared.env.clone())?)
+            AnyRuntime::Command(CommandRuntime::new(c, service_env(svc))?)
         }
         RuntimeSettings::Systemd(c) => AnyRuntime::Systemd(systemd_runtime(c, svc)?),
     };
     Ok(runtime)
+}
+
+/// The service's part of every instance's environment (`env`, `inherit_env`).
+pub fn service_env(svc: &ServiceConfig) -> nonstop_runtime_process::ServiceEnv {
+    nonstop_runtime_process::ServiceEnv::new(
+        svc.runtime.shared.env.clone(),
+        svc.runtime.shared.inherit_env.clone(),
+    )
 }
 
 /// The systemd runtime of `svc`: its unit template checked against the service's nodes.

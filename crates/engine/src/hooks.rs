@@ -162,8 +162,13 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
     ) -> Result<String, String> {
         let (program, args) = argv.split_first().ok_or("no program")?;
         let mut command = tokio::process::Command::new(program);
+        // The same environment rule as the instances' (docs/lifecycle.md).
+        let shared = &self.config.runtime.shared;
         command
             .args(args)
+            .env_clear()
+            .envs(shared.inherit_env.from_here())
+            .envs(&shared.env)
             .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -132,6 +132,23 @@ pub async fn send(
     .await
 }
 
+/// Sends `request` on `io`, a connection already open to `url`'s host (a TLS stream, say), and
+/// reads the whole answer; the caller bounds the time.
+pub async fn send_on<IO>(io: IO, url: &Url, request: &Request<'_>) -> Result<Response, HttpError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let body = Full::new(Bytes::copy_from_slice(request.body));
+    exchange_on(
+        async { Ok(io) },
+        url,
+        request.method,
+        &request.headers,
+        body,
+    )
+    .await
+}
+
 /// Sends the file at `path` as the body of a `method` request (e.g. a WAR to Tomcat's manager
 /// with `PUT`), streamed in 64 KiB chunks with its length as `Content-Length`; reads the whole
 /// answer. The whole exchange, upload included, must fit in `timeout`.
@@ -195,6 +212,30 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let addr = url.authority();
+    let connect = async {
+        TcpStream::connect(&addr).await.map_err(|e| HttpError::Io {
+            addr: addr.clone(),
+            message: e.to_string(),
+        })
+    };
+    exchange_on(connect, url, method, headers, body).await
+}
+
+/// Builds the request (refusing a bad header before any connection), then sends it on the
+/// connection `connect` opens.
+async fn exchange_on<IO, B>(
+    connect: impl std::future::Future<Output = Result<IO, HttpError>>,
+    url: &Url,
+    method: &str,
+    headers: &[(&str, String)],
+    body: B,
+) -> Result<Response, HttpError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let addr = url.authority();
     let io = |e: &dyn std::fmt::Display| HttpError::Io {
         addr: addr.clone(),
         message: e.to_string(),
@@ -214,7 +255,7 @@ where
     let hyper_request = builder
         .body(body)
         .map_err(|e| HttpError::BadHeader(e.to_string()))?;
-    let stream = TcpStream::connect(&addr).await.map_err(|e| io(&e))?;
+    let stream = connect.await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| io(&e))?;

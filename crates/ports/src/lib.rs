@@ -3,11 +3,13 @@
 
 pub mod analysis;
 pub mod edge;
+pub mod env;
 pub mod hook;
 pub mod template;
 
 pub use analysis::{Analysis, AnalysisWindow, Verdict};
 pub use edge::{Maintenance, Preview};
+pub use env::InheritEnv;
 pub use hook::{HookOutput, HookRun};
 
 use std::collections::BTreeMap;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nonstop_ports::template::{check_hooks, fill};
 use nonstop_ports::{Instance, InstanceSpec, PortError, PortResult, Runtime};
+use nonstop_runtime_process::{ServiceEnv, instance_env};
 use serde::Deserialize;
 
 /// Placeholders the hooks may use; `stop` and `status` know only node, port and version.
@@ -42,14 +43,11 @@ fn default_timeout() -> String {
 pub struct CommandRuntime {
     config: CommandRuntimeConfig,
     timeout: Duration,
-    env: Vec<(String, String)>,
+    env: ServiceEnv,
 }
 
 impl CommandRuntime {
-    pub fn new(
-        config: CommandRuntimeConfig,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<CommandRuntime, String> {
+    pub fn new(config: CommandRuntimeConfig, env: ServiceEnv) -> Result<CommandRuntime, String> {
         let timeout = humantime::parse_duration(&config.timeout)
             .map_err(|e| format!("command runtime: timeout `{}`: {e}", config.timeout))?;
         let hooks = [
@@ -62,18 +60,32 @@ impl CommandRuntime {
         Ok(CommandRuntime {
             config,
             timeout,
-            env: env.into_iter().collect(),
+            env,
         })
     }
 
-    /// Runs one hook with its output appended to `log`; an error carries the hook's last words.
+    /// What `stop` and `status` see: the service's environment and the instance's identity.
+    fn instance_ref_env(&self, instance: &Instance) -> BTreeMap<String, String> {
+        let mut env = self.env.base();
+        for (k, v) in [
+            ("NONSTOP_NODE", instance.node.to_string()),
+            ("NONSTOP_PORT", instance.port.to_string()),
+            ("NONSTOP_VERSION", instance.version.to_string()),
+        ] {
+            env.insert(k.to_string(), v);
+        }
+        env
+    }
+
+    /// Runs one hook with its output appended to `log` and exactly `env` as its environment;
+    /// an error carries the hook's last words.
     async fn run(
         &self,
         hook: &str,
         argv: &[String],
         values: &BTreeMap<&str, String>,
         log: &Path,
-        extra_env: &BTreeMap<String, String>,
+        env: &BTreeMap<String, String>,
     ) -> PortResult<()> {
         let argv: Vec<String> = argv.iter().map(|a| fill(a, values)).collect();
         if let Some(dir) = log.parent() {
@@ -90,8 +102,8 @@ impl CommandRuntime {
             .map_err(|e| PortError::new(format!("cannot share the log: {e}")))?;
         let mut child = tokio::process::Command::new(&argv[0])
             .args(&argv[1..])
-            .envs(self.env.iter().cloned())
-            .envs(extra_env.iter())
+            .env_clear()
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -142,11 +154,12 @@ fn instance_values(instance: &Instance) -> BTreeMap<&'static str, String> {
 impl Runtime for CommandRuntime {
     async fn start(&self, spec: &InstanceSpec) -> PortResult<Instance> {
         let values = spec_values(spec);
+        let env = instance_env(spec, &self.env);
         if let Some(install) = &self.config.install {
-            self.run("install", install, &values, &spec.log, &spec.env)
+            self.run("install", install, &values, &spec.log, &env)
                 .await?;
         }
-        self.run("start", &self.config.start, &values, &spec.log, &spec.env)
+        self.run("start", &self.config.start, &values, &spec.log, &env)
             .await?;
         Ok(Instance {
             node: spec.node.clone(),
@@ -166,7 +179,7 @@ impl Runtime for CommandRuntime {
             &self.config.stop,
             &values,
             &instance.log,
-            &BTreeMap::new(),
+            &self.instance_ref_env(instance),
         )
         .await
     }
@@ -182,7 +195,8 @@ impl Runtime for CommandRuntime {
             .collect();
         let Ok(mut child) = tokio::process::Command::new(&argv[0])
             .args(&argv[1..])
-            .envs(self.env.iter().cloned())
+            .env_clear()
+            .envs(self.instance_ref_env(instance))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -234,7 +248,7 @@ mod tests {
                 status: argv(&["status", "{node}"]),
                 timeout: "5s".into(),
             },
-            [],
+            ServiceEnv::default(),
         )
         .unwrap()
     }
@@ -295,7 +309,7 @@ mod tests {
             timeout: "5s".into(),
         };
         assert!(
-            CommandRuntime::new(config, [])
+            CommandRuntime::new(config, ServiceEnv::default())
                 .unwrap_err()
                 .contains("{prot}")
         );

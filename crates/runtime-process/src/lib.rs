@@ -17,19 +17,20 @@ use std::time::{Duration, Instant};
 use nonstop_ports::{Instance, InstanceSpec, PortError, PortResult, Runtime};
 use rustix::process::{Pid, Signal};
 
+mod env;
+
+pub use env::{ServiceEnv, instance_env, instance_env_from, nonstop_vars};
+
 /// Starts instances from `argv` with `{artifact}`, `{release_dir}`, `{version}`, `{port}`, `{node}`.
 #[derive(Debug, Clone)]
 pub struct ProcessRuntime {
     argv: Vec<String>,
-    env: Vec<(String, String)>,
+    env: ServiceEnv,
 }
 
 impl ProcessRuntime {
-    pub fn new(argv: Vec<String>, env: impl IntoIterator<Item = (String, String)>) -> Self {
-        ProcessRuntime {
-            argv,
-            env: env.into_iter().collect(),
-        }
+    pub fn new(argv: Vec<String>, env: ServiceEnv) -> Self {
+        ProcessRuntime { argv, env }
     }
 
     /// The argv for `spec`, placeholders filled in.
@@ -56,9 +57,8 @@ impl Runtime for ProcessRuntime {
         let mut command = Command::new(program);
         command
             .args(args)
-            .envs(self.env.iter().cloned())
-            .envs(spec.env.iter())
-            .envs(instance_env(spec))
+            .env_clear()
+            .envs(instance_env(spec, &self.env))
             .current_dir(&spec.release_dir);
         let header = format!(
             "--- nonstop: starting {} {} on port {}: {argv:?}",
@@ -88,20 +88,6 @@ impl Runtime for ProcessRuntime {
     async fn find(&self, spec: &InstanceSpec) -> Option<Instance> {
         find(spec)
     }
-}
-
-/// What every instance is told about itself (documented in docs/services.md); recovery also
-/// finds an instance it never recorded by these.
-pub fn instance_env(spec: &InstanceSpec) -> [(&'static str, String); 4] {
-    [
-        ("NONSTOP_NODE", spec.node.to_string()),
-        ("NONSTOP_PORT", spec.port.to_string()),
-        ("NONSTOP_VERSION", spec.version.to_string()),
-        (
-            "NONSTOP_RELEASE_DIR",
-            spec.release_dir.to_string_lossy().into_owned(),
-        ),
-    ]
 }
 
 /// The session leader started for `spec` (same node and release directory in its
@@ -390,7 +376,7 @@ mod tests {
                 "--v={version}@{node}".into(),
                 "$(rm -rf /)".into(),
             ],
-            [],
+            ServiceEnv::default(),
         );
         let line = runtime.command_line(&spec(dir.path()));
         assert_eq!(line[2], dir.path().join("app.jar").to_string_lossy());
@@ -404,10 +390,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runtime = ProcessRuntime::new(
             vec!["sleep".into(), "30".into()],
-            [("A".to_string(), "b".to_string())],
+            ServiceEnv::new(
+                [("A".to_string(), "b".to_string())].into(),
+                Default::default(),
+            ),
         );
         let instance = runtime.start(&spec(dir.path())).await.unwrap();
         assert!(instance.start_ticks > 0);
+        let environ = std::fs::read(format!("/proc/{}/environ", instance.pid)).unwrap();
+        let names: Vec<String> = environ
+            .split(|b| *b == 0)
+            .filter_map(|v| {
+                std::str::from_utf8(v)
+                    .ok()?
+                    .split_once('=')
+                    .map(|(k, _)| k.to_string())
+            })
+            .collect();
+        let allowed = |n: &str| {
+            nonstop_ports::env::BASELINE.contains(&n)
+                || n.starts_with("LC_")
+                || ["A", "GREETING"].contains(&n)
+                || n.starts_with("NONSTOP_")
+        };
+        assert!(
+            names.iter().all(|n| allowed(n)),
+            "only the documented variables: {names:?}"
+        );
+        for wanted in ["A", "GREETING", "NONSTOP_PORT", "PATH"] {
+            assert!(
+                names.iter().any(|n| n == wanted),
+                "{wanted} missing: {names:?}"
+            );
+        }
         assert!(runtime.is_running(&instance).await);
         let sid = rustix::process::getsid(Pid::from_raw(instance.pid)).unwrap();
         assert_eq!(
@@ -427,7 +442,7 @@ mod tests {
     #[tokio::test]
     async fn an_unrecorded_instance_is_found_by_its_node_and_release() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = ProcessRuntime::new(vec!["sleep".into(), "30".into()], []);
+        let runtime = ProcessRuntime::new(vec!["sleep".into(), "30".into()], ServiceEnv::default());
         let spec = spec(dir.path());
         assert!(runtime.find(&spec).await.is_none());
         let started = runtime.start(&spec).await.unwrap();
@@ -449,7 +464,7 @@ mod tests {
     #[tokio::test]
     async fn notices_an_exit_and_a_recycled_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = ProcessRuntime::new(vec!["true".into()], []);
+        let runtime = ProcessRuntime::new(vec!["true".into()], ServiceEnv::default());
         let instance = runtime.start(&spec(dir.path())).await.unwrap();
         let until = Instant::now() + Duration::from_secs(5);
         while runtime.is_running(&instance).await {
@@ -468,7 +483,7 @@ mod tests {
     #[tokio::test]
     async fn missing_program_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = ProcessRuntime::new(vec!["/nonexistent/app".into()], []);
+        let runtime = ProcessRuntime::new(vec!["/nonexistent/app".into()], ServiceEnv::default());
         let err = runtime.start(&spec(dir.path())).await.unwrap_err();
         assert!(err.message.contains("/nonexistent/app"), "{err}");
     }

@@ -237,7 +237,12 @@ pub struct TomcatRuntime {
     /// Recent `list` answers by manager URL: `is_running` is polled every few milliseconds
     /// during the engine's verify window.
     lists: ListCache,
+    /// The service's `env` and `inherit_env` (docs/lifecycle.md).
+    env: nonstop_runtime_process::ServiceEnv,
 }
+
+/// What catalina.sh reads to find its JVM: inherited whatever `inherit_env` says.
+const CATALINA_INPUTS: &[&str] = &["JAVA_HOME", "JRE_HOME"];
 
 /// `list` answers by manager URL, with when they came.
 type ListCache = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (Instant, Vec<Listed>)>>>;
@@ -357,7 +362,14 @@ impl TomcatRuntime {
             manager: None,
             counter: None,
             lists: Default::default(),
+            env: Default::default(),
         })
+    }
+
+    /// Instances get `env` (the service's `env` and `inherit_env`) instead of the bare baseline.
+    pub fn with_env(mut self, env: nonstop_runtime_process::ServiceEnv) -> Self {
+        self.env = env;
+        self
     }
 
     fn base(&self, node: &NodeName) -> Result<&Path, TomcatError> {
@@ -448,11 +460,13 @@ impl TomcatRuntime {
         let mut command = Command::new(self.config.catalina_home.join("bin/catalina.sh"));
         command
             .arg("run")
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| CATALINA_INPUTS.contains(&k.as_str())))
+            .envs(nonstop_runtime_process::instance_env(spec, &self.env))
             .env("CATALINA_HOME", &self.config.catalina_home)
             .env("CATALINA_BASE", base)
             .env("CATALINA_TMPDIR", base.join("temp"))
             .env("CATALINA_OPTS", opts.join(" "))
-            .envs(spec.env.iter())
             .current_dir(base);
         let header = format!(
             "--- nonstop: starting Tomcat {} with {} {}",
@@ -714,6 +728,7 @@ mod tests {
             manager: None,
             counter: None,
             lists: Default::default(),
+            env: Default::default(),
         }
     }
 

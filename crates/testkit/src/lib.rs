@@ -3,9 +3,9 @@
 //! ([`apache`]), a sticky load client with per-user cookie jars ([`client`]), a network namespace
 //! with a veth pair ([`netns`]), a real systemd user manager ([`systemd`]), the sample app as a
 //! backend ([`hello`]), nginx ([`nginx`]), HAProxy ([`haproxy`]), PostgreSQL ([`postgres`]) and
-//! Prometheus ([`prometheus`]) of their own, fakes of the engine's ports ([`fakes`]), every real
-//! program found before it is run ([`peer`]), child processes killed on drop ([`process`]) and
-//! waits with deadlines (this module).
+//! Prometheus ([`prometheus`]) of their own, fakes of the engine's ports ([`fakes`]), a webhook
+//! receiver ([`receiver`]), every real program found before it is run ([`peer`]), child processes
+//! killed on drop ([`process`]) and waits with deadlines (this module).
 
 pub mod apache;
 pub mod client;
@@ -19,6 +19,7 @@ pub mod peer;
 pub mod postgres;
 pub mod process;
 pub mod prometheus;
+pub mod receiver;
 pub mod systemd;
 pub mod tomcat;
 
