@@ -177,7 +177,7 @@ async fn maintenance_on_and_off_from_the_cli_under_load() {
 
     let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
     assert_exit(&shop.run(&["maintenance", "off", "shop"]), 0);
-    let off_at = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let off_at = load.sent();
     load.wait_for_requests(500).await;
     let after = load.stop().await;
     let after_off = after.failures.len();

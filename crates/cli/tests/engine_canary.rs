@@ -48,7 +48,7 @@ async fn a_bad_release_is_aborted_at_the_first_analysis() {
     assert_exit(&shop.deploy("1", &[]), 0);
     let load = Load::start(shop.proxy.url("/health"), 4, 10_000_000);
     load.wait_for_requests(50).await;
-    let before = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let before = load.sent();
     let out = shop.deploy("2", &["--env", "HELLO_FAIL_HEALTH=true"]);
     assert_exit(&out, 2);
     let output = text(&out);

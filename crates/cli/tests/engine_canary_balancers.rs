@@ -6,7 +6,6 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nonstop_testkit::haproxy::Haproxy;
@@ -137,11 +136,11 @@ keep_warm = "0s"
     /// 1 serving, the failures clients saw within the bound.
     async fn bad_release_is_aborted(&self, what: &str, load: Load) {
         load.wait_for_requests(100).await;
-        let before = load.sent.load(Ordering::Relaxed);
+        let before = load.sent();
         let started = Instant::now();
         let out = self.deploy("2", &["--env", &format!("HELLO_ERROR_RATE={ERROR_SHARE}")]);
         let took = started.elapsed();
-        let during = load.sent.load(Ordering::Relaxed) - before;
+        let during = load.sent() - before;
         assert_exit(&out, 2);
         let output = text(&out);
         assert!(

@@ -12,14 +12,14 @@ use support::*;
 const POOL_HEALTH: &str =
     "health = { path = \"/health\", interval = \"2s\", timeout = \"1s\", rise = 2, fall = 3 }";
 
-fn report_line(what: &str, report: &LoadReport) {
+fn report_line(what: &str, report: &LoadCounts) {
     eprintln!(
         "{what}: {} requests, {} failed (no resend), by version {:?}",
         report.sent, report.failed, report.by_version
     );
 }
 
-fn assert_none_failed(what: &str, report: &LoadReport) {
+fn assert_none_failed(what: &str, report: &LoadCounts) {
     report_line(what, report);
     assert_eq!(
         report.failed,

@@ -94,7 +94,7 @@ verify = "300ms"
             .expect("a slow request survives the drain");
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
-    let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let sent = load.sent();
     load.wait_for_requests(sent + 300).await;
     let report = load.stop().await;
     eprintln!(

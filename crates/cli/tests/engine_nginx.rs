@@ -182,7 +182,7 @@ fn deploy(config: &Path, service: &str, version: &str) -> Output {
 /// resend of a GET whose idle keep-alive connection an old nginx worker closed at a reload: this
 /// file proves the drivers' switch/drain/rollback with such clients (browsers, curl); users that
 /// never resend are measured in engine_nginx_modes.rs, where the reload-free mode reaches 0.
-fn report(what: &str, report: &LoadReport) {
+fn report(what: &str, report: &LoadCounts) {
     eprintln!(
         "{what}: sent {} ok {}; failed without resend {} (closed idle keep-alives at reloads), with one resend {}; by version {:?} by node {:?}",
         report.sent,
@@ -235,7 +235,7 @@ async fn blue_green_and_rolling_behind_nginx_and_a_rejected_edit_changes_nothing
     load.wait_for_requests(300).await;
     let out = deploy(&config_path, "shop", "2");
     assert!(out.status.success(), "blue-green deploy: {}", text(&out));
-    let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let sent = load.sent();
     load.wait_for_requests(sent + 300).await;
     let blue_green = load.stop().await;
     report("nginx blue-green 1 -> 2", &blue_green);
@@ -249,7 +249,7 @@ async fn blue_green_and_rolling_behind_nginx_and_a_rejected_edit_changes_nothing
     load.wait_for_requests(300).await;
     let out = deploy(&config_path, "roll", "2");
     assert!(out.status.success(), "rolling deploy: {}", text(&out));
-    let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let sent = load.sent();
     load.wait_for_requests(sent + 300).await;
     let rolling = load.stop().await;
     report("nginx rolling 1 -> 2", &rolling);
@@ -286,7 +286,7 @@ async fn blue_green_and_rolling_behind_nginx_and_a_rejected_edit_changes_nothing
         "an environment error (exit 3), not a rolled-back release (2): {}",
         text(&out)
     );
-    let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let sent = load.sent();
     load.wait_for_requests(sent + 200).await;
     let rejected = load.stop().await;
     report("nginx rejected edit", &rejected);
@@ -315,7 +315,7 @@ fn service_url(nginx: &Front) -> String {
 }
 
 /// Runs `run` under 8 clients through `url` and returns what they saw, with how long `run` took.
-async fn under_load(url: &str, what: &str, run: impl FnOnce() -> Output) -> LoadReport {
+async fn under_load(url: &str, what: &str, run: impl FnOnce() -> Output) -> LoadCounts {
     let load = Load::start_resending(url.to_string(), 8, 1_000_000);
     load.wait_for_requests(300).await;
     let started = std::time::Instant::now();
@@ -332,7 +332,7 @@ async fn under_load(url: &str, what: &str, run: impl FnOnce() -> Output) -> Load
         took.as_secs_f64(),
         switched.trim()
     );
-    let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let sent = load.sent();
     load.wait_for_requests(sent + 300).await;
     let seen = load.stop().await;
     report(what, &seen);

@@ -26,7 +26,7 @@ async fn wait_paused(shop: &Shop) -> serde_json::Value {
     paused
 }
 
-fn report_none_failed(what: &str, report: &LoadReport) {
+fn report_none_failed(what: &str, report: &LoadCounts) {
     eprintln!("{what}: {} requests, {} failed", report.sent, report.failed);
     assert_eq!(
         report.failed,

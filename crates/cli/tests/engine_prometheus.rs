@@ -49,7 +49,7 @@ async fn a_failing_query_aborts_the_canary() {
             DEADLINE,
         )
         .await;
-    let before = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let before = load.sent();
     let out = shop.deploy("2", &["--env", "HELLO_FAIL_HEALTH=true"]);
     assert_exit(&out, 2);
     let output = text(&out);

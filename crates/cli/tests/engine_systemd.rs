@@ -162,7 +162,7 @@ fn assert_exit(out: &Output, code: i32) {
     assert_eq!(out.status.code(), Some(code), "{}", text(out));
 }
 
-fn report(what: &str, report: &LoadReport, took: std::time::Duration) {
+fn report(what: &str, report: &LoadCounts, took: std::time::Duration) {
     eprintln!(
         "{what}: {took:.1?}, sent {} ok {} failed {} by version {:?} by node {:?}",
         report.sent, report.ok, report.failed, report.by_version, report.by_node

@@ -23,7 +23,7 @@ async fn deploy_under_load(
     version: &str,
     artifact: &Path,
     url: String,
-) -> support::LoadReport {
+) -> support::LoadCounts {
     let load = Load::start(url, 4, 200_000);
     let out = deploy(config, fleet, "shop", version, artifact).await;
     let report = load.stop().await;
@@ -126,16 +126,7 @@ async fn rolling_deploy_across_three_hosts_and_an_agent_killed_mid_deploy() {
         report.sent, report.failed, report.by_version
     );
     let load = Load::start(proxy.url("/"), 2, 300);
-    let sent = load.sent.clone();
-    wait_until(
-        "300 requests after the deploy",
-        Duration::from_secs(20),
-        || {
-            let sent = sent.clone();
-            async move { sent.load(std::sync::atomic::Ordering::Relaxed) >= 300 }
-        },
-    )
-    .await;
+    load.wait_for_requests(300).await;
     let after = load.stop().await;
     assert_eq!(
         after.by_version.keys().collect::<Vec<_>>(),

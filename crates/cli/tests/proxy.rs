@@ -425,7 +425,7 @@ async fn zero_failed_requests_through_50_switches_and_a_backend_restart() {
             green[1].proc.kill();
             green[1] = Hello::start_on(port, "green1b", "2", &[]);
         }
-        let seen = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+        let seen = load.sent();
         load.wait_for_requests(seen + 40).await;
     }
     let report = load.stop().await;
@@ -807,7 +807,7 @@ async fn reloading_an_edited_deploy_managed_pool_fails_no_request() {
         text.contains("pool `roll`: health changed; kept the backends, states and weights set through the admin API"),
         "{text}"
     );
-    let seen = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let seen = load.sent();
     load.wait_for_requests(seen + 500).await;
 
     write(&path, &original);
@@ -816,7 +816,7 @@ async fn reloading_an_edited_deploy_managed_pool_fails_no_request() {
         proxy.log_text().matches("reload: pool `roll`").count() >= 2
     })
     .await;
-    let seen = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let seen = load.sent();
     load.wait_for_requests(seen + 500).await;
     let report = load.stop().await;
     println!(

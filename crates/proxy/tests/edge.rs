@@ -161,17 +161,17 @@ async fn maintenance_turns_away_all_but_the_allowed_address_under_load_and_survi
     let proxy = TestProxy::start(extra, &pool(&blue, &green)).await;
     let admin = proxy.admin();
     let allowed: IpAddr = ALLOWED.parse().unwrap();
-    let insider = Load::start_from(proxy.url("/"), 4, Some(allowed));
-    let outsider = Load::start(proxy.url("/"), 4);
-    insider.wait_for(200).await;
-    outsider.wait_for(200).await;
+    let insider = Load::start_from(proxy.url("/"), 4, u64::MAX, allowed);
+    let outsider = Load::start(proxy.url("/"), 4, u64::MAX);
+    insider.wait_for_more(200).await;
+    outsider.wait_for_more(200).await;
 
     admin
         .set_maintenance("app", Some(&maintenance()))
         .await
         .unwrap();
-    outsider.wait_for(500).await;
-    insider.wait_for(500).await;
+    outsider.wait_for_more(500).await;
+    insider.wait_for_more(500).await;
     // One request of each kind by hand, to read the headers.
     let plain = raw(
         proxy.addr,
@@ -203,8 +203,10 @@ async fn maintenance_turns_away_all_but_the_allowed_address_under_load_and_survi
     let config_path = proxy.config_path();
     let dir = proxy.dir.path().to_path_buf();
     let (config, source) = nonstop_config::Config::load(&config_path).unwrap();
-    let (insider_ok, insider_failed) = insider.stop().await;
-    let (outsider_ok, outsider_failed) = outsider.stop().await;
+    let insider_counts = insider.stop().await;
+    let (insider_ok, insider_failed) = (insider_counts.ok, insider_counts.failures);
+    let outsider_counts = outsider.stop().await;
+    let (outsider_ok, outsider_failed) = (outsider_counts.ok, outsider_counts.failures);
     let TestProxy {
         running, dir: tmp, ..
     } = proxy;
@@ -230,9 +232,10 @@ async fn maintenance_turns_away_all_but_the_allowed_address_under_load_and_survi
 
     let admin = proxy.admin();
     admin.set_maintenance("app", None).await.unwrap();
-    let after = Load::start(proxy.url("/"), 4);
-    after.wait_for(500).await;
-    let (after_ok, after_failed) = after.stop().await;
+    let after = Load::start(proxy.url("/"), 4, u64::MAX);
+    after.wait_for_more(500).await;
+    let after_counts = after.stop().await;
+    let (after_ok, after_failed) = (after_counts.ok, after_counts.failures);
     let maintenance_503 = outsider_failed
         .iter()
         .filter(|f| f.starts_with("503") && f.contains("maintenance"))

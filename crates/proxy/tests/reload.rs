@@ -24,8 +24,8 @@ async fn editing_a_managed_pools_section_keeps_its_backends_under_load() {
         .replace_backends("roll", &deployed)
         .await
         .unwrap();
-    let load = Load::start(proxy.url("/"), 4);
-    load.wait_for(200).await;
+    let load = Load::start(proxy.url("/"), 4, u64::MAX);
+    load.wait_for_more(200).await;
 
     proxy.rewrite("", &format!("[pools.roll]\n{HEALTH}\n"));
     let report = proxy.shared().reload().await.unwrap();
@@ -42,7 +42,7 @@ async fn editing_a_managed_pools_section_keeps_its_backends_under_load() {
         "{:?}",
         report.summary
     );
-    load.wait_for(300).await;
+    load.wait_for_more(300).await;
     let (va, vb) = (proxy.backend("roll", "a"), proxy.backend("roll", "b"));
     assert_eq!(
         (va.weight, va.state, vb.state),
@@ -55,9 +55,9 @@ async fn editing_a_managed_pools_section_keeps_its_backends_under_load() {
         proxy.backend("roll", "b").health == "down"
     })
     .await;
-    load.wait_for(200).await;
+    load.wait_for_more(200).await;
     let after_down = b.count();
-    load.wait_for(200).await;
+    load.wait_for_more(200).await;
     assert_eq!(b.count(), after_down, "a down backend got traffic");
 
     // Restoring the file and reloading again keeps them too, and brings b back (no checks any more).
@@ -65,8 +65,9 @@ async fn editing_a_managed_pools_section_keeps_its_backends_under_load() {
     let report = proxy.shared().reload().await.unwrap();
     assert_eq!(report.pools[0].backends, BackendsFrom::AdminApi);
     assert_eq!(proxy.backend("roll", "b").health, "up");
-    load.wait_for(300).await;
-    let (ok, failed) = load.stop().await;
+    load.wait_for_more(300).await;
+    let load_counts = load.stop().await;
+    let (ok, failed) = (load_counts.ok, load_counts.failures);
     assert!(
         failed.is_empty(),
         "{} failed of {}: {:?}",

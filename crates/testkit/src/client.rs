@@ -36,7 +36,11 @@ pub struct Sample {
     pub new_session: bool,
     pub version: Option<String>,
     pub route: Option<String>,
+    /// The node that answered: the sample app's `x-node` header or its body's `node=`.
+    pub node: Option<String>,
     pub count: Option<u64>,
+    /// Sent a second time because the server had closed the kept connection under it.
+    pub resent: bool,
 }
 
 impl Sample {
@@ -62,6 +66,11 @@ pub struct LoadOptions {
     pub session_cookie: String,
     /// Each user keeps one HTTP/1.1 connection open between requests; no request is resent.
     pub keep_alive: bool,
+    /// With `keep_alive`: a GET that failed because the server closed the kept connection as it
+    /// went out is sent once more on a new one, as browsers do, and marked [`Sample::resent`].
+    pub resend_closed_idle: bool,
+    /// The local address the users connect from (with `keep_alive`).
+    pub local: Option<std::net::IpAddr>,
 }
 
 impl LoadOptions {
@@ -84,6 +93,8 @@ impl Default for LoadOptions {
             max_duration: Duration::from_secs(300),
             session_cookie: "JSESSIONID".into(),
             keep_alive: false,
+            resend_closed_idle: false,
+            local: None,
         }
     }
 }
@@ -132,7 +143,9 @@ fn sample_of(
         new_session: false,
         version: None,
         route: None,
+        node: None,
         count: None,
+        resent: false,
     };
     match result {
         Err(e) => sample.error = Some(e),
@@ -150,8 +163,13 @@ fn sample_of(
                 sample.session = Some(id.to_string());
             }
             let fields = parse_body(&response.body);
-            sample.version = fields.get("version").map(|v| v.to_string());
+            let header = |name| response.header_values(name).next().map(str::to_string);
+            sample.version = fields
+                .get("version")
+                .map(|v| v.to_string())
+                .or_else(|| header("x-version"));
             sample.route = fields.get("route").map(|v| v.to_string());
+            sample.node = header("x-node").or_else(|| fields.get("node").map(|v| v.to_string()));
             sample.count = fields.get("count").and_then(|v| v.parse().ok());
             if !sample.ok {
                 sample.error = Some(format!(
@@ -346,7 +364,7 @@ async fn run_user(shared: Arc<Shared>, user: usize) {
     let mut session: Option<String> = None;
     let mut kept = options
         .keep_alive
-        .then(crate::keepalive::KeptConnection::default);
+        .then(|| crate::keepalive::KeptConnection::from(options.local));
     let mut seq = 0u64;
     while !shared.stop.load(Ordering::Relaxed)
         && !shared.finished.lock().unwrap().contains(&user)
@@ -362,13 +380,24 @@ async fn run_user(shared: Arc<Shared>, user: usize) {
                     Some(id) => vec![("Cookie", format!("{}={id}", options.session_cookie))],
                     None => Vec::new(),
                 };
-                let result = conn.get(&shared.url, headers, options.timeout).await;
-                sample_of(
+                let reused = conn.is_open();
+                let mut result = conn
+                    .get(&shared.url, headers.clone(), options.timeout)
+                    .await;
+                let resend = options.resend_closed_idle
+                    && reused
+                    && matches!(&result, Err(e) if closed_idle_connection(e));
+                if resend {
+                    result = conn.get(&shared.url, headers, options.timeout).await;
+                }
+                let mut sample = sample_of(
                     result,
                     started.elapsed(),
                     &options.session_cookie,
                     session.as_deref(),
-                )
+                );
+                sample.resent = resend;
+                sample
             }
             None => {
                 request_once(
@@ -388,8 +417,20 @@ async fn run_user(shared: Arc<Shared>, user: usize) {
         }
         shared.users.lock().unwrap()[user].push(sample);
         seq += 1;
-        tokio::time::sleep(options.pause).await;
+        if !options.pause.is_zero() {
+            tokio::time::sleep(options.pause).await;
+        }
     }
+}
+
+/// A kept connection the server closed as the request went out (or before it was written:
+/// hyper's `Canceled`): no answer started, so an idempotent request may be resent (RFC 9112
+/// §9.3.1). nginx's old workers close their idle connections at every reload.
+fn closed_idle_connection(error: &str) -> bool {
+    error.contains("IncompleteMessage")
+        || error.contains("Canceled")
+        || error.contains("ConnectionReset")
+        || error.contains("connection closed before message completed")
 }
 
 /// A session change seen by one user.
@@ -607,7 +648,9 @@ mod tests {
             new_session: false,
             version: Some("v1".into()),
             route: Some(route.into()),
+            node: None,
             count: Some(count),
+            resent: false,
         }
     }
 

@@ -15,9 +15,24 @@ pub struct KeptConnection {
     sender: Option<SendRequest<Empty<Bytes>>>,
     /// Connections opened so far (the first one included).
     pub opened: u64,
+    /// The local address new connections are bound to (a second loopback address, say).
+    pub local: Option<std::net::IpAddr>,
 }
 
 impl KeptConnection {
+    /// A connection (opened at the first request) from `local`, if given.
+    pub fn from(local: Option<std::net::IpAddr>) -> KeptConnection {
+        KeptConnection {
+            local,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the next request goes out on a connection that served one already.
+    pub fn is_open(&self) -> bool {
+        self.sender.as_ref().is_some_and(|s| !s.is_closed())
+    }
+
     /// `GET url` on the kept connection (a new one when it is closed already, as urllib3 checks
     /// before reuse). A request the server fails or drops is an error: the connection is dropped
     /// and the next request opens a new one; nothing is sent twice.
@@ -50,7 +65,7 @@ impl KeptConnection {
     ) -> Result<Response, String> {
         let addr = url.authority();
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(&addr)
+            let stream = connect(&addr, self.local)
                 .await
                 .map_err(|e| format!("cannot reach {addr}: {e}"))?;
             let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -95,4 +110,25 @@ impl KeptConnection {
             body: String::from_utf8_lossy(&body).into_owned(),
         })
     }
+}
+
+/// A TCP connection to `addr` (`host:port`), from `local` when given.
+async fn connect(
+    addr: &str,
+    local: Option<std::net::IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(local) = local else {
+        return tokio::net::TcpStream::connect(addr).await;
+    };
+    let remote = tokio::net::lookup_host(addr)
+        .await?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("no address of {addr} matches {local}")))?;
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    socket.connect(remote).await
 }

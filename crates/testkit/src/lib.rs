@@ -13,6 +13,7 @@ pub mod fakes;
 pub mod haproxy;
 pub mod hello;
 pub mod keepalive;
+pub mod load;
 pub mod netns;
 pub mod nginx;
 pub mod peer;

@@ -2,11 +2,10 @@
 //! ports, an HTTP client, a bounded load generator, and condition waits with deadlines.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,8 @@ use nonstop_admin_client::{AdminClient, Endpoint};
 // Each test file uses some of these.
 #[allow(unused_imports)]
 pub use nonstop_testkit::hello::{Hello, hello_bin};
+#[allow(unused_imports)]
+pub use nonstop_testkit::load::{Load, LoadCounts};
 #[allow(unused_imports)]
 pub use nonstop_testkit::process::{KillUnder, Proc, read_line_matching};
 pub use nonstop_testkit::wait_until;
@@ -271,122 +272,6 @@ pub async fn get(client: &HttpClient, url: &str) -> Reply {
     send(client, "GET", url, &[], "")
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
-
-/// What a load run saw: every response counted by outcome and by the node that served it.
-#[derive(Default, Debug)]
-pub struct LoadReport {
-    pub sent: u64,
-    pub ok: u64,
-    pub failed: u64,
-    pub failures: Vec<String>,
-    pub by_node: BTreeMap<String, u64>,
-    pub by_version: BTreeMap<String, u64>,
-    /// GETs resent once because the server closed an idle keep-alive connection as they went out.
-    pub resent: u64,
-}
-
-/// An idle keep-alive connection closed by the server as the request went out: no response
-/// started, so an idempotent request may be resent (RFC 9112 §9.3.1; browsers do). nginx's old
-/// workers close their idle connections at every reload.
-fn closed_idle_connection(error: &str) -> bool {
-    error.contains("SendRequest")
-        && (error.contains("IncompleteMessage") || error.contains("ConnectionReset"))
-}
-
-/// A continuous stream of GETs from `concurrency` clients until stopped (or `max_requests`).
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<LoadReport>>,
-    pub sent: Arc<AtomicU64>,
-}
-
-impl Load {
-    pub fn start(url: String, concurrency: usize, max_requests: u64) -> Load {
-        Load::start_with(url, concurrency, max_requests, false)
-    }
-
-    /// Like `start`, resending a GET once when an idle keep-alive connection was closed under it.
-    pub fn start_resending(url: String, concurrency: usize, max_requests: u64) -> Load {
-        Load::start_with(url, concurrency, max_requests, true)
-    }
-
-    fn start_with(url: String, concurrency: usize, max_requests: u64, resend: bool) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let tasks = (0..concurrency)
-            .map(|_| {
-                let (stop, sent, url) = (stop.clone(), sent.clone(), url.clone());
-                tokio::spawn(async move {
-                    let client = client();
-                    let mut report = LoadReport::default();
-                    while !stop.load(Ordering::Relaxed)
-                        && sent.fetch_add(1, Ordering::Relaxed) < max_requests
-                    {
-                        report.sent += 1;
-                        let mut reply = send(&client, "GET", &url, &[], "").await;
-                        if resend && matches!(&reply, Err(e) if closed_idle_connection(e)) {
-                            report.resent += 1;
-                            reply = send(&client, "GET", &url, &[], "").await;
-                        }
-                        match reply {
-                            Ok(reply) if (200..300).contains(&reply.status) => {
-                                report.ok += 1;
-                                *report.by_node.entry(reply.node().to_string()).or_default() += 1;
-                                *report
-                                    .by_version
-                                    .entry(reply.version().to_string())
-                                    .or_default() += 1;
-                            }
-                            Ok(reply) => {
-                                report.failed += 1;
-                                report.failures.push(format!(
-                                    "{} {}",
-                                    reply.status,
-                                    reply.body.trim()
-                                ));
-                            }
-                            Err(e) => {
-                                report.failed += 1;
-                                report.failures.push(e);
-                            }
-                        }
-                    }
-                    report
-                })
-            })
-            .collect();
-        Load { stop, tasks, sent }
-    }
-
-    pub async fn wait_for_requests(&self, n: u64) {
-        let sent = self.sent.clone();
-        wait_until(&format!("{n} requests sent"), DEADLINE, || {
-            let sent = sent.clone();
-            async move { sent.load(Ordering::Relaxed) >= n }
-        })
-        .await;
-    }
-
-    pub async fn stop(self) -> LoadReport {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = LoadReport::default();
-        for task in self.tasks {
-            let report = task.await.unwrap();
-            total.sent += report.sent;
-            total.ok += report.ok;
-            total.failed += report.failed;
-            total.failures.extend(report.failures);
-            total.resent += report.resent;
-            for (k, v) in report.by_node {
-                *total.by_node.entry(k).or_default() += v;
-            }
-            for (k, v) in report.by_version {
-                *total.by_version.entry(k).or_default() += v;
-            }
-        }
-        total
-    }
 }
 
 /// Runs `nonstop ARGS CONFIG` on a temporary file holding `config`; returns (success, stderr).

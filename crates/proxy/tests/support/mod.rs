@@ -18,6 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+#[allow(unused_imports)]
+pub use nonstop_testkit::load::Load;
+
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A running proxy and the config file it was started from.
@@ -266,62 +269,6 @@ pub async fn get(client: &HttpClient, url: &str) -> Result<(u16, String), String
         .map_err(|e| format!("{e:?}"))?
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// GETs from `concurrency` keep-alive clients until stopped; every non-2xx or error is kept.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    pub sent: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
-}
-
-impl Load {
-    pub fn start(url: String, concurrency: usize) -> Load {
-        Self::start_from(url, concurrency, None)
-    }
-
-    /// [`Load::start`] from the local address `local`.
-    pub fn start_from(url: String, concurrency: usize, local: Option<std::net::IpAddr>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let tasks = (0..concurrency)
-            .map(|_| {
-                let (stop, sent, url) = (stop.clone(), sent.clone(), url.clone());
-                tokio::spawn(async move {
-                    let client = client_from(local);
-                    let (mut ok, mut failed) = (0, Vec::new());
-                    while !stop.load(Ordering::Relaxed) {
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        match get(&client, &url).await {
-                            Ok((status, _)) if (200..300).contains(&status) => ok += 1,
-                            Ok((status, body)) => failed.push(format!("{status} {body}")),
-                            Err(e) => failed.push(e),
-                        }
-                    }
-                    (ok, failed)
-                })
-            })
-            .collect();
-        Load { stop, sent, tasks }
-    }
-
-    pub async fn wait_for(&self, more: u64) {
-        let target = self.sent.load(Ordering::Relaxed) + more;
-        let sent = self.sent.clone();
-        wait_until("load progress", || sent.load(Ordering::Relaxed) >= target).await;
-    }
-
-    /// (ok, failures)
-    pub async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let (mut ok, mut failed) = (0, Vec::new());
-        for task in self.tasks {
-            let (o, f) = task.await.unwrap();
-            ok += o;
-            failed.extend(f);
-        }
-        (ok, failed)
-    }
 }
 
 /// Polls `condition` every 10 ms; panics naming `what` after [`DEADLINE`].
