@@ -316,7 +316,7 @@ fn service_url(nginx: &Front) -> String {
 
 /// Runs `run` under 8 clients through `url` and returns what they saw, with how long `run` took.
 async fn under_load(url: &str, what: &str, run: impl FnOnce() -> Output) -> LoadCounts {
-    let load = Load::start_resending(url.to_string(), 8, 1_000_000);
+    let load = Load::start_resending(url, 8, 1_000_000);
     load.wait_for_requests(300).await;
     let started = std::time::Instant::now();
     let out = tokio::task::block_in_place(run);
