@@ -98,14 +98,20 @@ pub(crate) async fn run_hook(
         .iter()
         .map(|a| nonstop_ports::template::fill(a, &values))
         .collect();
-    let output = run(&argv, &values, hook.timeout.0).await;
+    // The same environment rule as local hooks and instances (docs/lifecycle.md): the inherited
+    // baseline and `inherit_env`, the runtime's `env`, then the hook's `NONSTOP_*` values.
+    let shared = &svc.config.runtime.shared;
+    let mut env = shared.inherit_env.from_here();
+    env.extend(shared.env.clone());
+    let output = run(&argv, &env, &values, hook.timeout.0).await;
     tracing::info!(service = %service_name, node = %node, hook = %point, status = %output.status, "hook");
     Ok(Json(output))
 }
 
-/// Runs `argv` (no shell) with `NONSTOP_*` set from `values`, to its end or `timeout`.
+/// Runs `argv` (no shell) with `env` and `NONSTOP_*` set from `values`, to its end or `timeout`.
 async fn run(
     argv: &[String],
+    env: &BTreeMap<String, String>,
     values: &BTreeMap<&'static str, String>,
     timeout: Duration,
 ) -> HookOutput {
@@ -122,6 +128,8 @@ async fn run(
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
+        .env_clear()
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -196,8 +204,10 @@ mod tests {
         let values = BTreeMap::from([("node", "a1".to_string()), ("old_version", String::new())]);
         let script =
             "echo node=$NONSTOP_NODE old=${NONSTOP_OLD_VERSION-unset}; echo oops >&2; exit 3";
+        let env = BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]);
         let output = run(
             &argv(&["/bin/sh", "-c", script]),
+            &env,
             &values,
             Duration::from_secs(10),
         )
@@ -215,6 +225,7 @@ mod tests {
         let output = run(
             &argv(&["/bin/sleep", "30"]),
             &BTreeMap::new(),
+            &BTreeMap::new(),
             Duration::from_millis(300),
         )
         .await;
@@ -223,6 +234,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
         let output = run(
             &argv(&["/usr/bin/seq", "1", "250"]),
+            &BTreeMap::new(),
             &BTreeMap::new(),
             Duration::from_secs(10),
         )
@@ -233,6 +245,7 @@ mod tests {
         assert_eq!(output.lines.last().map(String::as_str), Some("250"));
         let output = run(
             &argv(&["/no/such/hook"]),
+            &BTreeMap::new(),
             &BTreeMap::new(),
             Duration::from_secs(1),
         )
