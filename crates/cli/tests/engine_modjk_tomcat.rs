@@ -441,3 +441,91 @@ async fn a_member_another_lb_worker_needs_is_refused_before_anything_changes() {
         mounts
     );
 }
+
+/// Day one over Tomcats an operator started (`catalina.sh run` of the configured bases, v1
+/// deployed by hand): nonstop does not adopt them. The deploy is refused at plan time (exit 3),
+/// naming each Tomcat's pid and the shutdown command of its base, before any balancer change;
+/// the operator's Tomcats keep serving every sticky user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tomcats_an_operator_started_are_named_at_plan_time_and_nothing_changes() {
+    let site = Site::start().await;
+    let _instances = KillUnder(site.work.path().to_path_buf());
+    let mut operators = Vec::new();
+    for base in &site.bases {
+        std::fs::copy(&site.wars["v1"], base.dir.join("webapps/app.war")).unwrap();
+        let mut opts = java_opts();
+        opts.push(format!("-Dnonstop.http.port={}", base.http_port));
+        let child = Command::new("/usr/share/tomcat10/bin/catalina.sh")
+            .arg("run")
+            .env("CATALINA_HOME", "/usr/share/tomcat10")
+            .env("CATALINA_BASE", &base.dir)
+            .env("CATALINA_OPTS", opts.join(" "))
+            .current_dir(&base.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        operators.push(support::Proc { child });
+    }
+    let http = client();
+    for base in &site.bases {
+        let url = format!("http://127.0.0.1:{}/app/health", base.http_port);
+        support::wait_until(
+            &format!("the operator's Tomcat on {url}"),
+            Duration::from_secs(90),
+            || async {
+                send(&http, "GET", &url, &[], "")
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            },
+        )
+        .await;
+    }
+    let config = site.config(&site.jkstatus());
+    let states = |config: &Path| -> Vec<String> {
+        status_json(config)["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| format!("{} {}", n["node"], n["balancer"]))
+            .collect()
+    };
+    let before = states(&config);
+    let (load, users) = users_on_both(&site, 2).await;
+    let started = std::time::Instant::now();
+    let out = site.deploy(&config, "v2");
+    let took = started.elapsed();
+    load.wait_progress(&users, 3, Duration::from_secs(30)).await;
+    let report = load.stop().await;
+    let said = text(&out);
+    eprintln!("day one over the operator's Tomcats: {took:?}\n{said}");
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("nothing was changed"), "{said}");
+    let pid = operators[0].pid();
+    assert!(
+        said.contains(&format!(
+            "a Tomcat of tomcat1's CATALINA_BASE {} (pid {pid},",
+            site.bases[0].dir.display()
+        )),
+        "the holder is named: {said}"
+    );
+    // The test's bases have no shutdown port (`<Server port="-1">`): SIGTERM is the way.
+    assert!(
+        said.contains(&format!("stop it with `kill {pid}`")),
+        "how to stop it: {said}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "refused at plan time: {took:?}"
+    );
+    assert_eq!(states(&config), before, "no balancer change");
+    check(
+        "the operator's Tomcats during the refused deploy",
+        &report,
+        "v1",
+    );
+    for operator in &mut operators {
+        operator.assert_running("the operator's Tomcat");
+    }
+}

@@ -633,6 +633,9 @@ impl Runtime for AnyRuntime {
     async fn port_free(&self, ip: &str, port: u16) -> bool {
         each_runtime!(self, r => r.port_free(ip, port).await)
     }
+    fn foreign_holder(&self, node: &NodeName, port: u16) -> Option<nonstop_ports::ForeignHolder> {
+        each_runtime!(self, r => r.foreign_holder(node, port))
+    }
     async fn run_hook(&self, node: &NodeName, run: &HookRun) -> Option<PortResult<HookOutput>> {
         each_runtime!(self, r => r.run_hook(node, run).await)
     }

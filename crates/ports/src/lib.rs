@@ -298,6 +298,15 @@ pub struct Sessions {
     pub source: String,
 }
 
+/// A server on a node's port that nonstop did not start, as its runtime recognises it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignHolder {
+    /// `a Tomcat of tomcat1's CATALINA_BASE /srv/t1 (pid 4242)`.
+    pub what: String,
+    /// The command that stops it gracefully.
+    pub stop: String,
+}
+
 /// Where releases run.
 pub trait Runtime: Send + Sync {
     /// How this runtime replaces the release a node runs.
@@ -332,6 +341,12 @@ pub trait Runtime: Send + Sync {
     fn port_free(&self, ip: &str, port: u16) -> impl Future<Output = bool> + Send {
         let free = std::net::TcpListener::bind((ip, port)).is_ok();
         async move { free }
+    }
+    /// What holds `port` of `node` when nonstop did not start it, and how to stop it, if this
+    /// runtime can tell (a Tomcat of the node's CATALINA_BASE: its pid and shutdown command).
+    fn foreign_holder(&self, node: &NodeName, port: u16) -> Option<ForeignHolder> {
+        let _ = (node, port);
+        None
     }
     /// Runs a per-node lifecycle hook on the host of `node`. `None` (the default): the node
     /// runs on this machine, and the engine spawns the hook here itself.

@@ -9,6 +9,7 @@
 //!   sessions stay on theirs until the old version is undeployed).
 
 mod environment;
+mod foreign;
 mod managed;
 pub mod manager;
 
@@ -22,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use nonstop_http_client as http;
 use nonstop_ports::{
-    Instance, InstanceSpec, NodeName, PortError, PortResult, Replacement, Runtime, Sessions,
+    ForeignHolder, Instance, InstanceSpec, NodeName, PortError, PortResult, Replacement, Runtime,
+    Sessions,
 };
 use serde::Deserialize;
 
@@ -573,6 +575,29 @@ impl TomcatRuntime {
 }
 
 impl Runtime for TomcatRuntime {
+    /// A Tomcat of the node's CATALINA_BASE that nonstop did not start (an operator's, a
+    /// distribution's service): its pid and how that base stops gracefully.
+    fn foreign_holder(&self, node: &NodeName, port: u16) -> Option<ForeignHolder> {
+        let base = self.base(node).ok()?;
+        let pid = foreign::tomcat_of_base(base)?;
+        let catalina = self.config.catalina_home.join("bin/catalina.sh");
+        Some(ForeignHolder {
+            what: format!(
+                "a Tomcat of {node}'s CATALINA_BASE {} (pid {pid}, on port {port})",
+                base.display()
+            ),
+            stop: match foreign::shutdown_port(base) {
+                Some(_) => format!(
+                    "CATALINA_BASE={} {} stop",
+                    base.display(),
+                    catalina.display()
+                ),
+                // No shutdown port: SIGTERM is Tomcat's graceful stop.
+                None => format!("kill {pid}"),
+            },
+        })
+    }
+
     /// Restart mode: `StopFirst` (the node's Tomcat is stopped, its port freed). Manager mode:
     /// the Tomcat keeps its port — `Beside` with `parallel` (`CONTEXT##VERSION` next to the
     /// running version), `InPlace` without (`update=true`).

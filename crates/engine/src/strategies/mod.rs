@@ -243,9 +243,17 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
                 && !observed.live.contains_key(node)
                 && !self.runtime.port_free(&self.spec.ip_of(node), *port).await
             {
-                return Err(DeployError::Refused(format!(
-                    "port {port} of {node} is taken by a process nonstop did not start (nothing was changed). nonstop does not adopt a server it did not start: take {node} out of the balancer, stop that process gracefully (a Tomcat with its own shutdown), then deploy again; or give {node} another port"
-                )));
+                return Err(DeployError::Refused(
+                    match self.runtime.foreign_holder(node, *port) {
+                        Some(holder) => format!(
+                            "port {port} of {node} is taken by {}, which nonstop did not start (nothing was changed). nonstop does not adopt a server it did not start: take {node} out of the balancer, stop it with `{}`, then deploy again",
+                            holder.what, holder.stop
+                        ),
+                        None => format!(
+                            "port {port} of {node} is taken by a process nonstop did not start (nothing was changed). nonstop does not adopt a server it did not start: take {node} out of the balancer, stop that process gracefully, then deploy again; or give {node} another port"
+                        ),
+                    },
+                ));
             }
         }
         Ok(())
