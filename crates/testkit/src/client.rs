@@ -62,6 +62,9 @@ pub struct LoadOptions {
     pub session_cookie: String,
     /// Each user keeps one HTTP/1.1 connection open between requests; no request is resent.
     pub keep_alive: bool,
+    /// Each user sends its session cookie (default). Off, no request carries one: the balancer
+    /// picks a member for every request by its weights (a canary's share), as for new visitors.
+    pub sticky: bool,
 }
 
 impl LoadOptions {
@@ -84,6 +87,7 @@ impl Default for LoadOptions {
             max_duration: Duration::from_secs(300),
             session_cookie: "JSESSIONID".into(),
             keep_alive: false,
+            sticky: true,
         }
     }
 }
@@ -383,7 +387,7 @@ async fn run_user(shared: Arc<Shared>, user: usize) {
         sample.user = user;
         sample.seq = seq;
         sample.at = at;
-        if sample.ok {
+        if sample.ok && options.sticky {
             session.clone_from(&sample.session);
         }
         shared.users.lock().unwrap()[user].push(sample);
