@@ -39,7 +39,8 @@ struct Site {
 }
 
 impl Site {
-    async fn start() -> Site {
+    /// `retries` is each member's mod_jk `retries` (attempts on the same Tomcat; default 2).
+    async fn start(retries: Option<u32>) -> Site {
         let work = tempfile::tempdir().unwrap();
         let mut wars = BTreeMap::new();
         for (name, variant) in [
@@ -76,7 +77,11 @@ impl Site {
         options
             .member_settings
             .push(("fail_on_status".into(), "500".into()));
-        options.member_settings.push(("retries".into(), "1".into()));
+        if let Some(n) = retries {
+            options
+                .member_settings
+                .push(("retries".into(), n.to_string()));
+        }
         let apache = Apache::start(&work.path().join("apache"), options)
             .await
             .unwrap();
@@ -212,7 +217,8 @@ fn log_kinds(apache: &Apache, needle: &str) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modjk_canary_aborts_a_failing_war_at_the_first_analysis_and_promotes_a_good_one() {
-    let site = Site::start().await;
+    // One attempt per member: a 500 in fail_on_status is then counted in `errors`.
+    let site = Site::start(Some(1)).await;
     let _instances = KillUnder(site.work.path().to_path_buf());
     let check = Command::new(nonstop_bin())
         .args(["config", "check"])
@@ -302,4 +308,53 @@ async fn modjk_canary_aborts_a_failing_war_at_the_first_analysis_and_promotes_a_
     assert_eq!(verdicts.len(), 2, "{output}");
     report.assert_none_failed("good WAR");
     assert_eq!(site.versions_now(10).await, ["v3"]);
+}
+
+/// mod_jk's default `retries=2`: a 500 in `fail_on_status` is sent again to the same Tomcat, and
+/// only a request whose every attempt fails counts in `errors`. Every 5th request failing, the
+/// retry (the next request) succeeds: clients see no 500 and the canary counts almost no errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_default_retries_mod_jk_hides_a_500_by_asking_the_same_tomcat_again() {
+    let site = Site::start(None).await;
+    let _instances = KillUnder(site.work.path().to_path_buf());
+    assert_exit(&site.deploy("v1"), 0);
+    let load = users(&site);
+    load.wait_progress(&[0, 1, 2, 3], 20, Duration::from_secs(30))
+        .await;
+    let out = site.deploy("v2");
+    let report = load.stop().await;
+    let output = text(&out);
+    let first = output
+        .lines()
+        .find(|l| l.contains("canary: ") && l.contains("requests,") && l.contains("; old: "))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let retried = log_kinds(&site.apache, "(tomcat2)")
+        .into_iter()
+        .filter(|(k, _)| k.contains("because of response status (attempt=1)"))
+        .map(|(_, n)| n)
+        .sum::<usize>();
+    eprintln!(
+        "mod_jk retries=2: exit {:?}; first verdict: {first}; 500s retried on tomcat2: {retried}; clients: {} requests, failures {:?}, ok by version {:?}",
+        out.status.code(),
+        report.sent(),
+        failures_by_kind(&report),
+        report.by_version()
+    );
+    assert!(retried > 0, "tomcat2 answered 500s: {output}");
+    assert!(
+        !failures_by_kind(&report).contains_key("HTTP 500 from v2"),
+        "{output}"
+    );
+    let rate: f64 = first
+        .split("requests, ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no first verdict: {output}"));
+    assert!(
+        rate < f64::from(ERROR_PERCENT) / 2.0,
+        "the canary counted {rate}% errors of a WAR failing {ERROR_PERCENT}%"
+    );
 }
