@@ -22,6 +22,8 @@ const SECOND: u32 = 50;
 /// The bad WAR answers 500 on this share of `/count` (every 5th request).
 const ERROR_PERCENT: u8 = 20;
 
+/// `min_requests = 5`: every 5 requests the bad WAR serves hold one 500, so no window it passes
+/// with can be all good; mod_jk takes a failing member out, so more would be inconclusive.
 fn canary_toml() -> String {
     format!(
         "canary = {{ steps = [{{ weight = {}, for = \"{}s\" }}, {{ weight = {SECOND}, for = \"3s\" }}], min_requests = 5 }}",
@@ -77,6 +79,14 @@ impl Site {
         options
             .member_settings
             .push(("fail_on_status".into(), "500".into()));
+        // mod_jk takes a member that failed out until `recover_time` has passed at a global
+        // maintenance (defaults 60 s each): 1 s each gives the canary back within its window.
+        options
+            .lb_settings
+            .push(("recover_time".into(), "1".into()));
+        options
+            .global_settings
+            .push(("maintain".into(), "1".into()));
         if let Some(n) = retries {
             options
                 .member_settings
