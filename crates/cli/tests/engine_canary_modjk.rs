@@ -1,6 +1,5 @@
-//! A two-step canary of WARs on two real Tomcat 10 slots behind a real Apache + mod_jk in the
-//! jkstatus mode (lbfactor set, `elected`/`errors` read per member): a WAR failing 20 % is aborted
-//! at the first analysis with its client-visible failures bounded; a good one is promoted.
+//! Canaries of WARs on two real Tomcat 10 slots behind real Apache + mod_jk (jkstatus mode): a WAR
+//! failing 20 % is aborted at the first analysis, a good one promoted; and what `retries` changes.
 
 mod support;
 
