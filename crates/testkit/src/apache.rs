@@ -41,6 +41,8 @@ pub struct ApacheOptions {
     pub member_settings: Vec<(String, String)>,
     /// Extra `worker.<lb>.<key>=<value>` lines for the lb worker, e.g. `("lock", "P")`.
     pub lb_settings: Vec<(String, String)>,
+    /// Extra global `worker.<key>=<value>` lines, e.g. `("maintain", "1")`.
+    pub global_settings: Vec<(String, String)>,
     /// `JkMountFileReload` seconds.
     pub mount_reload_secs: u64,
     /// More lb workers over some of the members, each mounted at `/NAME/*` (is-deploy's
@@ -57,6 +59,7 @@ impl ApacheOptions {
             status_password: format!("pw-{}-{}", std::process::id(), crate::free_port()),
             member_settings: Vec::new(),
             lb_settings: Vec::new(),
+            global_settings: Vec::new(),
             mount_reload_secs: 1,
             extra_lbs: Vec::new(),
         }
@@ -107,6 +110,9 @@ fn workers_properties(options: &ApacheOptions) -> String {
     }
     for (key, value) in &options.lb_settings {
         out.push_str(&format!("worker.{LB_WORKER}.{key}={value}\n"));
+    }
+    for (key, value) in &options.global_settings {
+        out.push_str(&format!("worker.{key}={value}\n"));
     }
     for m in &options.members {
         out.push_str(&format!(
@@ -404,6 +410,9 @@ mod tests {
             secret: "s".into(),
         }]);
         options.extra_listen.push("10.0.0.1".parse().unwrap());
+        options
+            .global_settings
+            .push(("maintain".into(), "1".into()));
         let conf = httpd_conf(Path::new("/tmp/x"), 8080, &options, true);
         assert!(conf.contains("Listen 127.0.0.1:8080\nListen 10.0.0.1:8080\n"));
         assert!(!conf.contains("/etc/apache2"));
@@ -411,5 +420,6 @@ mod tests {
         let workers = workers_properties(&options);
         assert!(workers.contains("worker.balancer.balance_workers=tomcat1\n"));
         assert!(workers.contains("worker.tomcat1.secret=s\n"));
+        assert!(workers.contains("\nworker.maintain=1\n"));
     }
 }

@@ -71,6 +71,9 @@ pub struct LoadOptions {
     pub resend_closed_idle: bool,
     /// The local address the users connect from (with `keep_alive`).
     pub local: Option<std::net::IpAddr>,
+    /// Each user sends its session cookie (default). Off, no request carries one: the balancer
+    /// picks a member for every request by its weights (a canary's share), as for new visitors.
+    pub sticky: bool,
 }
 
 impl LoadOptions {
@@ -95,6 +98,7 @@ impl Default for LoadOptions {
             keep_alive: false,
             resend_closed_idle: false,
             local: None,
+            sticky: true,
         }
     }
 }
@@ -412,7 +416,7 @@ async fn run_user(shared: Arc<Shared>, user: usize) {
         sample.user = user;
         sample.seq = seq;
         sample.at = at;
-        if sample.ok {
+        if sample.ok && options.sticky {
             session.clone_from(&sample.session);
         }
         shared.users.lock().unwrap()[user].push(sample);

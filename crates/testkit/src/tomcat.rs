@@ -186,17 +186,24 @@ pub enum Variant {
     Good,
     /// The same app plus a ServletContextListener that throws: the context fails to start.
     Failing,
+    /// The same app answering 500 on `percent` % of `/` and `/count` (every Nth request, so a
+    /// test's bound is stable; context-param `errorRate`); `/health` stays 200.
+    Erroring { percent: u8 },
 }
 
 const SERVLET: &str = include_str!("java/CounterServlet.java");
 const LISTENER: &str = include_str!("java/FailingListener.java");
 
 fn web_xml(version: &str, variant: Variant) -> String {
-    let listener = match variant {
-        Variant::Good => "",
+    let extra = match variant {
+        Variant::Good => String::new(),
         Variant::Failing => {
-            "  <listener>\n    <listener-class>nonstop.testapp.FailingListener</listener-class>\n  </listener>\n"
+            "  <listener>\n    <listener-class>nonstop.testapp.FailingListener</listener-class>\n  </listener>\n".into()
         }
+        Variant::Erroring { percent } => format!(
+            "  <context-param>\n    <param-name>errorRate</param-name>\n    <param-value>{}</param-value>\n  </context-param>\n",
+            f64::from(percent) / 100.0
+        ),
     };
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -209,7 +216,7 @@ fn web_xml(version: &str, variant: Variant) -> String {
     <param-name>version</param-name>
     <param-value>{version}</param-value>
   </context-param>
-{listener}  <servlet>
+{extra}  <servlet>
     <servlet-name>app</servlet-name>
     <servlet-class>nonstop.testapp.CounterServlet</servlet-class>
     <load-on-startup>1</load-on-startup>
@@ -226,7 +233,13 @@ fn web_xml(version: &str, variant: Variant) -> String {
 fn sources_key() -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
-    (SERVLET, LISTENER, web_xml("v", Variant::Failing)).hash(&mut h);
+    (
+        SERVLET,
+        LISTENER,
+        web_xml("v", Variant::Failing),
+        web_xml("v", Variant::Erroring { percent: 1 }),
+    )
+        .hash(&mut h);
     format!("{:016x}", h.finish())
 }
 
@@ -325,16 +338,25 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Builds (or takes from the cache) the test WAR of `version` and copies it to
-/// `out_dir/app-<version>[-failing].war`, which it returns. The app answers
+/// `out_dir/app-<version>[-failing|-err<percent>].war`, which it returns. The app answers
 /// `version=<version> route=<jvmRoute> count=<n>` on `/` and `/count`.
 pub fn build_war(out_dir: &Path, version: &str, variant: Variant) -> io::Result<PathBuf> {
     check_token("version", version)?;
+    if let Variant::Erroring { percent } = variant
+        && percent > 100
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("error rate {percent}% is above 100%"),
+        ));
+    }
     // javac compiles against Tomcat's servlet API jar.
     crate::peer::require(CATALINA_SH);
     static BUILDING: Mutex<()> = Mutex::new(());
     let name = match variant {
         Variant::Good => format!("app-{version}.war"),
         Variant::Failing => format!("app-{version}-failing.war"),
+        Variant::Erroring { percent } => format!("app-{version}-err{percent}.war"),
     };
     let cached = cache_dir().join("wars").join(&name);
     {
@@ -373,6 +395,13 @@ mod tests {
         assert!(web_xml("v7", Variant::Good).contains("<param-value>v7</param-value>"));
         assert!(!web_xml("v7", Variant::Good).contains("FailingListener"));
         assert!(web_xml("v7", Variant::Failing).contains("FailingListener"));
+        let erroring = web_xml("v7", Variant::Erroring { percent: 20 });
+        assert!(
+            erroring
+                .contains("<param-name>errorRate</param-name>\n    <param-value>0.2</param-value>"),
+            "{erroring}"
+        );
+        assert!(!web_xml("v7", Variant::Good).contains("errorRate"));
         assert!(check_token("route", "tomcat1").is_ok());
         assert!(check_token("route", "a\"b").is_err());
     }

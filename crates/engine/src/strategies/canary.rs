@@ -23,15 +23,18 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         share: u32,
         window: Duration,
     ) -> Result<String, StepError> {
-        let before = self.members().await?;
+        let base = self.members().await?;
         // Every step's share is of the weights before the first step (a later step's would
         // compound the earlier ones).
         let weights = run
             .canary_base
-            .get_or_insert_with(|| before.iter().map(|(n, m)| (n.clone(), m.weight)).collect())
+            .get_or_insert_with(|| base.iter().map(|(n, m)| (n.clone(), m.weight)).collect())
             .clone();
         let changes = canary_weights(canaries, live, &weights, share);
         self.balancer.switch(&changes).await?;
+        // The window's counts start after the switch: mod_jk zeroes a member's counters as it
+        // enables it (jkstatus `cmd=reset`), which read against earlier counts gave 0 requests.
+        let before = self.members().await?;
         for (node, state, _) in &changes {
             run.last_seen.insert(node.clone(), *state);
         }

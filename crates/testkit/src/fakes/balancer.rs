@@ -105,8 +105,12 @@ impl Balancer for FakeBalancer {
                     return Err(PortError::new(format!("no member {node}")));
                 }
             }
+            let resets = w.resets_counts_on_switch;
             for (node, state, weight) in changes {
                 let m = w.members.get_mut(node).expect("checked");
+                if resets && *state == LbState::Active {
+                    m.requests = 0;
+                }
                 m.state = *state;
                 if let Some(weight) = weight {
                     m.weight = *weight;

@@ -63,6 +63,9 @@ pub struct WorldState {
     pub unhealthy: BTreeSet<Version>,
     /// The next mutating balancer call fails (then the flag clears).
     pub fail_next_mutation: bool,
+    /// A switch zeroes the request counts of the members it makes active (mod_jk's jkstatus
+    /// `cmd=reset`, which nonstop sends as it enables a member).
+    pub resets_counts_on_switch: bool,
     /// `start` spawns and then never returns (the deploy is killed between spawn and record).
     pub hang_after_spawn: bool,
     pub history: Vec<Moment>,
