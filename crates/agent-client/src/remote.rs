@@ -12,7 +12,7 @@ use nonstop_ports::{
 };
 
 use crate::protocol::{self, routes};
-use crate::{AgentClient, path};
+use crate::{AgentClient, CALL_TIMEOUT, path};
 
 /// Runs a service's nodes on their hosts' agents.
 pub struct RemoteRuntime {
@@ -128,14 +128,21 @@ impl Runtime for RemoteRuntime {
             .await?)
     }
 
+    /// The agent may take the whole grace (Tomcat retires a parallel version once its sessions
+    /// end or at the grace), so the call waits for that plus a call's own timeout.
     async fn stop(&self, instance: &Instance, grace: Duration) -> PortResult<()> {
         let agent = self.agent(&instance.node)?;
+        let grace = grace.min(protocol::MAX_STOP_GRACE);
         let request = protocol::StopRequest {
             instance: Self::reference(instance),
             grace_ms: grace.as_millis() as u64,
         };
         let _: serde_json::Value = agent
-            .post(&self.node_path(routes::STOP, &instance.node), &request)
+            .post_within(
+                &self.node_path(routes::STOP, &instance.node),
+                &request,
+                grace + CALL_TIMEOUT,
+            )
             .await?;
         Ok(())
     }
