@@ -3,7 +3,8 @@
 //! sticky JSESSIONID routes. A v1 → v2 deploy through the agents runs `app##v2` beside `app##v1`:
 //! sticky users keep counting on v1 until they log out, new sessions get v2, v1 is undeployed
 //! once its sessions end; a v3 whose context fails to start is rolled back, v2 serving; a v4
-//! retires a v2 whose session stays open at the grace, longer than an agent call's timeout.
+//! retires a v2 whose session stays open at the grace, longer than an agent call's timeout;
+//! `nonstop rollback` to v2 is refused by the host's runtime (v4 sorts last), v4 serving.
 
 mod support;
 
@@ -392,16 +393,44 @@ async fn parallel_deployment_through_agents_keeps_sessions_and_rolls_back_a_fail
     );
     site.assert_only("v4");
 
+    // --- `nonstop rollback` to v2 beside v4: Tomcat would send new sessions to v4 (it sorts
+    // last), so the runtime on the host refuses it before deploying; v4 serves throughout.
+    let (load, _) = users_on_both(&site, 1).await;
+    let fleet = site.console_state.display().to_string();
+    let started = Instant::now();
+    let out = site
+        .proxy
+        .command(&["rollback", "shop", "--fleet", &fleet])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("rollback: {}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("runs app##v4 whose version sorts after (or as) `v2`"),
+        "the host's runtime says why: {}",
+        text(&out)
+    );
+    let all: Vec<usize> = (0..load.snapshot().users.len()).collect();
+    load.wait_progress(&all, 5, Duration::from_secs(30)).await;
+    let what = format!("rollback to v2 refused after {took:?}");
+    let report = finish(load, &site, &all, &what).await;
+    assert_eq!(report.by_version().keys().collect::<Vec<_>>(), ["v4"]);
+    site.assert_only("v4");
+
     let history = site.history();
     eprintln!("{history}");
-    let line = |v: &str| {
+    // `#  STARTED  KIND  FROM → TO  STRATEGY  OUTCOME ...`: the outcome of `kind` to `to`.
+    let outcome = |kind: &str, to: &str| {
         history
             .lines()
-            .find(|l| l.contains(&format!("→ {v} ")))
-            .unwrap_or_else(|| panic!("{v} in the history: {history}"))
-            .to_string()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|w| w.len() > 7 && w[2] == kind && w[5] == to)
+            .map(|w| w[7].to_string())
+            .unwrap_or_else(|| panic!("{kind} of {to} in the history: {history}"))
     };
-    assert!(line("v2").contains("succeeded"), "{history}");
-    assert!(line("v3").contains("rolled-back"), "{history}");
-    assert!(line("v4").contains("succeeded"), "{history}");
+    assert_eq!(outcome("deploy", "v2"), "succeeded", "{history}");
+    assert_eq!(outcome("deploy", "v3"), "rolled-back", "{history}");
+    assert_eq!(outcome("deploy", "v4"), "succeeded", "{history}");
+    assert_eq!(outcome("rollback", "v2"), "rolled-back", "{history}");
 }
