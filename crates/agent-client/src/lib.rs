@@ -30,7 +30,7 @@ pub use remote::{RemoteBalancer, RemoteRuntime};
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// How long a call may take before the agent counts as unreachable; uploads get longer.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The console's identity towards every agent of its fleet.

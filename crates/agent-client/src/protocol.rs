@@ -2,6 +2,7 @@
 //! Only typed operations on configured services: no command, path or pid is taken from the wire.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use nonstop_ports::{Instance, LbState, Member, NodeName, Version};
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,9 @@ pub struct InstanceRef {
     pub pid: i32,
     pub start_ticks: u64,
 }
+
+/// The longest grace a stop asks for; the agent caps `grace_ms` there.
+pub const MAX_STOP_GRACE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StopRequest {

@@ -12,13 +12,15 @@ use nonstop_ports::{
 };
 
 use crate::protocol::{self, routes};
-use crate::{AgentClient, path};
+use crate::{AgentClient, CALL_TIMEOUT, path};
 
 /// Runs a service's nodes on their hosts' agents.
 pub struct RemoteRuntime {
     service: String,
     agents: BTreeMap<NodeName, AgentClient>,
     replacement: Replacement,
+    /// How long a start may take on the host (the runtime's own bound), beyond a call's timeout.
+    start_budget: Duration,
     /// (agent, version) pairs already uploaded by this process.
     uploaded: Mutex<BTreeSet<(String, String)>>,
 }
@@ -35,8 +37,16 @@ impl RemoteRuntime {
             service: service.to_string(),
             agents,
             replacement,
+            start_budget: Duration::ZERO,
             uploaded: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// A start may take `budget` on the host (Tomcat waits for its JVM, the deploy, the
+    /// context), so its call waits that long plus a call's own timeout.
+    pub fn with_start_budget(mut self, budget: Duration) -> RemoteRuntime {
+        self.start_budget = budget;
+        self
     }
 
     fn agent(&self, node: &NodeName) -> PortResult<&AgentClient> {
@@ -124,18 +134,29 @@ impl Runtime for RemoteRuntime {
             env: spec.env.clone(),
         };
         Ok(agent
-            .post(&self.node_path(routes::START, &spec.node), &request)
+            .post_within(
+                &self.node_path(routes::START, &spec.node),
+                &request,
+                self.start_budget + CALL_TIMEOUT,
+            )
             .await?)
     }
 
+    /// The agent may take the whole grace (Tomcat retires a parallel version once its sessions
+    /// end or at the grace), so the call waits for that plus a call's own timeout.
     async fn stop(&self, instance: &Instance, grace: Duration) -> PortResult<()> {
         let agent = self.agent(&instance.node)?;
+        let grace = grace.min(protocol::MAX_STOP_GRACE);
         let request = protocol::StopRequest {
             instance: Self::reference(instance),
             grace_ms: grace.as_millis() as u64,
         };
         let _: serde_json::Value = agent
-            .post(&self.node_path(routes::STOP, &instance.node), &request)
+            .post_within(
+                &self.node_path(routes::STOP, &instance.node),
+                &request,
+                grace + CALL_TIMEOUT,
+            )
             .await?;
         Ok(())
     }

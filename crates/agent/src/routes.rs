@@ -410,7 +410,7 @@ async fn stop(
             ),
         ));
     };
-    let grace = Duration::from_millis(request.grace_ms.min(600_000));
+    let grace = Duration::from_millis(request.grace_ms).min(protocol::MAX_STOP_GRACE);
     runtime.stop(&instance, grace).await.map_err(port_error)?;
     // Stopping the older release beside the newest leaves the record (the newest's) in place.
     if instance.version == record.instance.version {

@@ -306,11 +306,10 @@ pub fn build_for(
                 )
             })
             .collect();
-        AnyRuntime::Remote(RemoteRuntime::new(
-            name,
-            agents,
-            remote_replacement(name, svc, source)?,
-        ))
+        let (replacement, start_budget) = remote_replacement(name, svc, source)?;
+        AnyRuntime::Remote(
+            RemoteRuntime::new(name, agents, replacement).with_start_budget(start_budget),
+        )
     } else {
         local_runtime(name, svc, source)?
     };
@@ -363,20 +362,25 @@ fn local_balancer(
 
 /// How the hosts' runtime replaces a release, as the engine here must sequence it: Tomcat
 /// parallel deployment starts beside the old release; everything else stops it first (the
-/// agent itself knows not to check the port of a server that keeps it).
+/// agent itself knows not to check the port of a server that keeps it). With it, how long the
+/// runtime there may take to start one (Tomcat waits for its JVM and the deploy).
 fn remote_replacement(
     name: &str,
     svc: &ServiceConfig,
     source: &Source,
-) -> Result<Replacement, String> {
+) -> Result<(Replacement, Duration), String> {
     Ok(
         match runtime_settings(name, svc, source).map_err(|e| e.to_string())? {
-            RuntimeSettings::Tomcat(c)
-                if c.deploy == nonstop_runtime_tomcat::DeployMode::Manager && c.parallel =>
-            {
-                Replacement::Beside
+            RuntimeSettings::Tomcat(c) => {
+                let beside = c.deploy == nonstop_runtime_tomcat::DeployMode::Manager && c.parallel;
+                let replacement = if beside {
+                    Replacement::Beside
+                } else {
+                    Replacement::StopFirst
+                };
+                (replacement, c.start_budget().unwrap_or_default())
             }
-            _ => Replacement::StopFirst,
+            _ => (Replacement::StopFirst, Duration::ZERO),
         },
     )
 }

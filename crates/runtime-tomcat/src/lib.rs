@@ -135,6 +135,17 @@ pub struct ManagerConfig {
 pub const DEFAULT_MANAGER_URL: &str = "http://127.0.0.1:{port}/manager/text";
 
 impl TomcatConfig {
+    /// The longest a `start` may take, for a caller that waits on it from afar (an agent's
+    /// client): restart mode waits once for `startup_timeout`; manager mode up to four times
+    /// (the server, the deploy call with a minute more, the context, its health path).
+    pub fn start_budget(&self) -> Option<Duration> {
+        let once = parse_duration(&self.startup_timeout)?;
+        Some(match self.deploy {
+            DeployMode::Restart => once,
+            DeployMode::Manager => once * 4 + Duration::from_secs(60),
+        })
+    }
+
     /// With `deploy = "manager"`, the manager's settings, checked for completeness; `None` in
     /// restart mode (where the manager keys only count sessions: [`Self::session_manager`]).
     pub fn manager_config(&self) -> Result<Option<ManagerConfig>, TomcatError> {
@@ -937,6 +948,17 @@ mod tests {
             toml::from_str::<TomcatConfig>("context = \"app\"\nbases = {}\nport = 1\n").is_err()
         );
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn a_start_budget_counts_the_waits_of_each_mode() {
+        let mut config = TomcatConfig {
+            startup_timeout: "30s".into(),
+            ..TomcatConfig::default()
+        };
+        assert_eq!(config.start_budget(), Some(Duration::from_secs(30)));
+        config.deploy = DeployMode::Manager;
+        assert_eq!(config.start_budget(), Some(Duration::from_secs(180)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("soon"), None);
     }

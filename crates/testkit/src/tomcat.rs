@@ -1,6 +1,6 @@
 //! A minimal Tomcat 10 CATALINA_BASE and the test WAR.
 //!
-//! The base has an HTTP connector on 127.0.0.1 at `${nonstop.http.port}` (the property that
+//! The base has an HTTP connector on 127.0.0.1 (or another address) at `${nonstop.http.port}` (the property that
 //! `nonstop-runtime-tomcat` passes in CATALINA_OPTS), an AJP connector on 127.0.0.1 that requires
 //! a secret, an Engine `jvmRoute`, no manager app and no session persistence.
 //!
@@ -171,6 +171,22 @@ impl TomcatBase {
         std::fs::write(&file, format!("{password}\n"))?;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
         Ok(file)
+    }
+
+    /// Moves the HTTP connector from 127.0.0.1 to `address` (e.g. `0.0.0.0` for a base on a
+    /// network-namespace host that a proxy outside reaches); AJP stays on loopback.
+    pub fn listen_http_on(&self, address: &str) -> io::Result<()> {
+        let path = self.dir.join("conf/server.xml");
+        let xml = std::fs::read_to_string(&path)?;
+        let from = r#"address="127.0.0.1" protocol="HTTP/1.1""#;
+        if !xml.contains(from) {
+            return Err(io::Error::other(format!(
+                "no HTTP connector on 127.0.0.1 in {}",
+                path.display()
+            )));
+        }
+        let to = format!(r#"address="{address}" protocol="HTTP/1.1""#);
+        std::fs::write(&path, xml.replacen(from, &to, 1))
     }
 
     /// The deployed WAR of context `context`.
