@@ -161,6 +161,9 @@ impl ModjkBalancer {
                 if let Some(m) = listed.iter().find(|m| !m.also_in.is_empty()) {
                     return Err(shared_member(&m.name, &self.lb, &m.also_in[0]));
                 }
+                if matches!(self.backend, Backend::Status(_)) {
+                    overriding_rule(&self.lb, &listed)?;
+                }
                 format!("; jkstatus answers with {} member(s)", listed.len())
             }
             None => String::new(),
@@ -170,12 +173,11 @@ impl ModjkBalancer {
 
     async fn list(&self) -> Result<Vec<Member>, ModjkError> {
         match &self.backend {
-            Backend::Status(client) => Ok(client
-                .list(&self.lb)
-                .await?
-                .iter()
-                .map(|s| member(s, s.activation))
-                .collect()),
+            Backend::Status(client) => {
+                let listed = client.list(&self.lb).await?;
+                overriding_rule(&self.lb, &listed)?;
+                Ok(listed.iter().map(|s| member(s, s.activation)).collect())
+            }
             Backend::Urimap {
                 file,
                 workers_file,
@@ -221,6 +223,7 @@ impl ModjkBalancer {
                 let mut ordered: Vec<_> = changes.iter().collect();
                 ordered.sort_by_key(|(_, state, _)| *state != LbState::Active);
                 let known = client.list(&self.lb).await?;
+                overriding_rule(&self.lb, &known)?;
                 // Every change is checked before the first is made.
                 for (node, state, _) in &ordered {
                     let m = known
@@ -495,6 +498,28 @@ fn not_a_member(node: &NodeName, lb: &str) -> ModjkError {
 
 /// A member another lb worker routes to: its mounts would keep sending to it while nonstop
 /// restarts it (rule extensions act per lb worker), so nothing is changed.
+/// In jkstatus mode a mount's rule extension naming a member wins over what jkstatus sets on
+/// that mount, so the member's state would be told (and set) wrongly: refused, with the rule.
+fn overriding_rule(lb: &str, listed: &[status::StatusMember]) -> Result<(), ModjkError> {
+    let Some((member, rule)) = listed
+        .iter()
+        .find_map(|m| m.mount_rules.first().map(|r| (&m.name, r)))
+    else {
+        return Ok(());
+    };
+    Err(ModjkError::Config(format!(
+        "mount `{}` of lb worker `{lb}` (from {}) has the rule extension `{}={member}`: on that mount it wins over the activation jkstatus sets, so nonstop would report and set `{member}` wrongly. Nothing was changed; remove the extension from that mount (`{}={lb}`; Apache re-reads a JkMountFile by itself), or use mode `uriworkermap`, which writes those extensions",
+        rule.uri,
+        if rule.source == "uriworkermap" {
+            "the JkMountFile".to_string()
+        } else {
+            format!("`{}`", rule.source)
+        },
+        rule.extension,
+        rule.uri
+    )))
+}
+
 fn shared_member(member: &str, lb: &str, shared: &SharedWith) -> ModjkError {
     let only = if shared.members == 1 {
         ", as its only member"

@@ -25,6 +25,20 @@ pub struct StatusMember {
     pub errors: u64,
     /// The other lb workers jkstatus lists this member in (`line` 0: jkstatus has no lines).
     pub also_in: Vec<SharedWith>,
+    /// Mounts of the lb worker whose rule extension (`;disabled=`, `;stopped=`, `;active=`)
+    /// names this member: on that mount it wins over the activation jkstatus sets.
+    pub mount_rules: Vec<MountRule>,
+}
+
+/// One mount rule extension naming a member, as jkstatus lists the lb worker's maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountRule {
+    /// `/app/*`.
+    pub uri: String,
+    /// Where mod_jk read it: `uriworkermap` (the JkMountFile), `JkMount`, …
+    pub source: String,
+    /// `disabled`, `stopped` or `active`.
+    pub extension: &'static str,
 }
 
 /// A password file others can read is refused: it holds the key to stopping the site.
@@ -233,6 +247,7 @@ fn members(props: &BTreeMap<String, String>, lb: &str) -> Result<Vec<StatusMembe
             (other != lb).then(|| (other, names.collect()))
         })
         .collect();
+    let maps = mount_rules(props, lb);
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let get = |key: &str| props.get(&format!("worker.{name}.{key}")).cloned();
@@ -267,9 +282,52 @@ fn members(props: &BTreeMap<String, String>, lb: &str) -> Result<Vec<StatusMembe
                     members: names.len(),
                 })
                 .collect(),
+            mount_rules: maps
+                .iter()
+                .filter(|(member, _)| member == name)
+                .map(|(_, rule)| rule.clone())
+                .collect(),
         });
     }
     Ok(out)
+}
+
+/// Every (member, rule) of lb worker `lb`'s maps: `worker.LB.map.N.{disabled,stopped,active}`
+/// list members (comma-separated; empty when the mount has no such extension).
+fn mount_rules(props: &BTreeMap<String, String>, lb: &str) -> Vec<(String, MountRule)> {
+    let prefix = format!("worker.{lb}.map.");
+    let mut rules = Vec::new();
+    for (key, value) in props {
+        let Some(rest) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((n, field)) = rest.split_once('.') else {
+            continue;
+        };
+        let extension = match field {
+            "disabled" => "disabled",
+            "stopped" => "stopped",
+            "active" => "active",
+            _ => continue,
+        };
+        let map = |f: &str| {
+            props
+                .get(&format!("{prefix}{n}.{f}"))
+                .cloned()
+                .unwrap_or_default()
+        };
+        for member in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            rules.push((
+                member.to_string(),
+                MountRule {
+                    uri: map("uri"),
+                    source: map("source"),
+                    extension,
+                },
+            ));
+        }
+    }
+    rules
 }
 
 #[cfg(test)]
@@ -315,6 +373,32 @@ mod tests {
             (Activation::Active, "OK/IDLE")
         );
         assert!(members(&parse_props(body), "other").is_err());
+        assert!(m.iter().all(|m| m.mount_rules.is_empty()));
+    }
+
+    /// The map lines of mod_jk 1.2.48 for `/app/*=lb;disabled=tomcat1` read from a JkMountFile.
+    #[test]
+    fn reads_the_mount_rules_that_name_a_member() {
+        let body = "worker.result.type=OK\nworker.lb.type=lb\nworker.lb.balance_workers=tomcat1,tomcat2\n\
+                    worker.lb.map_count=2\n\
+                    worker.lb.map.1.uri=/app/*\nworker.lb.map.1.source=uriworkermap\n\
+                    worker.lb.map.1.active=\nworker.lb.map.1.disabled=tomcat1\nworker.lb.map.1.stopped=\n\
+                    worker.lb.map.2.uri=/api/*\nworker.lb.map.2.source=JkMount\n\
+                    worker.lb.map.2.disabled=\nworker.lb.map.2.stopped=tomcat1, tomcat2\n";
+        let m = members(&parse_props(body), "lb").unwrap();
+        let rule = |uri: &str, source: &str, extension| MountRule {
+            uri: uri.into(),
+            source: source.into(),
+            extension,
+        };
+        assert_eq!(
+            m[0].mount_rules,
+            [
+                rule("/app/*", "uriworkermap", "disabled"),
+                rule("/api/*", "JkMount", "stopped")
+            ]
+        );
+        assert_eq!(m[1].mount_rules, [rule("/api/*", "JkMount", "stopped")]);
     }
 
     /// The shape of a real `cmd=list&mime=prop` reply of mod_jk 1.2.48 (Debian 12), shortened:
