@@ -37,19 +37,13 @@ async fn a_good_release_goes_through_every_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_release_is_aborted_at_the_first_analysis() {
-    // The health gate checks /version; clients hit /health, which the bad release fails.
-    let shop = Shop::start(
-        "canary",
-        &["blue", "green"],
-        &format!(
-            "{STEPS}\nhealth = {{ path = \"/version\", interval = \"50ms\", deadline = \"10s\" }}"
-        ),
-    );
+    let shop = Shop::start("canary", &["blue", "green"], STEPS);
     assert_exit(&shop.deploy("1", &[]), 0);
-    let load = Load::start(shop.proxy.url("/health"), 4, 10_000_000);
+    let load = Load::start(shop.proxy.url("/"), 4, 10_000_000);
     load.wait_for_requests(50).await;
     let before = load.sent();
-    let out = shop.deploy("2", &["--env", "HELLO_FAIL_HEALTH=true"]);
+    // Release 2 starts, passes its health gate, then fails half of its `GET /`.
+    let out = shop.deploy("2", &["--env", "HELLO_ERROR_RATE=0.5"]);
     assert_exit(&out, 2);
     let output = text(&out);
     assert!(
@@ -59,12 +53,17 @@ async fn a_bad_release_is_aborted_at_the_first_analysis() {
     assert!(output.contains("error rate"), "{output}");
     let report = load.stop().await;
     let during = report.sent - before;
-    // The bound: the canary's share of the requests sent while the deploy ran (its window is most
-    // of it), with room for the weighted round-robin's granularity.
-    let bound = during / 10 + during / 20 + 5;
+    // The bound: the canary's 10 % of the requests sent while the deploy ran (its window is most
+    // of it) × its 50 % error share, +10 % and 5 for the weighted round-robin's granularity.
+    let bound = (during as f64 * 0.1 * 0.5 * 1.1).ceil() as u64 + 5;
     eprintln!(
-        "3-step canary, bad release: {} failed of {during} requests during the deploy (bound {bound})",
-        report.failed
+        "3-step canary, bad release (50 % errors): {} failed of {during} requests during the deploy (bound {bound}); verdict: {}",
+        report.failed,
+        output
+            .lines()
+            .find(|l| l.contains("error rate"))
+            .unwrap_or("")
+            .trim()
     );
     assert!(report.failed > 0, "the canary's errors were real");
     assert!(report.failed <= bound, "{} > {bound}", report.failed);
