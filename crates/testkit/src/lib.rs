@@ -188,11 +188,17 @@ pub fn free_port() -> u16 {
     let seed = std::process::id()
         .wrapping_mul(2_654_435_761)
         .wrapping_add(nanos);
+    // A port handed out once is not handed out again by this process, even if nothing has
+    // bound it yet: two nodes of one test never get the same port.
+    static HANDED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     for _ in 0..200 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = first + seed.wrapping_add(n.wrapping_mul(7_919)) % span;
-        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-            return port as u16;
+        let port = (first + seed.wrapping_add(n.wrapping_mul(7_919)) % span) as u16;
+        let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.insert(port);
+            return port;
         }
     }
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -307,11 +307,5 @@ pub fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// A port nothing listens on right now, for a service node or a server under test.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The one free-port rule: testkit's (below the ephemeral range, never handed out twice).
+pub use nonstop_testkit::free_port;

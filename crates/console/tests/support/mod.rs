@@ -62,13 +62,8 @@ pub fn binaries() -> (PathBuf, PathBuf) {
         .clone()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The one free-port rule: testkit's (below the ephemeral range, never handed out twice).
+pub use nonstop_testkit::free_port;
 
 /// A config with one blue-green service `shop` of the sample app behind `nonstop proxy`.
 /// The address the proxy of [`write_config`]'s file listens on.
