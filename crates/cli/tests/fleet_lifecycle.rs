@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use nonstop_testkit::netns::NetnsVeth;
-use support::fleet::{Host, deploy_with, enrol, service_toml_with};
+use support::fleet::{self, deploy_with, service_toml_with};
 use support::{KillUnder, Load, Proxy};
 
 const SECRET: &str = "pw-7f3a9c1e-never-logged";
@@ -85,21 +84,7 @@ async fn hooks_and_release_environment_on_remote_hosts() {
     let _instances = KillUnder(dir.path().to_path_buf());
     let console_state = dir.path().join("console");
     let names = ["web1", "web2"];
-    let mut hosts: Vec<Host> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let ns = NetnsVeth::create_free(&format!("{tag}l{i}"))
-                .unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));
-            let state = dir.path().join(format!("agent-{name}"));
-            enrol(&console_state, &state, name);
-            Host {
-                ns,
-                state,
-                agent: None,
-            }
-        })
-        .collect();
+    let mut hosts = fleet::hosts(&format!("{tag}l"), &names, dir.path(), &console_state);
     let hook_log = dir.path().join("hooks.log");
     let fail_at = dir.path().join("fail-at");
     let hook = dir.path().join("hook.sh");

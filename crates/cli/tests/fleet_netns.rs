@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nonstop_testkit::netns::NetnsVeth;
-use support::fleet::{Host, deploy, enrol, service_toml};
+use support::fleet::{self, Host, deploy, enrol, service_toml};
 use support::{KillUnder, Load, Proc, Proxy, nonstop_bin, wait_until};
 use tokio::io::AsyncBufReadExt;
 
@@ -48,21 +48,7 @@ async fn rolling_deploy_across_three_hosts_and_an_agent_killed_mid_deploy() {
     let dir = tempfile::tempdir().unwrap();
     let _instances = KillUnder(dir.path().to_path_buf());
     let console_state = dir.path().join("console");
-    let mut hosts: Vec<Host> = HOSTS
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let ns = NetnsVeth::create_free(&format!("{tag}{i}"))
-                .unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));
-            let state = dir.path().join(format!("agent-{name}"));
-            enrol(&console_state, &state, name);
-            Host {
-                ns,
-                state,
-                agent: None,
-            }
-        })
-        .collect();
+    let mut hosts = fleet::hosts(&tag.to_string(), &HOSTS, dir.path(), &console_state);
     let mut hosts_toml = String::new();
     for (name, host) in HOSTS.iter().zip(&hosts) {
         hosts_toml.push_str(&format!(

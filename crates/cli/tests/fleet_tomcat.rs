@@ -12,9 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nonstop_testkit::client::{LoadOptions, LoadReport, StickyLoad, Url, request_once};
-use nonstop_testkit::netns::NetnsVeth;
 use nonstop_testkit::tomcat::{TomcatBase, Variant, build_war, java_opts};
-use support::fleet::{Host, deploy_with, enrol};
+use support::fleet::{self, Host, deploy_with};
 use support::*;
 
 const USER: &str = "deployer";
@@ -40,21 +39,7 @@ impl Site {
         let tag = std::process::id() % 100_000;
         let work = tempfile::tempdir().unwrap();
         let console_state = work.path().join("console");
-        let mut hosts: Vec<Host> = HOSTS
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let ns = NetnsVeth::create_free(&format!("{tag}t{i}"))
-                    .unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));
-                let state = work.path().join(format!("agent-{name}"));
-                enrol(&console_state, &state, name);
-                Host {
-                    ns,
-                    state,
-                    agent: None,
-                }
-            })
-            .collect();
+        let mut hosts = fleet::hosts(&format!("{tag}t"), &HOSTS, work.path(), &console_state);
         let bases: Vec<TomcatBase> = ROUTES
             .iter()
             .map(|route| {

@@ -37,6 +37,26 @@ pub struct Host {
     pub agent: Option<Proc>,
 }
 
+/// One enrolled host per name, each a fresh network namespace (`{tag}{i}`, `tag` unique to the
+/// test), its agent's state under `dir/agent-NAME`, the console's under `console_state`.
+pub fn hosts(tag: &str, names: &[&str], dir: &Path, console_state: &Path) -> Vec<Host> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let ns = NetnsVeth::create_free(&format!("{tag}{i}"))
+                .unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));
+            let state = dir.join(format!("agent-{name}"));
+            enrol(console_state, &state, name);
+            Host {
+                ns,
+                state,
+                agent: None,
+            }
+        })
+        .collect()
+}
+
 impl Host {
     pub fn agent_addr(&self) -> String {
         format!("{}:{AGENT_PORT}", self.ns.ns_addr)
