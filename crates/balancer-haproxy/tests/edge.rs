@@ -10,8 +10,8 @@ use std::process::Stdio;
 
 use nonstop_balancer_haproxy::{HaproxyBalancer, HaproxyConfig};
 use nonstop_ports::{Balancer, Maintenance, NodeName, Preview};
+use nonstop_testkit::client::raw_get;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The lines docs/balancers/haproxy.md documents, with this test's map paths.
 fn config(dir: &std::path::Path, port: u16, blue: &str, green: &str) -> String {
@@ -40,24 +40,6 @@ fn config(dir: &std::path::Path, port: u16, blue: &str, green: &str) -> String {
          \x20 server blue {blue} check inter 1s\n\
          \x20 server green {green} check inter 1s disabled\n"
     )
-}
-
-/// One GET on a fresh connection from `local`, as raw HTTP/1.1: (status line, whole answer).
-async fn raw_get(local: &str, port: u16, headers: &str) -> String {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
-    let mut stream = socket
-        .connect(format!("127.0.0.1:{port}").parse().unwrap())
-        .await
-        .unwrap();
-    let request = format!("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{headers}\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut answer))
-        .await
-        .expect("haproxy answers")
-        .unwrap();
-    answer
 }
 
 fn node_in(answer: &str) -> &str {

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
+use nonstop_testkit::client::raw_get;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A before_traffic hook that holds a deploy of a second release until the test creates `go`.
 fn held_before_switch(go: &std::path::Path) -> String {
@@ -107,23 +107,6 @@ async fn preview_reaches_the_new_slot_before_the_switch_and_never_stays_stable()
     );
 }
 
-/// One GET from `local` on a fresh connection; the status line and the whole answer.
-async fn raw_from(local: &str, port: u16) -> String {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
-    let mut stream = socket
-        .connect(format!("127.0.0.1:{port}").parse().unwrap())
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    answer
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_on_and_off_from_the_cli_under_load() {
     let shop = Shop::start("blue-green", &["blue", "green"], "");
@@ -148,7 +131,7 @@ async fn maintenance_on_and_off_from_the_cli_under_load() {
         text(&on)
     );
     load.wait_for_requests(500).await;
-    let outsider = raw_from("127.0.0.1", shop.proxy.port).await;
+    let outsider = raw_get("127.0.0.1", shop.proxy.port, "").await;
     assert!(outsider.starts_with("HTTP/1.1 503"), "{outsider}");
     assert!(
         outsider.to_ascii_lowercase().contains("retry-after: 20"),
@@ -159,7 +142,7 @@ async fn maintenance_on_and_off_from_the_cli_under_load() {
         "{outsider}"
     );
     for _ in 0..10 {
-        let insider = raw_from("127.0.0.2", shop.proxy.port).await;
+        let insider = raw_get("127.0.0.2", shop.proxy.port, "").await;
         assert!(insider.starts_with("HTTP/1.1 200"), "{insider}");
     }
     let status = text(&shop.run(&["status", "shop"]));

@@ -4,6 +4,7 @@
 
 mod support;
 
+use nonstop_testkit::client::raw_get;
 use serde_json::json;
 use support::{Setup, TestConsole, start_proxy};
 
@@ -17,20 +18,6 @@ fn proxy_port(config: &std::path::Path) -> u16 {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-async fn answer_of_proxy(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +48,7 @@ async fn a_deployer_switches_maintenance_and_it_is_audited() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let page = answer_of_proxy(port).await;
+    let page = raw_get("127.0.0.1", port, "").await;
     assert!(page.starts_with("HTTP/1.1 503"), "{page}");
     assert!(
         page.to_ascii_lowercase().contains("retry-after: 15"),
@@ -100,7 +87,7 @@ async fn a_deployer_switches_maintenance_and_it_is_audited() {
         .await
         .json();
     assert!(s["maintenance"].is_null(), "{s:#}");
-    assert!(!answer_of_proxy(port).await.contains("maintenance"));
+    assert!(!raw_get("127.0.0.1", port, "").await.contains("maintenance"));
 
     let records = console
         .client

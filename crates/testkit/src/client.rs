@@ -187,6 +187,29 @@ fn sample_of(
     sample
 }
 
+/// One `GET /` on a fresh connection from the local address `local` to `127.0.0.1:port`, with
+/// extra header lines (`"accept: application/json\r\n"`), as raw HTTP/1.1: the whole answer,
+/// status line and headers included (what an allow-list or a maintenance page is judged on).
+pub async fn raw_get(local: &str, port: u16, headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(format!("{local}:0").parse().expect("a local IPv4 address"))
+        .unwrap_or_else(|e| panic!("bind {local}: {e}"));
+    let mut stream = socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+    let request = format!("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_string(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("127.0.0.1:{port} did not answer within 20 s"))
+        .unwrap();
+    answer
+}
+
 struct Shared {
     url: http::Url,
     options: LoadOptions,
