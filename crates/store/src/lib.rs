@@ -160,6 +160,31 @@ pub struct InstanceRecord {
     pub warm_until_ms: Option<i64>,
 }
 
+/// One plan step's journal entry as the engine writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct StepEntry<'a> {
+    pub deploy: i64,
+    /// The step's index in its plan (undo steps continue the count).
+    pub index: i64,
+    /// `begin`, `done`, `failed` or `rollback`.
+    pub phase: &'a str,
+    pub step: &'a str,
+    pub detail: &'a str,
+    /// The step and its undo (JSON), for recovery.
+    pub data: Option<&'a str>,
+}
+
+/// How soon a journal entry must be on disk (fsync'd). A process kill loses neither kind; only
+/// a power loss can, and then only `WithNext` entries written after the last `Now` one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Before the call returns: a step's write-ahead entry, announcing a change and its undo.
+    Now,
+    /// With the next `Now` entry: a step's result, or a step that changes nothing to undo. Recovery
+    /// never depends on one: losing it equals a kill just before it was written.
+    WithNext,
+}
+
 pub struct Store {
     conn: Connection,
     path: String,
@@ -454,21 +479,39 @@ impl Store {
         )
     }
 
-    /// One plan step's journal entry; durable (synchronous = FULL) when this returns.
-    pub fn journal_step(
-        &self,
-        deploy: i64,
-        index: i64,
-        phase: &str,
-        step: &str,
-        detail: &str,
-        data: Option<&str>,
-    ) -> Result<()> {
+    /// One plan step's journal entry, on disk when this returns or with the next entry
+    /// ([`Flush`]); either way in the OS's hands, so a killed process loses none of it.
+    pub fn journal_step(&self, entry: &StepEntry<'_>, flush: Flush) -> Result<()> {
         self.spend_journal_budget()?;
-        self.exec(
-            "INSERT INTO journal (deploy, at_ms, step, detail, idx, phase, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![deploy, now_ms(), step, detail, index, phase, data],
-        )
+        let insert = || {
+            self.exec(
+                "INSERT INTO journal (deploy, at_ms, step, detail, idx, phase, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    entry.deploy,
+                    now_ms(),
+                    entry.step,
+                    entry.detail,
+                    entry.index,
+                    entry.phase,
+                    entry.data
+                ],
+            )
+        };
+        match flush {
+            Flush::Now => insert(),
+            Flush::WithNext => {
+                // WAL + NORMAL: the commit is written, not fsync'd; the next FULL commit's fsync
+                // of the WAL carries it, so what a power loss can take is a suffix of such entries.
+                self.conn
+                    .pragma_update(None, "synchronous", "NORMAL")
+                    .map_err(|e| self.sql(e))?;
+                let inserted = insert();
+                self.conn
+                    .pragma_update(None, "synchronous", "FULL")
+                    .map_err(|e| self.sql(e))?;
+                inserted
+            }
+        }
     }
 
     pub fn finish(&self, deploy: i64, outcome: Outcome, reason: Option<&str>) -> Result<()> {
@@ -769,16 +812,67 @@ mod tests {
             .unwrap();
         store.fail_journal_after(1);
         store
-            .journal_step(id, 0, "begin", "start", "x", Some("{}"))
+            .journal_step(&entry(id, 0, "begin", "start", "x", Some("{}")), Flush::Now)
             .unwrap();
         let err = store
-            .journal_step(id, 1, "begin", "gate", "y", None)
+            .journal_step(&entry(id, 1, "begin", "gate", "y", None), Flush::WithNext)
             .unwrap_err();
         assert!(err.to_string().contains("full"), "{err}");
         let entries = store.journal_of(id).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].phase.as_deref(), Some("begin"));
         assert_eq!(entries[0].data.as_deref(), Some("{}"));
+    }
+
+    fn entry<'a>(
+        deploy: i64,
+        index: i64,
+        phase: &'a str,
+        step: &'a str,
+        detail: &'a str,
+        data: Option<&'a str>,
+    ) -> StepEntry<'a> {
+        StepEntry {
+            deploy,
+            index,
+            phase,
+            step,
+            detail,
+            data,
+        }
+    }
+
+    /// An entry not yet fsync'd is still the OS's (another process reads it at once: a kill of
+    /// the writer loses nothing), and the connection is back to fsync-per-commit after it.
+    #[test]
+    fn an_entry_flushed_with_the_next_is_readable_at_once_and_the_next_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), "shop").unwrap();
+        let id = store
+            .begin(
+                "deploy",
+                &Version::from("2"),
+                None,
+                "rolling",
+                &Holder::current(),
+                "{}",
+            )
+            .unwrap();
+        store
+            .journal_step(
+                &entry(id, 0, "done", "health", "passed", None),
+                Flush::WithNext,
+            )
+            .unwrap();
+        let synchronous: i64 = store
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2, "FULL again after a WithNext entry");
+        let other = Store::open(&dir.path().join("db"), "shop").unwrap();
+        let entries = other.journal_of(id).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].detail, "passed");
     }
 
     #[test]
