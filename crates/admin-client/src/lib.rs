@@ -1,10 +1,13 @@
 //! Client for the admin API of `nonstop proxy` (docs/admin-api.md), used by `nonstop lb`
-//! and by the deploy engine's built-in balancer driver. One connection per call: calls are rare.
+//! and by the deploy engine's built-in balancer driver. One kept connection per client (and its
+//! clones): a deploy's switch makes several calls back to back, each a round trip fewer.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
@@ -160,15 +163,25 @@ pub struct BackendSpec {
     pub state: Option<BackendState>,
 }
 
+/// A connection that can take the next call, and the runtime whose task drives it.
+type Kept = (tokio::runtime::Id, SendRequest<Full<Bytes>>);
+
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     endpoint: Endpoint,
     token: Option<String>,
+    /// The connection of the last call, while the proxy keeps it open, with the runtime that
+    /// drives it (a call from another runtime opens its own).
+    kept: Arc<Mutex<Option<Kept>>>,
 }
 
 impl AdminClient {
     pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
-        AdminClient { endpoint, token }
+        AdminClient {
+            endpoint,
+            token,
+            kept: Arc::default(),
+        }
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -341,24 +354,7 @@ impl AdminClient {
         let request = request
             .body(Full::new(payload))
             .map_err(|e| self.protocol(e.to_string()))?;
-        let unreachable = |cause| AdminError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            cause,
-        };
-        let response = match &self.endpoint {
-            Endpoint::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(unreachable)?;
-                self.exchange(TokioIo::new(stream), request).await?
-            }
-            Endpoint::Tcp(addr) => {
-                let stream = tokio::net::TcpStream::connect(addr.as_str())
-                    .await
-                    .map_err(unreachable)?;
-                self.exchange(TokioIo::new(stream), request).await?
-            }
-        };
+        let (response, sender) = self.exchange(request).await?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -366,25 +362,77 @@ impl AdminClient {
             .await
             .map_err(|e| self.protocol(e.to_string()))?
             .to_bytes();
+        // Read to its end, the connection can take the next call.
+        let runtime = tokio::runtime::Handle::current().id();
+        *self.kept.lock().expect("not poisoned") = Some((runtime, sender));
         Ok((status, bytes))
     }
 
-    async fn exchange<I>(
+    /// Sends on the kept connection, or on a new one when there is none, it has closed, or it
+    /// closed before taking the request; a request it took is never sent twice.
+    async fn exchange(
         &self,
-        io: I,
         request: Request<Full<Bytes>>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, AdminError>
+    ) -> Result<
+        (
+            hyper::Response<hyper::body::Incoming>,
+            SendRequest<Full<Bytes>>,
+        ),
+        AdminError,
+    > {
+        let kept = self.kept.lock().expect("not poisoned").take();
+        let mut request = request;
+        if let Some((runtime, mut sender)) = kept
+            && runtime == tokio::runtime::Handle::current().id()
+            && !sender.is_closed()
+            && sender.ready().await.is_ok()
+        {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(self.protocol(e.into_error().to_string())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?;
+        Ok((response, sender))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, AdminError> {
+        let unreachable = |cause| AdminError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            cause,
+        };
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(unreachable)?;
+                self.handshake(TokioIo::new(stream)).await
+            }
+            Endpoint::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(unreachable)?;
+                self.handshake(TokioIo::new(stream)).await
+            }
+        }
+    }
+
+    async fn handshake<I>(&self, io: I) -> Result<SendRequest<Full<Bytes>>, AdminError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| self.protocol(e.to_string()))?;
         tokio::spawn(connection);
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| self.protocol(e.to_string()))
+        Ok(sender)
     }
 
     fn protocol(&self, message: String) -> AdminError {
