@@ -433,10 +433,12 @@ async fn accept_loop(
         let context = context.clone();
         let service = service_fn(move |req| {
             let context = context.clone();
-            async move {
+            // Boxed: hyper keeps room for one service future per connection for the connection's
+            // whole life, and the request path's (~2.5 KiB) would stay with every idle client.
+            Box::pin(async move {
                 let response = forward::handle(&context.0, &context.1, req, peer).await;
                 Ok::<_, std::convert::Infallible>(response)
-            }
+            })
         });
         let connection = server
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
