@@ -2,7 +2,8 @@
 //!
 //! The base has an HTTP connector on 127.0.0.1 (or another address) at `${nonstop.http.port}` (the property that
 //! `nonstop-runtime-tomcat` passes in CATALINA_OPTS), an AJP connector on 127.0.0.1 that requires
-//! a secret, an Engine `jvmRoute`, no manager app and no session persistence.
+//! a secret, an Engine `jvmRoute`, no manager app and no session persistence (a base joins a
+//! session-replicating `<Cluster>` only through [`TomcatBase::join_cluster`]).
 //!
 //! The WAR is compiled with `javac` against Tomcat's own servlet API jar and packed with `jar`
 //! (no Maven). Compiled classes and built WARs are cached under `target/<profile>/nonstop-testkit/`
