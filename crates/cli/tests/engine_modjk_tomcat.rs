@@ -4,170 +4,14 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nonstop_testkit::apache::{Apache, ApacheOptions, JkMember};
 use nonstop_testkit::client::{LoadOptions, LoadReport, StickyLoad};
-use nonstop_testkit::tomcat::{TomcatBase, Variant, build_war, java_opts};
-use support::{KillUnder, assert_all_on, client, nonstop_bin, send, status_json, text, write};
-
-const SECRET: &str = "ajp-secret-for-tests";
-
-struct Site {
-    work: tempfile::TempDir,
-    apache: Apache,
-    bases: Vec<TomcatBase>,
-    wars: BTreeMap<&'static str, PathBuf>,
-}
-
-impl Site {
-    async fn start() -> Site {
-        Site::start_with(Vec::new()).await
-    }
-
-    /// With more lb workers over some members (`ApacheOptions::extra_lbs`).
-    async fn start_with(extra_lbs: Vec<(String, Vec<String>)>) -> Site {
-        let work = tempfile::tempdir().unwrap();
-        let mut wars = BTreeMap::new();
-        for (name, variant) in [
-            ("v1", Variant::Good),
-            ("v2", Variant::Good),
-            ("v3", Variant::Good),
-            ("v4", Variant::Good),
-            ("bad", Variant::Failing),
-        ] {
-            let war = build_war(&work.path().join("wars").join(name), name, variant).unwrap();
-            wars.insert(name, war);
-        }
-        let bases: Vec<TomcatBase> = ["tomcat1", "tomcat2"]
-            .iter()
-            .map(|name| {
-                let port = nonstop_testkit::free_port;
-                TomcatBase::create(&work.path().join(name), port(), port(), -1, name, SECRET)
-                    .unwrap()
-            })
-            .collect();
-        let members = bases
-            .iter()
-            .map(|b| JkMember {
-                name: b.jvm_route.clone(),
-                route: b.jvm_route.clone(),
-                ajp_port: b.ajp_port,
-                secret: SECRET.into(),
-            })
-            .collect();
-        let mut options = ApacheOptions::new(members);
-        options.extra_lbs = extra_lbs;
-        let apache = Apache::start(&work.path().join("apache"), options)
-            .await
-            .unwrap();
-        Site {
-            work,
-            apache,
-            bases,
-            wars,
-        }
-    }
-
-    /// The service config; `mode` is the mod_jk driver's mode table.
-    fn config(&self, mode: &str) -> PathBuf {
-        self.config_with(mode, "", "{ timeout = \"2s\", sessions = true }")
-    }
-
-    /// The service config with more runtime keys (`, key = value` each) and a drain table.
-    fn config_with(&self, mode: &str, runtime_extra: &str, drain: &str) -> PathBuf {
-        let bases: Vec<String> = self
-            .bases
-            .iter()
-            .map(|b| format!("{} = \"{}\"", b.jvm_route, b.dir.display()))
-            .collect();
-        let opts: Vec<String> = java_opts().iter().map(|o| format!("\"{o}\"")).collect();
-        let mut text = format!(
-            r#"[services.shop]
-strategy = "rolling"
-balancer = {{ kind = "modjk", lb_worker = "balancer", probe_url = "{probe}", mode = {mode} }}
-runtime = {{ kind = "tomcat", catalina_home = "/usr/share/tomcat10", context = "app", health_path = "/app/health", bases = {{ {bases} }}, java_opts = [{opts}], startup_timeout = "90s", stop_grace = "20s"{runtime_extra} }}
-releases = {{ dir = "{releases}", keep = 3 }}
-health = {{ path = "/app/health", interval = "100ms", deadline = "60s", successes = 2 }}
-drain = {drain}
-verify = "500ms"
-"#,
-            probe = self.apache.url("/app/count"),
-            bases = bases.join(", "),
-            opts = opts.join(", "),
-            releases = self.work.path().join("releases").display(),
-        );
-        for b in &self.bases {
-            text.push_str(&format!(
-                "[[services.shop.nodes]]\nname = \"{}\"\nport = {}\n",
-                b.jvm_route, b.http_port
-            ));
-        }
-        let path = self.work.path().join("nonstop.toml");
-        write(&path, &text);
-        path
-    }
-
-    /// The JkMountFile mode as `nonstop import modjk` writes it: no status worker.
-    fn uriworkermap_as_imported(&self) -> String {
-        format!(
-            "{{ kind = \"uriworkermap\", file = \"{}\", workers_file = \"{}\", reload_secs = {} }}",
-            self.apache.mount_file.display(),
-            self.apache.workers_file.display(),
-            self.apache.mount_reload_secs,
-        )
-    }
-
-    fn uriworkermap(&self) -> String {
-        format!(
-            "{{ kind = \"uriworkermap\", file = \"{}\", workers_file = \"{}\", reload_secs = {}, status = {{ url = \"{}\", user = \"{}\", password_file = \"{}\" }} }}",
-            self.apache.mount_file.display(),
-            self.apache.workers_file.display(),
-            self.apache.mount_reload_secs,
-            self.apache.status_url,
-            self.apache.status_user,
-            self.apache.password_file.display(),
-        )
-    }
-
-    fn jkstatus(&self) -> String {
-        format!(
-            "{{ kind = \"jkstatus\", url = \"{}\", user = \"{}\", password_file = \"{}\" }}",
-            self.apache.status_url,
-            self.apache.status_user,
-            self.apache.password_file.display(),
-        )
-    }
-
-    fn deploy(&self, config: &Path, war: &str) -> Output {
-        Command::new(nonstop_bin())
-            .args(["deploy", "shop"])
-            .arg(&self.wars[war])
-            .args(["--version", war, "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-}
-
-/// Sticky users through Apache until at least `per_node` of them started on each Tomcat: mod_jk
-/// sends every new session to a member that just came back until its counts catch up.
-async fn users_on_both(site: &Site, per_node: usize) -> (StickyLoad, Vec<usize>) {
-    let url = site.apache.url("/app/count");
-    StickyLoad::spread_over(
-        &url,
-        6,
-        LoadOptions::default(),
-        &["tomcat1", "tomcat2"],
-        per_node,
-        20,
-    )
-    .await
-}
+use nonstop_testkit::tomcat::java_opts;
+use support::modjk::{Site, SiteOptions, users_on_both};
+use support::{KillUnder, assert_all_on, client, nonstop_bin, send, status_json, text};
 
 /// A rolling deploy of `war` under sticky load; returns the load's report.
 async fn rolling_under_load(site: &Site, config: &Path, war: &str) -> LoadReport {
@@ -397,7 +241,11 @@ async fn a_session_drain_ends_when_tomcat_counts_no_session() {
 /// change. Before, config check passed and the jkstatus mode took the member out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_another_lb_worker_needs_is_refused_before_anything_changes() {
-    let site = Site::start_with(vec![("balancer_ex2".into(), vec!["tomcat1".into()])]).await;
+    let site = Site::start_with(SiteOptions {
+        extra_lbs: vec![("balancer_ex2".into(), vec!["tomcat1".into()])],
+        ..SiteOptions::default()
+    })
+    .await;
     let _instances = KillUnder(site.work.path().to_path_buf());
     let check = |config: &Path| {
         Command::new(nonstop_bin())

@@ -17,6 +17,9 @@ use nonstop_http_client as http;
 /// The URL type [`request_once`] takes.
 pub use nonstop_http_client::Url;
 
+mod sessions;
+pub use sessions::{Reset, SessionMove};
+
 /// One request of one user.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -460,17 +463,6 @@ fn closed_idle_connection(error: &str) -> bool {
         || error.contains("connection closed before message completed")
 }
 
-/// A session change seen by one user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reset {
-    pub user: usize,
-    pub seq: u64,
-    pub from_route: Option<String>,
-    pub to_route: Option<String>,
-    /// The count the old session had reached.
-    pub from_count: Option<u64>,
-}
-
 /// Everything a load recorded.
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
@@ -550,61 +542,6 @@ impl LoadReport {
             .rev()
             .find(|s| s.ok)
             .and_then(|s| s.count)
-    }
-
-    /// Checks every user's ok answers: within one session the count goes up by exactly 1 and
-    /// the route stays the session id's route; a new session starts at 1. Returns the session
-    /// changes, or every violation.
-    pub fn check_counts(&self) -> Result<Vec<Reset>, Vec<String>> {
-        let mut resets = Vec::new();
-        let mut bad = Vec::new();
-        for (user, samples) in self.users.iter().enumerate() {
-            let mut prev: Option<&Sample> = None;
-            for s in samples.iter().filter(|s| s.ok) {
-                let here = format!("user {user} request {}", s.seq);
-                if s.count.is_none() || s.route.is_none() || s.session.is_none() {
-                    bad.push(format!(
-                        "{here}: no count/route/session in the answer: {s:?}"
-                    ));
-                    continue;
-                }
-                if s.cookie_route() != s.route.as_deref() {
-                    bad.push(format!(
-                        "{here}: session {:?} does not carry the route {:?} that answered",
-                        s.session, s.route
-                    ));
-                }
-                match prev {
-                    Some(p) if p.session == s.session => {
-                        if s.count != p.count.map(|c| c + 1) {
-                            bad.push(format!(
-                                "{here}: count {:?} after {:?} in the same session on {:?}",
-                                s.count, p.count, s.route
-                            ));
-                        }
-                    }
-                    _ => {
-                        if s.count != Some(1) {
-                            bad.push(format!(
-                                "{here}: a new session {:?} on {:?} starts at count {:?}",
-                                s.session, s.route, s.count
-                            ));
-                        }
-                        if let Some(p) = prev {
-                            resets.push(Reset {
-                                user,
-                                seq: s.seq,
-                                from_route: p.route.clone(),
-                                to_route: s.route.clone(),
-                                from_count: p.count,
-                            });
-                        }
-                    }
-                }
-                prev = Some(s);
-            }
-        }
-        if bad.is_empty() { Ok(resets) } else { Err(bad) }
     }
 
     /// Panics with the first few failed samples of `what` unless every request succeeded.
@@ -705,6 +642,27 @@ mod tests {
             users: vec![vec![ok(0, 0, "A.t1", "t2", 1)]],
         };
         assert!(wrong_route.check_counts().is_err());
+        let moved = LoadReport {
+            users: vec![vec![
+                ok(0, 0, "A.t1", "t1", 1),
+                ok(0, 1, "A.t2", "t2", 2),
+                ok(0, 2, "C.t1", "t1", 1),
+            ]],
+        };
+        // The rebound session A is one session; C is a new one.
+        let resets = moved.check_counts().unwrap();
+        assert_eq!(resets.len(), 1);
+        assert_eq!(resets[0].from_count, Some(2));
+        let moves = moved.session_moves();
+        assert_eq!(moves.len(), 2);
+        assert!(moves[0].kept && !moves[1].kept, "{moves:?}");
+        assert_eq!(moves[0].to_route.as_deref(), Some("t2"));
+        // Same id before the route, but counting again from 1: a reset, not a replica.
+        let restarted = LoadReport {
+            users: vec![vec![ok(0, 0, "A.t1", "t1", 1), ok(0, 1, "A.t2", "t2", 1)]],
+        };
+        assert_eq!(restarted.check_counts().unwrap().len(), 1);
+        assert!(!restarted.session_moves()[0].kept);
         assert_eq!(
             parse_body("version=v1 route=t1 count=3").get("count"),
             Some(&"3")

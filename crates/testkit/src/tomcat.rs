@@ -2,7 +2,8 @@
 //!
 //! The base has an HTTP connector on 127.0.0.1 (or another address) at `${nonstop.http.port}` (the property that
 //! `nonstop-runtime-tomcat` passes in CATALINA_OPTS), an AJP connector on 127.0.0.1 that requires
-//! a secret, an Engine `jvmRoute`, no manager app and no session persistence.
+//! a secret, an Engine `jvmRoute`, no manager app and no session persistence (a base joins a
+//! session-replicating `<Cluster>` only through [`TomcatBase::join_cluster`]).
 //!
 //! The WAR is compiled with `javac` against Tomcat's own servlet API jar and packed with `jar`
 //! (no Maven). Compiled classes and built WARs are cached under `target/<profile>/nonstop-testkit/`
@@ -12,6 +13,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
+
+mod cluster;
+pub use cluster::{Cluster, ClusterMember};
 
 /// Debian's Tomcat 10.
 pub const CATALINA_HOME: &str = "/usr/share/tomcat10";
@@ -205,6 +209,9 @@ pub enum Variant {
     /// The same app answering 500 on `percent` % of `/` and `/count` (every Nth request, so a
     /// test's bound is stable; context-param `errorRate`); `/health` stays 200.
     Erroring { percent: u8 },
+    /// The good app marked `<distributable/>`: under a `<Cluster>` its sessions replicate
+    /// ([`TomcatBase::join_cluster`]).
+    Distributable,
 }
 
 const SERVLET: &str = include_str!("java/CounterServlet.java");
@@ -213,6 +220,7 @@ const LISTENER: &str = include_str!("java/FailingListener.java");
 fn web_xml(version: &str, variant: Variant) -> String {
     let extra = match variant {
         Variant::Good => String::new(),
+        Variant::Distributable => "  <distributable />\n".into(),
         Variant::Failing => {
             "  <listener>\n    <listener-class>nonstop.testapp.FailingListener</listener-class>\n  </listener>\n".into()
         }
@@ -254,6 +262,7 @@ fn sources_key() -> String {
         LISTENER,
         web_xml("v", Variant::Failing),
         web_xml("v", Variant::Erroring { percent: 1 }),
+        web_xml("v", Variant::Distributable),
     )
         .hash(&mut h);
     format!("{:016x}", h.finish())
@@ -373,6 +382,7 @@ pub fn build_war(out_dir: &Path, version: &str, variant: Variant) -> io::Result<
         Variant::Good => format!("app-{version}.war"),
         Variant::Failing => format!("app-{version}-failing.war"),
         Variant::Erroring { percent } => format!("app-{version}-err{percent}.war"),
+        Variant::Distributable => format!("app-{version}-distributable.war"),
     };
     let cached = cache_dir().join("wars").join(&name);
     {
@@ -418,6 +428,8 @@ mod tests {
             "{erroring}"
         );
         assert!(!web_xml("v7", Variant::Good).contains("errorRate"));
+        assert!(!web_xml("v7", Variant::Good).contains("distributable"));
+        assert!(web_xml("v7", Variant::Distributable).contains("  <distributable />\n"));
         assert!(check_token("route", "tomcat1").is_ok());
         assert!(check_token("route", "a\"b").is_err());
     }

@@ -26,6 +26,7 @@ pub use nonstop_testkit::process::{KillUnder, Proc, read_line_matching};
 pub use nonstop_testkit::wait_until;
 
 pub mod fleet;
+pub mod modjk;
 pub mod shop;
 
 #[allow(unused_imports)]

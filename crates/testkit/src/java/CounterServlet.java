@@ -86,6 +86,7 @@ public class CounterServlet extends HttpServlet {
                 synchronized (session) {
                     Integer old = (Integer) session.getAttribute("count");
                     count = old == null ? 1 : old + 1;
+                    // A Serializable value set on every change: what a cluster's DeltaManager replicates.
                     session.setAttribute("count", count);
                 }
                 resp.getWriter().print("version=" + version + " route=" + route + " count=" + count);
