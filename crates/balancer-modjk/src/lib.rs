@@ -36,7 +36,12 @@ pub enum ModjkError {
 
 impl From<ModjkError> for PortError {
     fn from(e: ModjkError) -> Self {
-        PortError::new(e.to_string())
+        match e {
+            // A site the driver refuses to change (a shared member, a mount rule in the way):
+            // no release or rollback fixes it, so the deploy ends as an environment error (3).
+            ModjkError::Config(_) => PortError::environment(e.to_string()),
+            _ => PortError::new(e.to_string()),
+        }
     }
 }
 

@@ -358,17 +358,22 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         let undone = self.compensate(run, snapshot).await;
         let (outcome, result) = match undone {
             Ok(()) => {
+                // On day one nonstop knows no version, but what served (an operator's
+                // servers, say) still does: the undo reverted only the deploy's own changes.
                 let back = snapshot
                     .current
                     .as_ref()
-                    .map_or("nothing".into(), |v| v.to_string());
+                    .map_or("the service is as it was before".into(), |v| {
+                        format!("{v} serves as before")
+                    });
                 let message = match &error {
                     StepError::Operator(_) => format!(
-                        "{kind} #{id} of {version} stopped: {reason}; the deploy undid only its own changes and {back} serves as before"
+                        "{kind} #{id} of {version} stopped: {reason}; the deploy undid only its own changes and {back}"
                     ),
-                    _ => format!(
-                        "{kind} #{id} of {version} rolled back: {reason}; {back} serves as before"
+                    StepError::Environment(_) => format!(
+                        "{kind} #{id} of {version} stopped: {reason}; the deploy undid its own changes and {back}"
                     ),
+                    _ => format!("{kind} #{id} of {version} rolled back: {reason}; {back}"),
                 };
                 let err = match error {
                     StepError::Environment(_) => DeployError::Environment(message.clone()),
