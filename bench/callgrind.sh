@@ -13,9 +13,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 for tool in valgrind ab nginx haproxy curl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool; apt-get install -y valgrind apache2-utils nginx-light haproxy curl" >&2; exit 1; }
 done
-bin="$root/target/release"
+bin="$root/target/dist"  # the shipped build (profile `dist`: fat LTO)
 if [ -z "$NONSTOP_BIN" ] || [ ! -x "$bin/nonstop-hello" ]; then
-    (cd "$root" && cargo build --release -q -p nonstop-hello -p nonstop)
+    (cd "$root" && cargo build --profile dist -q -p nonstop-hello -p nonstop)
 fi
 nonstop=${NONSTOP_BIN:-$bin/nonstop}
 dir=$(mktemp -d /tmp/nonstop-callgrind.XXXXXX)

@@ -5,14 +5,19 @@ set -euo pipefail
 
 CONNS=${CONNS:-5000}
 WORKERS=${WORKERS:-2}
+NONSTOP_BIN=${NONSTOP_BIN:-}  # another build of nonstop to measure (e.g. an older commit's)
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 for tool in nginx haproxy curl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 ulimit -n "$(ulimit -Hn)"  # as many as allowed: HAProxy sizes its own needs from maxconn
-(cd "$root" && cargo build --release -q -p nonstop-hello -p nonstop)
-bin="$root/target/release"
+# The shipped build (profile `dist`: fat LTO), as benchmarks measure it.
+bin="$root/target/dist"
+if [ -z "$NONSTOP_BIN" ] || [ ! -x "$bin/nonstop-hello" ]; then
+    (cd "$root" && cargo build --profile dist -q -p nonstop-hello -p nonstop)
+fi
+nonstop=${NONSTOP_BIN:-$bin/nonstop}
 dir=$(mktemp -d /tmp/nonstop-memory.XXXXXX)
 pids=()
 cleanup() {  # only the processes this script started, by pid
@@ -78,7 +83,7 @@ timeouts = { idle = "300s" }
 name = "hello"
 addr = "127.0.0.1:$backend"
 CONF
-NONSTOP_LOG=warn "$bin/nonstop" proxy --config "$dir/nonstop.toml" & pids+=($!)
+NONSTOP_LOG=warn "$nonstop" proxy --config "$dir/nonstop.toml" & pids+=($!)
 nonstop_pid=$!
 
 for port in $p_nginx $p_haproxy $p_nonstop; do
@@ -132,7 +137,7 @@ measure() {  # name pid port → KiB per connection
         'BEGIN { printf "| %s | %.1f | %.1f | %.2f |\n", name, b / 1024, a / 1024, (a - b) / n }'
 }
 
-echo "RSS with $CONNS idle keep-alive client connections (each made one GET), $WORKERS workers each; nonstop $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo dev):"
+echo "RSS with $CONNS idle keep-alive client connections (each made one GET), $WORKERS workers each; nonstop ${NONSTOP_BIN:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo dev)}:"
 echo
 echo "| proxy | RSS before MiB | RSS with connections MiB | KiB per connection |"
 echo "| --- | ---: | ---: | ---: |"

@@ -18,14 +18,17 @@ for tool in wrk nginx haproxy curl python3; do
         exit 1
     fi
 done
-# nonstop is benchmarked only when it builds and `nonstop proxy` runs; the others are measured regardless.
-(cd "$root" && cargo build --release -q -p nonstop-hello)
+NONSTOP_BIN=${NONSTOP_BIN:-}  # another build of nonstop to measure (e.g. an older commit's)
+# The shipped build (profile `dist`: fat LTO). nonstop is benchmarked only when it builds and
+# `nonstop proxy` runs; the others are measured regardless.
+bin="$root/target/dist"
+(cd "$root" && cargo build --profile dist -q -p nonstop-hello)
+nonstop=${NONSTOP_BIN:-$bin/nonstop}
 with_nonstop=1
-if ! (cd "$root" && cargo build --release -q -p nonstop) || ! "$root/target/release/nonstop" proxy --help >/dev/null 2>&1; then
+if { [ -z "$NONSTOP_BIN" ] && ! (cd "$root" && cargo build --profile dist -q -p nonstop); } || ! "$nonstop" proxy --help >/dev/null 2>&1; then
     echo "warning: \`nonstop proxy\` does not build or run yet; measuring direct, nginx and HAProxy only" >&2
     with_nonstop=0
 fi
-bin="$root/target/release"
 dir=$(mktemp -d /tmp/nonstop-bench.XXXXXX)
 pids=()
 cleanup() {  # only the processes this script started, by pid
@@ -109,7 +112,7 @@ CONF
 names=(direct nginx haproxy)
 ports=($backend $p_nginx $p_haproxy)
 if [ "$with_nonstop" = 1 ]; then
-    NONSTOP_LOG=warn "$bin/nonstop" proxy --config "$dir/nonstop.toml" & pids+=($!)
+    NONSTOP_LOG=warn "$nonstop" proxy --config "$dir/nonstop.toml" & pids+=($!)
     names+=(nonstop); ports+=($p_nonstop)
 fi
 
