@@ -3,6 +3,7 @@
 
 mod audit;
 mod login;
+mod qr;
 mod roles;
 mod sessions;
 mod tokens;

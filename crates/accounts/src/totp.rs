@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use rusqlite::{OptionalExtension, params};
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 
@@ -15,8 +17,8 @@ pub struct TotpEnrolment {
     pub secret_base32: String,
     /// `otpauth://totp/nonstop:NAME?secret=…&issuer=nonstop…`
     pub otpauth_url: String,
-    /// The URL as a QR code: a PNG, base64-encoded (for a `data:image/png;base64,` URL).
-    pub qr_png_base64: String,
+    /// The URL as a QR code: an SVG, base64-encoded (for a `data:image/svg+xml;base64,` URL).
+    pub qr_svg_base64: String,
 }
 
 impl fmt::Debug for TotpEnrolment {
@@ -60,9 +62,7 @@ impl Accounts {
         let otpauth_url = totp
             .to_url()
             .map_err(|e| AccountsError::Totp(e.to_string()))?;
-        let qr_png_base64 = totp
-            .to_qr_base64()
-            .map_err(|e| AccountsError::Totp(e.to_string()))?;
+        let qr_svg_base64 = BASE64.encode(crate::qr::svg(&otpauth_url)?);
         self.db.execute(
             "UPDATE users SET totp_pending = ?2 WHERE name = ?1",
             params![user, secret_base32],
@@ -70,7 +70,7 @@ impl Accounts {
         Ok(TotpEnrolment {
             secret_base32,
             otpauth_url,
-            qr_png_base64,
+            qr_svg_base64,
         })
     }
 
@@ -139,7 +139,8 @@ mod tests {
                 .contains(&format!("secret={}", e.secret_base32))
         );
         assert!(e.otpauth_url.contains("issuer=nonstop"));
-        assert!(e.qr_png_base64.starts_with("iVBORw0KGgo"), "a PNG");
+        let svg = BASE64.decode(&e.qr_svg_base64).unwrap();
+        assert!(svg.starts_with(b"<svg "), "an SVG");
         assert!(!format!("{e:?}").contains(&e.secret_base32));
         // The app that scanned the URL computes the same codes.
         let app = Totp::from_url(&e.otpauth_url).unwrap();

@@ -140,7 +140,7 @@ async function setupPage() {
     const form = h('form', { id: 'totp-form' },
       h('h2', {}, 'Two-factor login'),
       h('p', {}, 'Scan this code with your authenticator app, or type the secret into it.'),
-      h('img', { class: 'qr', id: 'totp-qr', alt: 'TOTP QR code', src: `data:image/png;base64,${enrolment.qr_png_base64}` }),
+      h('img', { class: 'qr', id: 'totp-qr', alt: 'TOTP QR code', src: `data:image/svg+xml;base64,${enrolment.qr_svg_base64}` }),
       h('p', {}, 'Secret: ', h('span', { class: 'secret', id: 'totp-secret' }, enrolment.secret)),
       h('label', {}, 'Code the app shows now', h('input', { id: 'totp-code', inputmode: 'numeric', maxlength: '6', required: true })),
       h('button', { class: 'primary', id: 'totp-confirm', type: 'submit' }, 'Confirm'),

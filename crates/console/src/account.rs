@@ -325,7 +325,7 @@ pub async fn totp_begin(
     Ok(axum::Json(json!({
         "secret": enrolment.secret_base32,
         "otpauth_url": enrolment.otpauth_url,
-        "qr_png_base64": enrolment.qr_png_base64,
+        "qr_svg_base64": enrolment.qr_svg_base64,
     }))
     .into_response())
 }
