@@ -53,6 +53,13 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+impl AdminError {
+    /// The proxy does not know the call (an older version): 404 or 405 without a JSON error.
+    pub fn is_not_supported(&self) -> bool {
+        matches!(self, AdminError::Refused { status: 404 | 405, hint: None, message } if message.starts_with("HTTP "))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error(
@@ -163,6 +170,16 @@ pub struct BackendSpec {
     pub state: Option<BackendState>,
 }
 
+/// One backend's new state and weight, for [`AdminClient::set_backends`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendChange {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<BackendState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
 /// A connection that can take the next call, and the runtime whose task drives it.
 type Kept = (tokio::runtime::Id, SendRequest<Full<Bytes>>);
 
@@ -259,6 +276,22 @@ impl AdminClient {
             Method::DELETE,
             &format!("/v1/pools/{pool}/backends/{backend}"),
             None,
+        )
+        .await
+    }
+
+    /// Sets the state and weight of the named backends in one call, leaving the others as they
+    /// are. A proxy older than this call answers 405 ([`AdminError::is_not_supported`]).
+    pub async fn set_backends(
+        &self,
+        pool: &str,
+        changes: &[BackendChange],
+    ) -> Result<Pool, AdminError> {
+        let body = serde_json::json!({ "changes": changes });
+        self.call(
+            Method::PATCH,
+            &format!("/v1/pools/{pool}/backends"),
+            Some(body),
         )
         .await
     }

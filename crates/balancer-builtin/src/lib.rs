@@ -1,7 +1,7 @@
 //! The `builtin` balancer driver: the service's nodes are backends of one pool of `nonstop proxy`,
 //! changed through its admin API (docs/admin-api.md). The blue-green switch is one `PUT` of the set.
 
-use nonstop_admin_client::{AdminClient, BackendSpec, BackendState, Pool};
+use nonstop_admin_client::{AdminClient, BackendChange, BackendSpec, BackendState, Pool};
 use nonstop_ports::{
     Balancer, LbState, Maintenance, Member, NodeName, PortError, PortResult, Preview, Traffic,
 };
@@ -125,6 +125,20 @@ impl Balancer for BuiltinBalancer {
     }
 
     async fn switch(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> PortResult<()> {
+        let named: Vec<BackendChange> = changes
+            .iter()
+            .map(|(node, state, weight)| BackendChange {
+                name: node.to_string(),
+                state: Some(from_lb(*state)),
+                weight: *weight,
+            })
+            .collect();
+        match self.client.set_backends(&self.pool, &named).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_not_supported() => {}
+            Err(e) => return Err(err(e)),
+        }
+        // A proxy from before `PATCH …/backends`: read the pool, write it back changed.
         let pool = self.pool().await?;
         for (node, _, _) in changes {
             if pool.backend(node.as_str()).is_none() {
@@ -158,11 +172,11 @@ impl Balancer for BuiltinBalancer {
     /// Marks `node` up in the proxy's own health view once the engine's gate passed, so a
     /// freshly started node is eligible at once even when the pool's active checks would need
     /// `rise` passes first.
-    async fn mark_healthy(&self, node: &NodeName) -> PortResult<()> {
+    async fn mark_healthy(&self, node: &NodeName) -> PortResult<bool> {
         self.client
             .mark_up(&self.pool, node.as_str())
             .await
-            .map(drop)
+            .map(|backend| backend.health == "up")
             .map_err(err)
     }
 

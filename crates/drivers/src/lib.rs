@@ -563,7 +563,7 @@ impl Balancer for AnyBalancer {
     async fn switch(&self, changes: &[(NodeName, LbState, Option<u32>)]) -> PortResult<()> {
         each_balancer!(self, b => b.switch(changes).await)
     }
-    async fn mark_healthy(&self, node: &NodeName) -> PortResult<()> {
+    async fn mark_healthy(&self, node: &NodeName) -> PortResult<bool> {
         each_balancer!(self, b => b.mark_healthy(node).await)
     }
     fn knows_health_of_disabled(&self) -> bool {

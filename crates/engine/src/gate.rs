@@ -100,11 +100,16 @@ impl<B: Balancer, R: Runtime, P: Probe> Engine<B, R, P> {
         run: &mut Run,
         nodes: &[NodeName],
     ) -> Result<String, StepError> {
+        let mut confirmed = true;
         for node in nodes {
-            self.balancer.mark_healthy(node).await?;
+            confirmed &= self.balancer.mark_healthy(node).await?;
         }
         if !self.balancer.knows_health_of_disabled() {
             return Ok("marked healthy (this balancer judges health once a node is active)".into());
+        }
+        if confirmed {
+            run.healthy_at.get_or_insert_with(Instant::now);
+            return Ok("marked healthy; the balancer's answer shows them healthy".into());
         }
         let started = Instant::now();
         loop {

@@ -193,9 +193,11 @@ pub trait Balancer: Send + Sync {
     ) -> impl Future<Output = PortResult<()>> + Send;
     /// Tells the balancer that the engine's own health gate passed for `node`, so its health
     /// view need not wait for its checker's next passes (the built-in proxy marks it up).
-    fn mark_healthy(&self, node: &NodeName) -> impl Future<Output = PortResult<()>> + Send {
+    /// `true` when the answer already shows the node healthy in the balancer's view (no read
+    /// to confirm it); `false` to have it read.
+    fn mark_healthy(&self, node: &NodeName) -> impl Future<Output = PortResult<bool>> + Send {
         let _ = node;
-        async { Ok(()) }
+        async { Ok(false) }
     }
     /// Whether `Member::healthy` of a disabled member is the balancer's real view (it checks
     /// members that get no traffic). Where not, eligibility is judged once a member is active.

@@ -23,7 +23,9 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
         .route("/v1/pools/{pool}", get(show_pool))
         .route(
             "/v1/pools/{pool}/backends",
-            post(add_backend).put(replace_backends),
+            post(add_backend)
+                .put(replace_backends)
+                .patch(patch_backends),
         )
         .route(
             "/v1/pools/{pool}/backends/{backend}",
@@ -167,6 +169,20 @@ async fn remove_backend(
     Path((pool, backend)): Path<(String, String)>,
 ) -> Result<Response, ControlError> {
     Ok(Json(shared.remove_backend(&pool, &backend).await?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Patches {
+    changes: Vec<crate::control::NamedPatch>,
+}
+
+async fn patch_backends(
+    State(shared): State<Arc<Shared>>,
+    Path(pool): Path<String>,
+    Body(body): Body<Patches>,
+) -> Result<Response, ControlError> {
+    Ok(Json(shared.patch_backends(&pool, &body.changes).await?).into_response())
 }
 
 async fn patch_backend(

@@ -39,6 +39,15 @@ pub struct BackendPatch {
     pub health: Option<HealthMark>,
 }
 
+/// One backend's patch in a change of several (`PATCH /v1/pools/{pool}/backends`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPatch {
+    pub name: String,
+    pub state: Option<AdminState>,
+    pub weight: Option<u32>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HealthMark {
@@ -108,6 +117,50 @@ impl Shared {
             self.save_state();
         }
         Ok(target.view(pool.health.is_some()))
+    }
+
+    /// Sets the state and weight of several backends in one call and leaves the others as they
+    /// are (a switch without reading the pool first, so an operator's change to another backend
+    /// in between is not written over). Every name is checked before anything changes.
+    pub async fn patch_backends(
+        &self,
+        pool: &str,
+        patches: &[NamedPatch],
+    ) -> Result<PoolView, ControlError> {
+        for patch in patches {
+            if let Some(weight) = patch.weight {
+                check_weight(weight).map_err(ControlError::Invalid)?;
+            }
+        }
+        let (pool, _edit) = self.edit(pool).await?;
+        let members = pool.members.load();
+        let mut targets = Vec::with_capacity(patches.len());
+        for patch in patches {
+            let target = members
+                .find(&patch.name)
+                .ok_or_else(|| ControlError::UnknownBackend {
+                    pool: pool.name.clone(),
+                    backend: patch.name.clone(),
+                })?;
+            targets.push((target, patch));
+        }
+        // Activations first: no moment between two of these stores has fewer active backends
+        // than before and after the whole change.
+        targets.sort_by_key(|(_, patch)| patch.state != Some(AdminState::Active));
+        for (target, patch) in &targets {
+            if let Some(weight) = patch.weight {
+                target.set_weight(weight);
+            }
+            if let Some(state) = patch.state {
+                target.set_state(state);
+            }
+        }
+        if !targets.is_empty() {
+            tracing::info!(pool = %pool.name, changes = ?patches.iter().map(|p| (&p.name, p.state.map(AdminState::as_str), p.weight)).collect::<Vec<_>>(), "backends set");
+            pool.set_managed();
+            self.save_state();
+        }
+        Ok(pool.view())
     }
 
     /// Replaces a pool's whole member set in one step; kept backends keep counters and health.

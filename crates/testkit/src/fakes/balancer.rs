@@ -120,7 +120,7 @@ impl Balancer for FakeBalancer {
         })
     }
 
-    async fn mark_healthy(&self, node: &NodeName) -> PortResult<()> {
+    async fn mark_healthy(&self, node: &NodeName) -> PortResult<bool> {
         let mut w = self.0.lock();
         let port = w.members.get(node).map(|m| m.port);
         // Like the proxy: only an instance that answers is marked up.
@@ -129,7 +129,8 @@ impl Balancer for FakeBalancer {
         {
             w.members.get_mut(node).expect("member").marked_at = Some(tokio::time::Instant::now());
         }
-        Ok(())
+        // Its view can still say otherwise (a flap): the engine reads it.
+        Ok(false)
     }
 
     fn knows_health_of_disabled(&self) -> bool {
