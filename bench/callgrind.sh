@@ -28,7 +28,7 @@ cleanup() {  # only the processes this script started, by pid
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-read -r backend port < <(python3 -c 'import socket; s=[socket.socket() for _ in range(2)]; [x.bind(("127.0.0.1",0)) for x in s]; print(*[x.getsockname()[1] for x in s])')
+read -r backend port < <(python3 "$root/bench/free_ports.py" 2)
 "$bin/nonstop-hello" --port "$backend" --node bench >/dev/null & pids+=($!)
 up() {  # url: polls until it answers 200, at most 60 s (valgrind starts slowly)
     for _ in $(seq 1 600); do

@@ -28,7 +28,7 @@ cleanup() {  # only the processes this script started, by pid
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-read -r backend p_nginx p_haproxy p_nonstop < <(python3 -c 'import socket; s=[socket.socket() for _ in range(4)]; [x.bind(("127.0.0.1",0)) for x in s]; print(*[x.getsockname()[1] for x in s])')
+read -r backend p_nginx p_haproxy p_nonstop < <(python3 "$root/bench/free_ports.py" 4)
 "$bin/nonstop-hello" --port "$backend" --node bench >/dev/null & pids+=($!)
 
 mkdir -p "$dir/nginx"

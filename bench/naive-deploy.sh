@@ -31,7 +31,7 @@ cleanup() {  # only the processes this script started, by pid
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-read -r listen app blue green < <(python3 -c 'import socket; s=[socket.socket() for _ in range(4)]; [x.bind(("127.0.0.1",0)) for x in s]; print(*[x.getsockname()[1] for x in s])')
+read -r listen app blue green < <(python3 "$root/bench/free_ports.py" 4)
 
 # The request stream: CLIENTS threads of keep-alive GETs until $dir/stop exists; prints JSON.
 cat > "$dir/load.py" <<'EOF'

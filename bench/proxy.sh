@@ -39,8 +39,8 @@ cleanup() {  # only the processes this script started, by pid
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP  # so an interrupted run still cleans up
 
-free_ports() {  # n distinct free ports on 127.0.0.1 (all bound at once, then released)
-    python3 -c 'import socket,sys; s=[socket.socket() for _ in range(int(sys.argv[1]))]; [x.bind(("127.0.0.1",0)) for x in s]; print(*[x.getsockname()[1] for x in s])' "$1"
+free_ports() {  # n distinct free ports on 127.0.0.1, below the ephemeral range
+    python3 "$root/bench/free_ports.py" "$1"
 }
 wait_for() {  # url: poll until it answers 200, at most 10 s
     for _ in $(seq 1 200); do
