@@ -140,7 +140,6 @@ keep_warm = "0s"
         let started = Instant::now();
         let out = self.deploy("2", &["--env", &format!("HELLO_ERROR_RATE={ERROR_SHARE}")]);
         let took = started.elapsed();
-        let during = load.sent() - before;
         assert_exit(&out, 2);
         let output = text(&out);
         assert!(
@@ -150,6 +149,10 @@ keep_warm = "0s"
         );
         assert!(output.contains("error rate"), "{output}");
         let report = load.stop().await;
+        // Counted up to the load's stop, as its failures are: an nginx reload returns before the
+        // old workers (with the canary's weights) are gone, and on a busy machine they serve on
+        // for a moment after the deploy's end.
+        let during = report.sent - before;
         // The canary never gets more than its share of what is sent while the deploy runs (the
         // window, and until the undo has reached the balancer: an nginx reload takes a moment),
         // and fails its error share of that: +10 % and 5 for the weighted round-robin's steps.
