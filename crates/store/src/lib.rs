@@ -799,17 +799,7 @@ mod tests {
     #[test]
     fn journal_writes_fail_when_told_to() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), "shop").unwrap();
-        let id = store
-            .begin(
-                "deploy",
-                &Version::from("2"),
-                None,
-                "blue-green",
-                &Holder::current(),
-                "{}",
-            )
-            .unwrap();
+        let (store, id) = store_with_a_deploy(dir.path());
         store.fail_journal_after(1);
         store
             .journal_step(&entry(id, 0, "begin", "start", "x", Some("{}")), Flush::Now)
@@ -822,6 +812,22 @@ mod tests {
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].phase.as_deref(), Some("begin"));
         assert_eq!(entries[0].data.as_deref(), Some("{}"));
+    }
+
+    /// A store in `dir` with one deploy begun, and that deploy's id.
+    fn store_with_a_deploy(dir: &std::path::Path) -> (Store, i64) {
+        let store = Store::open(&dir.join("db"), "shop").unwrap();
+        let id = store
+            .begin(
+                "deploy",
+                &Version::from("2"),
+                None,
+                "blue-green",
+                &Holder::current(),
+                "{}",
+            )
+            .unwrap();
+        (store, id)
     }
 
     fn entry<'a>(
@@ -847,17 +853,7 @@ mod tests {
     #[test]
     fn an_entry_flushed_with_the_next_is_readable_at_once_and_the_next_is_synced() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), "shop").unwrap();
-        let id = store
-            .begin(
-                "deploy",
-                &Version::from("2"),
-                None,
-                "rolling",
-                &Holder::current(),
-                "{}",
-            )
-            .unwrap();
+        let (store, id) = store_with_a_deploy(dir.path());
         store
             .journal_step(
                 &entry(id, 0, "done", "health", "passed", None),
