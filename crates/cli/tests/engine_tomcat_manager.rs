@@ -287,7 +287,12 @@ async fn parallel_deployment_rolls_beside_the_old_version_and_a_failing_war_roll
         );
         let route = report.first_route(u).unwrap();
         let i = ROUTES.iter().position(|r| *r == route).unwrap();
-        let after = samples.iter().filter(|s| s.at > beside_at[i]).count();
+        // Answered once v2 ran beside v1, as `wait_progress` counted them (a request sent just
+        // before and answered after counts there too).
+        let after = samples
+            .iter()
+            .filter(|s| s.answered_at() > beside_at[i])
+            .count();
         assert!(after >= 5, "user {u} counted on v1 beside v2 on {route}");
     }
     let kept: u64 = old_users.iter().filter_map(|&u| report.last_count(u)).sum();

@@ -295,7 +295,11 @@ async fn parallel_deployment_through_agents_keeps_sessions_and_rolls_back_a_fail
         );
         let route = report.first_route(u).unwrap();
         let i = ROUTES.iter().position(|r| *r == route).unwrap();
-        let after = samples.iter().filter(|s| s.at > beside_at[i]).count();
+        // Answered once v2 ran beside v1, as `wait_progress` counted them.
+        let after = samples
+            .iter()
+            .filter(|s| s.answered_at() > beside_at[i])
+            .count();
         assert!(after >= 5, "user {u} counted on v1 beside v2 on {route}");
     }
     let kept: u64 = old_users.iter().filter_map(|&u| report.last_count(u)).sum();

@@ -47,6 +47,11 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// When the answer came, since the load started (what `wait_progress` counts by).
+    pub fn answered_at(&self) -> Duration {
+        self.at + self.latency
+    }
+
     /// The route after the `.` of the session id (what mod_jk routes on).
     pub fn cookie_route(&self) -> Option<&str> {
         self.session
