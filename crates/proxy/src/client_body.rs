@@ -12,6 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::server::H1Body;
+
 /// Why a request body did not arrive whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientFault {
@@ -102,9 +104,50 @@ impl BodyWatch {
     }
 }
 
-/// An `Incoming` request body with a pause timeout, a size limit and a [`BodyWatch`].
+/// A client's request body as the server read it: off an HTTP/1 connection, or an HTTP/2 stream.
+pub enum RequestBody {
+    Empty,
+    H1(H1Body),
+    H2(Incoming),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            RequestBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::H1(body) => body.is_end_stream(),
+            RequestBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::H1(body) => body.size_hint(),
+            RequestBody::H2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A request body with a pause timeout, a size limit and a [`BodyWatch`].
 pub struct ClientBody {
-    inner: Incoming,
+    inner: RequestBody,
     limit: u64,
     read: u64,
     pause: Duration,
@@ -119,7 +162,7 @@ pub struct ClientBody {
 pub struct ClientBodyError(&'static str);
 
 impl ClientBody {
-    pub fn new(inner: Incoming, limit: u64, pause: Duration) -> (ClientBody, Arc<BodyWatch>) {
+    pub fn new(inner: RequestBody, limit: u64, pause: Duration) -> (ClientBody, Arc<BodyWatch>) {
         let watch = BodyWatch::new();
         let body = ClientBody {
             inner,

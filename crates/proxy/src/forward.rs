@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -14,11 +15,13 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nonstop_config::Sticky;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::attempt::Attempt;
 use crate::balance;
-use crate::client_body::{BodyWatch, ClientBody, ClientFault};
+use crate::client_body::{BodyWatch, ClientBody, ClientFault, RequestBody};
 use crate::edge::{self, Want};
 use crate::headers::{X_REQUEST_ID, is_upgrade, prepare_request_headers, strip_hop_by_hop};
 use crate::host::{RequestHost, request_host};
@@ -40,7 +43,7 @@ const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 pub async fn handle(
     shared: &Shared,
     upstream: &Arc<Upstream>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let request_id = shared.request_ids.take(req.headers());
@@ -86,7 +89,7 @@ impl Refusal {
 async fn relay(
     shared: &Shared,
     upstream: &Arc<Upstream>,
-    mut req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -124,7 +127,8 @@ async fn relay(
         return Err(too_large(max_body));
     }
 
-    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    // Upgrades are HTTP/1's; the server carries the connection over once the 101 is written.
+    let upgrade = req.version() <= Version::HTTP_11 && is_upgrade(req.headers());
     let route = pool
         .sticky
         .as_ref()
@@ -135,7 +139,7 @@ async fn relay(
     let mut headers = parts.headers;
     prepare_request_headers(
         &mut headers,
-        upgrade.is_some(),
+        upgrade,
         peer,
         request_host.as_ref().map(|h| &h.value),
         request_id,
@@ -462,7 +466,7 @@ fn finish_response(
     in_flight: InFlight,
     pool: &Pool,
     route: Option<&str>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: bool,
 ) -> Response<ProxyBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     // The client's connection has its own protocol version; the backend's is not its business.
@@ -477,7 +481,7 @@ fn finish_response(
             }
         }
     }
-    if let (true, Some(client_side)) = (switching, client_upgrade) {
+    if switching && client_upgrade {
         let backend_side = hyper::upgrade::on(&mut response);
         // The connection future hands its socket over to the upgrade once polled past the 101.
         if let Some(conn) = pooled.into_conn() {
@@ -485,9 +489,15 @@ fn finish_response(
                 let _ = conn.await;
             });
         }
-        tokio::spawn(tunnel(client_side, backend_side, in_flight));
         let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+        let mut response = Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+        response
+            .extensions_mut()
+            .insert(Tunnel(Arc::new(std::sync::Mutex::new(Some((
+                backend_side,
+                in_flight,
+            ))))));
+        return response;
     }
     let (parts, body) = response.into_parts();
     Response::from_parts(
@@ -496,20 +506,28 @@ fn finish_response(
     )
 }
 
-/// Carries an upgraded connection (WebSocket and the like) both ways until either side closes.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-    in_flight: InFlight,
-) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
+/// A 101 answer's other half: the backend's upgraded connection, for the server to join to the
+/// client's once the 101 is written. (Cloneable because response extensions must be.)
+#[derive(Clone)]
+pub struct Tunnel(Arc<std::sync::Mutex<Option<(hyper::upgrade::OnUpgrade, InFlight)>>>);
+
+/// Carries an upgraded connection (WebSocket and the like) both ways until either side closes;
+/// `early` is what the client sent after its request, already read.
+pub async fn tunnel(mut client: TcpStream, early: BytesMut, tunnel: Tunnel) {
+    let taken = tunnel.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some((backend, in_flight)) = taken else {
+        return;
+    };
+    let mut backend = match backend.await {
+        Ok(upgraded) => TokioIo::new(upgraded),
         Err(err) => {
             tracing::debug!(error = %err, "upgrade did not complete");
             return;
         }
     };
-    let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+    if !early.is_empty() && backend.write_all(&early).await.is_err() {
+        return;
+    }
     if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         tracing::debug!(backend = %in_flight.backend().name, error = %err, "upgraded connection ended");
     }

@@ -16,6 +16,7 @@ mod metrics;
 mod persist;
 mod reload;
 mod response_body;
+mod server;
 mod state;
 mod upstream;
 
@@ -28,13 +29,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use nonstop_config::{AdminEndpoint, Config, ProxyConfig, Source};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use backend::ChecksView;
 pub use control::{BackendPatch, ControlError, HealthMark};
@@ -329,22 +327,17 @@ async fn worker(
             }
         })
     };
-    let mut server = auto::Builder::new(TokioExecutor::new());
-    // hyper answers a request line + headers larger than its read buffer with 431 itself,
-    // before anything is forwarded; the buffer never grows past it.
-    let header_cap = proxy.limits.max_header_size.as_u64();
-    server
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(proxy.timeouts.idle.0)
-        .max_buf_size(header_cap as usize)
-        .keep_alive(true);
-    server
-        .http2()
-        .max_header_list_size(header_cap.min(u32::MAX as u64) as u32);
-    let server = Arc::new(server);
+    let max_header_size = proxy.limits.max_header_size.as_u64() as usize;
+    let context = Arc::new(server::Context {
+        shared,
+        upstream,
+        idle: proxy.timeouts.idle.0,
+        max_header_size,
+        http2: server::Http2::new(max_header_size),
+        stop: shutdown.clone(),
+    });
     let connections = ConnectionLimit::new(index, proxy.limits.connections_per_worker);
-    let graceful = Arc::new(GracefulShutdown::new());
+    let tracker = TaskTracker::new();
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
         let listener = match TcpListener::from_std(listener) {
@@ -356,22 +349,16 @@ async fn worker(
         };
         loops.spawn(accept_loop(
             listener,
-            shared.clone(),
-            upstream.clone(),
-            server.clone(),
-            graceful.clone(),
-            shutdown.clone(),
+            context.clone(),
+            tracker.clone(),
             connections.clone(),
         ));
     }
     while loops.join_next().await.is_some() {}
-    let drain = shared.table.load().settings.drain_timeout;
-    // The accept loops have ended, so this is the last reference.
-    if let Ok(graceful) = Arc::try_unwrap(graceful)
-        && tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-    {
+    // The accept loops have ended; each connection closes once its request is answered.
+    tracker.close();
+    let drain = context.shared.table.load().settings.drain_timeout;
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!("drain timeout ran out with requests still in flight");
     }
     sweeper.abort();
@@ -403,22 +390,17 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
-    upstream: Arc<Upstream>,
-    server: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
-    shutdown: CancellationToken,
+    context: Arc<server::Context>,
+    tracker: TaskTracker,
     connections: ConnectionLimit,
 ) {
-    // One reference-counted pair, so each request clones a single Arc.
-    let context = Arc::new((shared, upstream));
     loop {
         let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            permit = connections.acquire(&context.0.metrics) => permit,
+            _ = context.stop.cancelled() => return,
+            permit = connections.acquire(&context.shared.metrics) => permit,
         };
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = context.stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -431,23 +413,8 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let context = context.clone();
-        let service = service_fn(move |req| {
-            let context = context.clone();
-            // Boxed: hyper keeps room for one service future per connection for the connection's
-            // whole life, and the request path's (~2.5 KiB) would stay with every idle client.
-            Box::pin(async move {
-                let response = forward::handle(&context.0, &context.1, req, peer).await;
-                Ok::<_, std::convert::Infallible>(response)
-            })
-        });
-        let connection = server
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "client connection ended with an error");
-            }
+        tracker.spawn(async move {
+            server::serve(stream, peer, context).await;
             drop(permit);
         });
     }
