@@ -172,9 +172,15 @@ impl H1Body {
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
             let mut room = (&mut self.buf).limit(limit);
+            let room_len = room.remaining_mut();
             match self.stream.try_read_buf(&mut room) {
                 Ok(0) => return Poll::Ready(Err(BodyError::Eof)),
-                Ok(_) => return Poll::Ready(Ok(())),
+                Ok(n) => {
+                    if n < room_len {
+                        super::drained(&self.stream);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e.into())),
             }

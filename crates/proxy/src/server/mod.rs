@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use http::{Request, StatusCode};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -210,7 +211,8 @@ async fn exchange(
             if let Some(link) = &link {
                 link.abandon();
             }
-            linger(stream).await;
+            // Boxed: its drain buffer would otherwise sit in every request's state.
+            Box::pin(linger(stream)).await;
             Next::Close
         }
         _ => Next::Close,
@@ -236,7 +238,12 @@ async fn first_bytes(stream: &TcpStream, context: &Context) -> Option<BytesMut> 
         let mut read = BytesMut::with_capacity(HEAD_CHUNK);
         match stream.try_read_buf(&mut read) {
             Ok(0) => return None,
-            Ok(_) => return Some(read),
+            Ok(n) => {
+                if n < read.capacity() {
+                    drained(stream);
+                }
+                return Some(read);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return None,
         }
@@ -251,11 +258,25 @@ async fn read_some(stream: &TcpStream, buf: &mut BytesMut, cap: usize) -> io::Re
         stream.readable().await?;
         let mut limited = (&mut *buf).limit(room);
         match stream.try_read_buf(&mut limited) {
-            Ok(n) => return Ok(n),
+            Ok(n) => {
+                if n > 0 && n < room {
+                    drained(stream);
+                }
+                return Ok(n);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     }
+}
+
+/// After a read that did not fill its room the socket is empty (epoll, as tokio's own `poll_read`
+/// assumes): its readiness is dropped, so the next wait does not begin with a read that blocks.
+/// Readiness from an event that came since is kept (tokio compares the event's tick).
+pub(crate) fn drained(stream: &TcpStream) {
+    let _ = stream.try_io(Interest::READABLE, || {
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
 }
 
 /// Whether `buf` holds an empty line (the end of a head), looking only at bytes from `from` on
