@@ -89,8 +89,9 @@ async fn expect_100_continue_gets_its_go_ahead_and_the_body_arrives() {
         "PUT /up HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 100000\r\n\r\n";
     stream.write_all(head.as_bytes()).await.unwrap();
     let go = read_until(&mut stream, "\r\n\r\n", 1).await;
+    // The go-ahead comes when the proxy starts reading the body: a body this large is streamed,
+    // so the backend may already have the head.
     assert_eq!(go, "HTTP/1.1 100 Continue\r\n\r\n");
-    assert_eq!(a.count(), 0, "nothing forwarded before the body");
     stream.write_all(&[b'b'; 100_000]).await.unwrap();
     let answer = read_until(&mut stream, "node=a body=100000", 1).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
