@@ -9,16 +9,15 @@ use std::future::Future;
 use std::pin::Pin;
 
 use http::Response;
-use hyper::body::Incoming;
 use nonstop_config::EjectConfig;
 
 use crate::client_body::BodyWatch;
 use crate::state::InFlight;
-use crate::upstream::{Pooled, UpstreamError};
+use crate::upstream::{BackendBody, UpstreamError};
 
 /// The wait for a backend's response headers.
 pub type ResponseFuture =
-    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Pooled), UpstreamError>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<BackendBody>, UpstreamError>> + Send>>;
 
 /// Background waits on backends whose client left first, at most this many at once.
 const MAX_DETACHED: usize = 1024;
@@ -57,7 +56,7 @@ impl Drop for Attempt {
                     backend.record_failure(&eject, false);
                     tracing::warn!(backend = %backend.name, addr = %backend.addr, "no response headers by the deadline (the client had already left)");
                 }
-                Ok(Ok((response, _))) => {
+                Ok(Ok(response)) => {
                     backend.record_response(response.status(), started.elapsed(), &eject)
                 }
                 Ok(Err(err)) => {

@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::server::H1Body;
+use crate::h1_body::H1Body;
 
 /// Why a request body did not arrive whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

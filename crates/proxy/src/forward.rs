@@ -11,8 +11,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use nonstop_config::Sticky;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -27,9 +25,15 @@ use crate::host::{RequestHost, request_host};
 use crate::metrics::ErrorKind;
 use crate::response_body::Tracked;
 use crate::state::{Backend, InFlight, Pool};
-use crate::upstream::{Pooled, Upstream};
+use crate::upstream::{BackendBody, Upstream, is_idempotent};
 
-pub type UpstreamBody = Either<Full<Bytes>, ClientBody>;
+/// A request body as it goes to a backend.
+pub enum UpstreamBody {
+    /// Read whole before the request went out: it can be sent again to another backend.
+    Buffered(Bytes),
+    Streamed(ClientBody),
+}
+
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 
 /// Backends one request may be tried on (refused connects, connections lost before an answer).
@@ -154,12 +158,12 @@ async fn relay(
     let pause = table.settings.request_body_timeout;
     let mut watch: Option<Arc<BodyWatch>> = None;
     let mut body = Some(if body.is_end_stream() {
-        Either::Left(Full::new(Bytes::new()))
+        UpstreamBody::Buffered(Bytes::new())
     } else {
         let (client_body, body_watch) = ClientBody::new(body, max_body, pause);
         if declared_length.is_some_and(|len| len <= RETRY_BUFFER_LIMIT) {
             match client_body.collect().await {
-                Ok(collected) => Either::Left(Full::new(collected.to_bytes())),
+                Ok(collected) => UpstreamBody::Buffered(collected.to_bytes()),
                 Err(_) => {
                     let fault = body_watch.fault().unwrap_or(ClientFault::Malformed);
                     return Err(client_fault(shared, &pool, fault, &table.settings, peer));
@@ -167,7 +171,7 @@ async fn relay(
             }
         } else {
             watch = Some(body_watch);
-            Either::Right(client_body)
+            UpstreamBody::Streamed(client_body)
         }
     });
     // The backends tried so far, on the stack: this runs for every request.
@@ -197,7 +201,7 @@ async fn relay(
 
         // A buffered body can be sent again; a streamed one is gone once handed to the client.
         let retry_body = match &body {
-            Some(Either::Left(full)) => Some(Either::Left(full.clone())),
+            Some(UpstreamBody::Buffered(bytes)) => Some(UpstreamBody::Buffered(bytes.clone())),
             _ => None,
         };
         let this_body = body.take().expect("a body is kept for every attempt");
@@ -246,11 +250,10 @@ async fn relay(
             return Err(client_fault(shared, &pool, fault, &table.settings, peer));
         }
         match outcome {
-            Ok(Ok((response, pooled))) => {
+            Ok(Ok(response)) => {
                 backend.record_response(response.status(), started.elapsed(), &pool.eject);
                 return Ok(finish_response(
                     response,
-                    (pooled, upstream.clone()),
                     in_flight,
                     &pool,
                     route.as_deref(),
@@ -370,13 +373,6 @@ fn too_large(max_body: u64) -> Refusal {
     )
 }
 
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
-}
-
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -453,8 +449,7 @@ fn build_request(
 }
 
 fn finish_response(
-    mut response: Response<Incoming>,
-    (pooled, upstream): (Pooled, Arc<Upstream>),
+    mut response: Response<BackendBody>,
     in_flight: InFlight,
     pool: &Pool,
     route: Option<&str>,
@@ -473,51 +468,57 @@ fn finish_response(
             }
         }
     }
+    let (parts, body) = response.into_parts();
     if switching && client_upgrade {
-        let backend_side = hyper::upgrade::on(&mut response);
-        // The connection future hands its socket over to the upgrade once polled past the 101.
-        if let Some(conn) = pooled.into_conn() {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
-        let (parts, _) = response.into_parts();
+        let upgraded = body.into_upgraded();
         let mut response = Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
-        response
-            .extensions_mut()
-            .insert(Tunnel(Arc::new(std::sync::Mutex::new(Some((
-                backend_side,
+        if let Some((stream, early)) = upgraded {
+            let tunnel = Upgraded {
+                backend: stream,
+                early,
                 in_flight,
-            ))))));
+            };
+            response
+                .extensions_mut()
+                .insert(Tunnel(Arc::new(std::sync::Mutex::new(Some(tunnel)))));
+        }
         return response;
     }
-    let (parts, body) = response.into_parts();
     Response::from_parts(
         parts,
-        Either::Left(Tracked::new(body, in_flight, pool.eject, pooled, upstream)),
+        Either::Left(Tracked::new(body, in_flight, pool.eject)),
     )
+}
+
+/// A backend connection that answered 101: it now carries the upgraded protocol.
+struct Upgraded {
+    backend: TcpStream,
+    /// What the backend sent after its 101 head, already read.
+    early: BytesMut,
+    in_flight: InFlight,
 }
 
 /// A 101 answer's other half: the backend's upgraded connection, for the server to join to the
 /// client's once the 101 is written. (Cloneable because response extensions must be.)
 #[derive(Clone)]
-pub struct Tunnel(Arc<std::sync::Mutex<Option<(hyper::upgrade::OnUpgrade, InFlight)>>>);
+pub struct Tunnel(Arc<std::sync::Mutex<Option<Upgraded>>>);
 
 /// Carries an upgraded connection (WebSocket and the like) both ways until either side closes;
 /// `early` is what the client sent after its request, already read.
 pub async fn tunnel(mut client: TcpStream, early: BytesMut, tunnel: Tunnel) {
     let taken = tunnel.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let Some((backend, in_flight)) = taken else {
+    let Some(Upgraded {
+        mut backend,
+        early: from_backend,
+        in_flight,
+    }) = taken
+    else {
         return;
     };
-    let mut backend = match backend.await {
-        Ok(upgraded) => TokioIo::new(upgraded),
-        Err(err) => {
-            tracing::debug!(error = %err, "upgrade did not complete");
-            return;
-        }
-    };
     if !early.is_empty() && backend.write_all(&early).await.is_err() {
+        return;
+    }
+    if !from_backend.is_empty() && client.write_all(&from_backend).await.is_err() {
         return;
     }
     if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {

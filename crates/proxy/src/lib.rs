@@ -9,6 +9,7 @@ mod client_body;
 mod control;
 mod edge;
 mod forward;
+mod h1_body;
 mod headers;
 mod health;
 mod host;

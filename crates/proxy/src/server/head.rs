@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use super::body::Framing;
+use crate::h1_body::{Framing, parse_length};
 
 /// Headers one request may carry; more is a 431, as a head over the size cap is.
 pub const MAX_HEADERS: usize = 128;
@@ -188,14 +188,6 @@ impl Seen {
 
 fn slice(head: &Bytes, at: u32, len: u32) -> Bytes {
     head.slice(at as usize..(at + len) as usize)
-}
-
-/// Digits only, as RFC 9110 §8.6 has it: no sign, no blanks, no list.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! The client side of the data plane: HTTP/1.1 connections served by our own loop (no buffer held
 //! while a connection is idle), HTTP/2 with prior knowledge handed to hyper.
 
-mod body;
 mod h2;
 mod head;
 mod write;
@@ -18,14 +17,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use body::H1Body;
 pub use h2::Http2;
 
 use crate::Shared;
 use crate::client_body::RequestBody;
 use crate::forward::{self, Tunnel};
+use crate::h1_body::{BodyLink, H1Body};
 use crate::upstream::Upstream;
-use body::BodyLink;
 use write::{Asked, Written};
 
 /// A request head is read in pieces of this size, up to `limits.max_header_size`.

@@ -1,5 +1,6 @@
-//! A request body read straight off the client's socket, by Content-Length or strict chunked
-//! framing. When it ends cleanly it hands back the bytes read past its end (a pipelined request).
+//! An HTTP/1 message body read straight off its socket: a client's request body or a backend's
+//! response body, by Content-Length, strict chunks or (responses) until close. When it ends
+//! cleanly it hands back the bytes read past its end (a pipelined request).
 
 use std::io;
 use std::pin::Pin;
@@ -17,11 +18,13 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_CHUNK_EXTENSION: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
 
-/// How the body of a request is delimited (RFC 9112 §6).
+/// How a message body is delimited (RFC 9112 §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     Length(u64),
     Chunked,
+    /// A response without a length: it ends when the backend closes the connection.
+    UntilClose,
 }
 
 /// What the connection and its request's body share: the bytes left over once the body ended
@@ -55,12 +58,12 @@ impl BodyLink {
     }
 }
 
-/// Why a request body did not arrive whole.
+/// Why a body did not arrive whole.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("bad chunk framing: {0}")]
     Chunk(&'static str),
-    #[error("the client closed the connection before the body's end")]
+    #[error("the connection closed before the body's end")]
     Eof,
     #[error("the response was sent before the body's end")]
     Abandoned,
@@ -68,7 +71,7 @@ pub enum BodyError {
     Io(#[from] io::Error),
 }
 
-/// A request body on the client's connection.
+/// A message body on its connection.
 pub struct H1Body {
     stream: Arc<TcpStream>,
     buf: BytesMut,
@@ -98,6 +101,8 @@ enum State {
         value: u64,
     },
     Data(u64),
+    /// Everything up to the connection's end.
+    Rest,
     DataCr,
     DataLf,
     /// Trailer section: `at_line_start` and the bytes of trailers so far.
@@ -110,6 +115,14 @@ enum State {
     },
     FinalLf,
     Done,
+}
+
+/// A Content-Length value: digits only, as RFC 9110 §8.6 has it (no sign, no blanks, no list).
+pub fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -129,6 +142,7 @@ impl H1Body {
                 value: 0,
                 digits: 0,
             },
+            Framing::UntilClose => State::Rest,
         };
         let mut body = H1Body {
             stream,
@@ -177,7 +191,7 @@ impl H1Body {
                 Ok(0) => return Poll::Ready(Err(BodyError::Eof)),
                 Ok(n) => {
                     if n < room_len {
-                        super::drained(&self.stream);
+                        crate::server::drained(&self.stream);
                     }
                     return Poll::Ready(Ok(()));
                 }
@@ -293,7 +307,9 @@ fn step(state: State, byte: u8) -> Result<State, BodyError> {
             b'\n' => State::Done,
             _ => return bad("CR without LF at the body's end"),
         },
-        State::Length(_) | State::Data(_) | State::Done => unreachable!("not framing bytes"),
+        State::Length(_) | State::Data(_) | State::Rest | State::Done => {
+            unreachable!("not framing bytes")
+        }
     })
 }
 
@@ -330,6 +346,20 @@ impl Body for H1Body {
                     }
                     // Never read past the body: what follows belongs to the next request.
                     remaining.min(READ_CHUNK as u64) as usize
+                }
+                State::Rest => {
+                    if !this.buf.is_empty() {
+                        let data = this.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(this.poll_fill(cx, READ_CHUNK)) {
+                        Ok(()) => continue,
+                        Err(BodyError::Eof) => {
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
                 }
                 _ => match this.decode_chunked() {
                     Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
