@@ -125,6 +125,19 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
+/// What a Connection field's value says: (`close`, `keep-alive`).
+pub fn connection_options(value: &[u8]) -> (bool, bool) {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).fold(
+        (false, false),
+        |(close, keep), token| {
+            (
+                close || token.eq_ignore_ascii_case(b"close"),
+                keep || token.eq_ignore_ascii_case(b"keep-alive"),
+            )
+        },
+    )
+}
+
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 impl H1Body {

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::h1_body::{Framing, parse_length};
+use crate::h1_body::{Framing, connection_options, parse_length};
 
 /// Headers one request may carry; more is a 431, as a head over the size cap is.
 pub const MAX_HEADERS: usize = 128;
@@ -148,11 +148,9 @@ impl Seen {
             self.codings += 1;
             self.chunked = bytes.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name == header::CONNECTION {
-            for token in bytes.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            let (close, keep_alive) = connection_options(bytes);
+            self.close |= close;
+            self.keep_alive |= keep_alive;
         } else if name == header::EXPECT {
             self.expect_continue = bytes.eq_ignore_ascii_case(b"100-continue");
         }

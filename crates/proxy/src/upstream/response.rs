@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use super::request::Sending;
 use super::{Conn, Upstream};
-use crate::h1_body::{BodyError, BodyLink, Framing, H1Body, parse_length};
+use crate::h1_body::{BodyError, BodyLink, Framing, H1Body, connection_options, parse_length};
 
 /// Headers one answer may carry.
 const MAX_HEADERS: usize = 128;
@@ -186,11 +186,9 @@ impl Seen {
             let last = bytes.rsplit(|&b| b == b',').next().unwrap_or_default();
             self.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name == header::CONNECTION {
-            for token in bytes.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            let (close, keep_alive) = connection_options(bytes);
+            self.close |= close;
+            self.keep_alive |= keep_alive;
         }
         Ok(())
     }
